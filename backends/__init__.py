@@ -1,0 +1,1 @@
+"""Backend implementations, imported lazily by name through :mod:`neuroscope.registry`."""

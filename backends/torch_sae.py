@@ -1,0 +1,51 @@
+"""JumpReLU encode + feature filter + top-k on the torch device, in float32."""
+
+from __future__ import annotations
+
+import torch
+
+from neuroscope.protocol import FeatureFilter
+from neuroscope.sae import RMS_EPS, SAEWeights
+
+
+class TorchSAE:
+    def __init__(self, sae: SAEWeights, device: torch.device, *, top_k: int, input_norm: str = "none"):
+        if input_norm not in ("none", "rms"):
+            raise ValueError(f"unknown SAE input norm {input_norm!r} (choose none or rms)")
+        self.d_sae = sae.d_sae
+        self.k = min(top_k, sae.d_sae)
+        self.input_norm = input_norm
+        to = lambda a: torch.from_numpy(a).to(device=device, dtype=torch.float32)  # noqa: E731
+        self.W_enc = to(sae.W_enc).contiguous()  # (d_model, d_sae)
+        self.b_enc = to(sae.b_enc)
+        self.threshold = to(sae.threshold)
+        self._mask: torch.Tensor | None = None
+        self._scale: torch.Tensor | None = None
+        self.device = device
+
+    def set_filter(self, flt: FeatureFilter) -> None:
+        flt.validate(self.d_sae)
+        self._mask = None if flt.mask is None else torch.from_numpy(flt.mask.astype(bool)).to(self.device)
+        self._scale = None if flt.scale is None else torch.from_numpy(flt.scale.astype("float32")).to(self.device)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.input_norm == "rms":
+            x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + RMS_EPS)
+        pre = torch.addmm(self.b_enc, x, self.W_enc) if x.dim() == 2 else x @ self.W_enc + self.b_enc
+        return pre * (pre > self.threshold)
+
+    def topk(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (n, d_model) -> packed float32 (n, 1 + 2k): [l0, ids..., values...] (ids exact below 2**24)."""
+        acts = self.encode(x)
+        l0 = (acts > 0).sum(dim=-1, keepdim=True)
+        scores = acts
+        if self._scale is not None:
+            scores = scores * self._scale
+        if self._mask is not None:
+            scores = scores.masked_fill(~self._mask, float("-inf"))
+        _, ids = torch.topk(scores, self.k, dim=-1)
+        vals = acts.gather(-1, ids)
+        if self._mask is not None:  # a masked-out feature never counts as a winner
+            vals = vals.masked_fill(~self._mask.gather(0, ids.flatten()).view_as(ids), 0.0)
+        return torch.cat([l0.float(), ids.float(), vals], dim=-1)

@@ -1,0 +1,3 @@
+"""Neuroscope: an SAE-instrumented LLM inference server."""
+
+__version__ = "0.1.0"

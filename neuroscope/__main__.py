@@ -1,0 +1,3 @@
+from neuroscope.cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""The backend boundary.
+
+A backend owns the per-token loop. For every token it computes, together and once, the next token, the
+layer-N residual that produced it and the SAE top-k of that residual, and hands back one small host-side
+:class:`Step`. Core code never touches framework tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from neuroscope.sae import SAEWeights
+
+SAEInputNorm = Literal["none", "rms"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One token and the SAE features of the residual stream that produced it.
+
+    For a generated token the features are those of the residual at the position whose logits chose it (the
+    model's state as it wrote the token). For a prompt token (``prompt=True``) they are those of the residual
+    at that token's own position.
+    """
+
+    token_id: int
+    feature_ids: np.ndarray  # (k,) int64, strongest first
+    feature_values: np.ndarray  # (k,) float32, the JumpReLU activations of those features
+    l0: int  # how many features fired (activation > 0) before any mask
+    position: int  # index of the residual position in the sequence
+    prompt: bool = False
+    finish_reason: str | None = None  # "stop" (EOS) or "length" on the last generated step
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureFilter:
+    """A per-feature transform applied on the device *before* top-k.
+
+    ``mask[i] == False`` removes feature i from the ranking; ``scale[i]`` multiplies its score for ranking
+    only (reported activations stay raw). Both ``None`` is the identity.
+    """
+
+    mask: np.ndarray | None = None  # (d_sae,) bool
+    scale: np.ndarray | None = None  # (d_sae,) float32
+
+    @property
+    def is_identity(self) -> bool:
+        return self.mask is None and self.scale is None
+
+    def validate(self, d_sae: int) -> None:
+        for name, arr in (("mask", self.mask), ("scale", self.scale)):
+            if arr is not None and arr.shape != (d_sae,):
+                raise ValueError(f"feature filter {name} has shape {arr.shape}, the SAE has {d_sae} features")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float = 0.0  # 0 -> greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    eos_token_ids: frozenset[int] = frozenset()
+    prompt_features: bool = False  # also yield one Step per prompt token (from the prefill)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Where the model comes from: a hub id or a local directory."""
+
+    name_or_path: str
+    dtype: str | None = None  # "float32", "bfloat16", "float16"; None -> backend default
+    revision: str | None = None
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    """What a loaded backend tells the core."""
+
+    model_id: str
+    tokenizer: Any  # a transformers tokenizer (chat template, encode/decode)
+    n_layers: int
+    d_model: int
+    vocab_size: int
+    context_length: int
+    device: str
+    dtype: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BackendError(RuntimeError):
+    """A backend could not be used (not installed, no device, bad model). The message is user-facing."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: ClassVar[str]
+
+    @classmethod
+    def is_available(cls) -> bool: ...
+
+    @classmethod
+    def install_hint(cls) -> str: ...
+
+    def load(
+        self,
+        model: ModelSpec,
+        sae: "SAEWeights",
+        layer: int,
+        *,
+        top_k: int,
+        sae_input_norm: SAEInputNorm = "none",
+    ) -> ModelInfo: ...
+
+    def set_feature_filter(self, flt: FeatureFilter) -> None: ...
+
+    def generate(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[Step]: ...
+
+    def close(self) -> None: ...

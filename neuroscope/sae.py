@@ -1,0 +1,154 @@
+"""Gemma Scope JumpReLU SAE weights: loading, validation and the numpy reference encoder.
+
+``params.npz`` keys: ``W_enc [d_model, d_sae]``, ``b_enc [d_sae]``, ``threshold [d_sae]``,
+``W_dec [d_sae, d_model]``, ``b_dec [d_model]``. JumpReLU: ``pre = x @ W_enc + b_enc``;
+``acts = pre * (pre > threshold)``.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REQUIRED_KEYS = ("W_enc", "b_enc", "threshold", "W_dec", "b_dec")
+_FLOAT_KINDS = ("f",)
+RMS_EPS = 1e-6
+
+
+class SAEError(ValueError):
+    """The SAE file is missing, malformed or does not fit the model. The message is user-facing."""
+
+
+@dataclass(frozen=True)
+class SAEWeights:
+    W_enc: np.ndarray  # (d_model, d_sae) float32
+    b_enc: np.ndarray  # (d_sae,)
+    threshold: np.ndarray  # (d_sae,)
+    W_dec: np.ndarray  # (d_sae, d_model)
+    b_dec: np.ndarray  # (d_model,)
+    source: str = ""
+
+    @property
+    def d_model(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.W_enc.shape[1])
+
+    def check_model(self, *, d_model: int, n_layers: int, layer: int) -> None:
+        """Fail clearly when the SAE does not fit the model or the layer does not exist."""
+        if self.d_model != d_model:
+            raise SAEError(
+                f"SAE {self.source or ''} expects d_model={self.d_model} but the model's hidden size is {d_model}"
+            )
+        if not 0 <= layer < n_layers:
+            raise SAEError(f"SAE layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+
+
+def load_npz(path: str | os.PathLike[str], *, dtype: np.dtype | type = np.float32) -> SAEWeights:
+    """Load and validate a Gemma Scope style ``params.npz`` (never unpickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SAEError(f"SAE file not found: {path}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise SAEError(f"SAE file {path} is not a readable .npz archive: {exc}") from exc
+    with npz:
+        missing = [k for k in REQUIRED_KEYS if k not in npz.files]
+        if missing:
+            raise SAEError(
+                f"SAE file {path} lacks {', '.join(missing)} (has: {', '.join(sorted(npz.files)) or 'nothing'})"
+            )
+        try:
+            arrays = {k: npz[k] for k in REQUIRED_KEYS}
+        except ValueError as exc:  # object arrays need pickle, which we refuse
+            raise SAEError(f"SAE file {path} holds a non-numeric array: {exc}") from exc
+    return from_arrays(arrays, source=str(path), dtype=dtype)
+
+
+def from_arrays(arrays: dict[str, np.ndarray], *, source: str = "", dtype=np.float32) -> SAEWeights:
+    for k in REQUIRED_KEYS:
+        a = arrays[k]
+        if a.dtype.kind not in _FLOAT_KINDS and a.dtype.name != "bfloat16":
+            raise SAEError(f"SAE array {k} has dtype {a.dtype}; expected a floating-point type")
+    W_enc, b_enc, thr, W_dec, b_dec = (arrays[k] for k in REQUIRED_KEYS)
+    if W_enc.ndim != 2:
+        raise SAEError(f"SAE W_enc must be 2-D [d_model, d_sae], got shape {W_enc.shape}")
+    d_model, d_sae = W_enc.shape
+    expected = {
+        "b_enc": (d_sae,),
+        "threshold": (d_sae,),
+        "W_dec": (d_sae, d_model),
+        "b_dec": (d_model,),
+    }
+    for k, shape in expected.items():
+        if arrays[k].shape != shape:
+            raise SAEError(
+                f"SAE {k} has shape {arrays[k].shape} but W_enc {W_enc.shape} implies {shape}"
+                + (f" ({source})" if source else "")
+            )
+    cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+    return SAEWeights(cast(W_enc), cast(b_enc), cast(thr), cast(W_dec), cast(b_dec), source=source)
+
+
+def save_npz(path: str | os.PathLike[str], sae: SAEWeights) -> None:
+    np.savez(path, W_enc=sae.W_enc, b_enc=sae.b_enc, threshold=sae.threshold, W_dec=sae.W_dec, b_dec=sae.b_dec)
+
+
+def resolve_sae_file(
+    repo_id: str | None, filename: str | None, local_path: str | None, *, revision: str | None = None
+) -> Path:
+    """A local ``params.npz``: ``local_path`` if given, else downloaded (or read from the cache) via huggingface_hub."""
+    if local_path:
+        p = Path(local_path).expanduser()
+        if p.is_dir():
+            p = p / "params.npz"
+        if not p.is_file():
+            raise SAEError(f"SAE file not found: {p}")
+        return p
+    if not repo_id or not filename:
+        raise SAEError("give --sae and --sae-path (a hub repo and a file in it) or --sae-local-path")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision))
+    except LocalEntryNotFoundError as exc:
+        raise SAEError(
+            f"cannot fetch SAE {repo_id}/{filename}: offline and not in the Hugging Face cache "
+            "(connect once, or pass --sae-local-path)"
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise SAEError(f"cannot fetch SAE {repo_id}/{filename}: {str(exc).splitlines()[0]}") from exc
+
+
+# ---------------------------------------------------------------------------------------------- reference
+def normalize_input(x: np.ndarray, norm: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if norm == "none":
+        return x
+    if norm == "rms":
+        rms = np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + RMS_EPS)
+        return x / rms
+    raise ValueError(f"unknown SAE input norm {norm!r} (choose none or rms)")
+
+
+def encode_reference(sae: SAEWeights, x: np.ndarray, norm: str = "none") -> np.ndarray:
+    """JumpReLU activations in float32 (the numpy reference every backend is tested against)."""
+    x = normalize_input(x, norm)
+    pre = x @ sae.W_enc.astype(np.float32) + sae.b_enc.astype(np.float32)
+    return np.where(pre > sae.threshold.astype(np.float32), pre, np.float32(0)).astype(np.float32)
+
+
+def topk_reference(acts: np.ndarray, k: int, scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (strongest first) and activations of the k best features of a 1-D activation vector."""
+    s = acts if scores is None else scores
+    k = min(k, s.shape[-1])
+    ids = np.argsort(-s, kind="stable")[:k]
+    return ids.astype(np.int64), acts[ids].astype(np.float32)
