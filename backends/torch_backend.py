@@ -67,10 +67,11 @@ class _TorchBackend:
             raise BackendError(f"unknown dtype {dtype_name!r}; choose one of {', '.join(_DTYPES)}")
         device = torch.device(self.device_type)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, revision=model.revision)
+            hub = {"revision": model.revision, "local_files_only": model.offline}
+            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, **hub)
             lm = AutoModelForCausalLM.from_pretrained(
                 model.name_or_path,
-                revision=model.revision,
+                **hub,
                 dtype=_DTYPES[dtype_name],
                 attn_implementation="eager",  # Gemma-2's attention soft-capping needs it
             )

@@ -74,6 +74,7 @@ class ModelSpec:
     name_or_path: str
     dtype: str | None = None  # "float32", "bfloat16", "float16"; None -> backend default
     revision: str | None = None
+    offline: bool = False  # only the local directory / Hugging Face cache; never the network
 
 
 @dataclass(slots=True)

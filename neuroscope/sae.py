@@ -117,8 +117,12 @@ def resolve_sae_file(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    from neuroscope.hubio import hub_reachable
+
     try:
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision))
+        return Path(
+            hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, local_files_only=not hub_reachable())
+        )
     except LocalEntryNotFoundError as exc:
         raise SAEError(
             f"cannot fetch SAE {repo_id}/{filename}: offline and not in the Hugging Face cache "

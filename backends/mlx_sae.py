@@ -1,0 +1,83 @@
+"""JumpReLU encode + feature filter + top-k in MLX, compiled, in float32.
+
+Everything here is lazy: :meth:`MLXSAE.topk` only builds graph on top of the captured residual, so the
+backend can evaluate the next token and its features together with one ``mx.async_eval``. The semantics
+are those of ``backends/torch_sae.py``: the filter's scale multiplies the ranking score only, masked
+features cannot win, reported activations stay raw, and the k winners come strongest first.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from neuroscope.protocol import FeatureFilter
+from neuroscope.sae import RMS_EPS, SAEWeights
+
+SAE_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
+
+
+class MLXSAE:
+    """The SAE's encoder weights as mx arrays, loaded once, and the compiled encode / top-k functions.
+
+    ``dtype="bfloat16"`` halves the encoder's memory; the matmul still runs in float32 (the weights are
+    up-cast inside the compiled graph) because JumpReLU thresholds are sensitive to rounding.
+    """
+
+    def __init__(self, sae: SAEWeights, *, top_k: int, input_norm: str = "none", dtype: str = "float32"):
+        if input_norm not in ("none", "rms"):
+            raise ValueError(f"unknown SAE input norm {input_norm!r} (choose none or rms)")
+        if dtype not in SAE_DTYPES:
+            raise ValueError(f"unknown SAE dtype {dtype!r} (choose {' or '.join(SAE_DTYPES)})")
+        self.d_sae = sae.d_sae
+        self.k = min(top_k, sae.d_sae)
+        self.input_norm = input_norm
+        self.dtype = dtype
+        wdt = SAE_DTYPES[dtype]
+        self.W_enc = mx.array(np.ascontiguousarray(sae.W_enc, dtype=np.float32)).astype(wdt)  # (d_model, d_sae)
+        self.b_enc = mx.array(np.asarray(sae.b_enc, dtype=np.float32)).astype(wdt)
+        self.threshold = mx.array(np.asarray(sae.threshold, dtype=np.float32))  # thresholds stay float32
+        self._scale = mx.ones((self.d_sae,), dtype=mx.float32)
+        self._mask = mx.ones((self.d_sae,), dtype=mx.bool_)
+        mx.eval(self.W_enc, self.b_enc, self.threshold, self._scale, self._mask)
+        self._encode = mx.compile(self._encode_impl)
+        self._topk = mx.compile(self._topk_impl)
+
+    def set_filter(self, flt: FeatureFilter) -> None:
+        """Identity by default; otherwise a per-feature ranking scale and an exclusion mask."""
+        flt.validate(self.d_sae)
+        self._scale = mx.ones((self.d_sae,), mx.float32) if flt.scale is None else mx.array(flt.scale.astype(np.float32))
+        self._mask = mx.ones((self.d_sae,), mx.bool_) if flt.mask is None else mx.array(flt.mask.astype(bool))
+        mx.eval(self._scale, self._mask)
+
+    # ------------------------------------------------------------------------------------------ graphs
+    def _encode_impl(self, x: mx.array, W: mx.array, b: mx.array, thr: mx.array) -> mx.array:
+        x = x.astype(mx.float32)
+        if self.input_norm == "rms":
+            x = x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + RMS_EPS)
+        pre = x @ W.astype(mx.float32) + b.astype(mx.float32)
+        return mx.where(pre > thr, pre, mx.zeros_like(pre))
+
+    def _topk_impl(self, x, W, b, thr, scale, mask) -> mx.array:
+        acts = self._encode_impl(x, W, b, thr)
+        l0 = (acts > 0).sum(axis=-1, keepdims=True).astype(mx.float32)
+        scores = mx.where(mask, acts * scale, mx.array(-mx.inf, mx.float32))
+        k = self.k
+        ids = mx.argpartition(-scores, kth=k - 1, axis=-1)[..., :k]
+        order = mx.argsort(-mx.take_along_axis(scores, ids, axis=-1), axis=-1)  # strongest first
+        ids = mx.take_along_axis(ids, order, axis=-1)
+        vals = mx.take_along_axis(acts, ids, axis=-1)
+        vals = mx.where(mx.take(mask, ids), vals, mx.zeros_like(vals))  # a masked feature never wins
+        return mx.concatenate([l0, ids.astype(mx.float32), vals], axis=-1)
+
+    # ------------------------------------------------------------------------------------------ public
+    def encode(self, x: mx.array) -> mx.array:
+        """JumpReLU activations (n, d_sae) float32 of residuals ``x`` (n, d_model), lazily."""
+        return self._encode(x, self.W_enc, self.b_enc, self.threshold)
+
+    def topk(self, x: mx.array) -> mx.array:
+        """``x`` (n, d_model) -> packed float32 (n, 1 + 2k): [l0, ids..., values...], lazily.
+
+        Ids travel as float32 (exact below 2**24) so a token's whole record is one small array.
+        """
+        return self._topk(x, self.W_enc, self.b_enc, self.threshold, self._scale, self._mask)

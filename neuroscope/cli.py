@@ -1,0 +1,154 @@
+"""The ``neuroscope`` command line (typer + rich). Commands build a config and call one function."""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from click.core import ParameterSource
+from rich.console import Console
+
+from neuroscope import __version__
+from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
+
+app = typer.Typer(
+    name="neuroscope",
+    help="An SAE-instrumented LLM server: OpenAI-compatible chat plus a live stream of SAE features per token.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+def serve(config: ServeConfig) -> int:  # patched in tests; imports the server lazily
+    from neuroscope.serve import serve as _serve
+
+    return _serve(config, err)
+
+
+class Norm(str, Enum):
+    none = "none"
+    rms = "rms"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"neuroscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Neuroscope."""
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="Hub id or local directory of a Gemma-2 model.")] = DEFAULT_MODEL,
+    sae: Annotated[str, typer.Option(help="Hub repo of the SAE.")] = DEFAULT_SAE,
+    sae_path: Annotated[str, typer.Option(help="File of the SAE inside --sae.")] = DEFAULT_SAE_PATH,
+    sae_local_path: Annotated[
+        Optional[Path], typer.Option(help="A local params.npz (or a directory holding one) instead of the hub.")
+    ] = None,
+    sae_layer: Annotated[int, typer.Option(help="Capture the output of this decoder block.", min=0)] = DEFAULT_LAYER,
+    top_k: Annotated[int, typer.Option(help="Features reported per token.", min=1, max=1000)] = 10,
+    port: Annotated[int, typer.Option(help="Port of the OpenAI-compatible chat API.", min=0, max=65535)] = 8080,
+    features_port: Annotated[int, typer.Option(help="Port of the feature stream.", min=0, max=65535)] = 8081,
+    backend: Annotated[str, typer.Option(help="auto, mlx, torch-cuda or torch-cpu.")] = "auto",
+    host: Annotated[str, typer.Option(help="Address to bind both ports to.")] = "127.0.0.1",
+    dtype: Annotated[
+        Optional[DType], typer.Option(help="Model dtype (default: bfloat16 on CUDA, float32 on CPU).")
+    ] = None,
+    sae_input_norm: Annotated[
+        Norm, typer.Option(help="none: the raw residual (Gemma Scope); rms: divide each vector by its RMS.")
+    ] = Norm.none,
+    labels_path: Annotated[Optional[Path], typer.Option(help="JSON file of feature index -> label.")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Serve the built-in offline demo model (random weights).")] = False,
+    max_tokens: Annotated[
+        int, typer.Option(help="Completion length when a request does not set max_tokens.", min=1)
+    ] = 1024,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "warning",
+) -> None:
+    """Serve chat on --port and the live feature stream on --features-port."""
+    from neuroscope.runtime import StartupError
+
+    defaults = all(
+        ctx.get_parameter_source(p) in (ParameterSource.DEFAULT, None)
+        for p in ("model", "sae", "sae_path", "sae_local_path")
+    )
+    config = ServeConfig(
+        model=model,
+        sae=sae,
+        sae_path=sae_path,
+        sae_local_path=str(sae_local_path) if sae_local_path else None,
+        sae_layer=sae_layer,
+        top_k=top_k,
+        host=host,
+        port=port,
+        features_port=features_port,
+        backend=backend,
+        dtype=dtype.value if dtype else None,
+        sae_input_norm=sae_input_norm.value,
+        labels_path=str(labels_path) if labels_path else None,
+        demo=demo,
+        max_tokens=max_tokens,
+        demo_fallback=defaults and not demo,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        _fail(f"unknown --log-level {log_level!r}", 2)
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=level, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s")
+    try:
+        code = serve(config)
+    except StartupError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command("backends")
+def backends_cmd() -> None:
+    """List the backends and whether each is available on this machine."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from neuroscope import registry
+
+    avail = set(registry.available())
+    table = Table("backend", "available", "install")
+    for name in registry.names():
+        ok = name in avail
+        table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", "" if ok else escape(registry.install_hint(name)))
+    Console().print(table)
+
+
+def main() -> None:
+    from dotenv import load_dotenv
+
+    load_dotenv(Path.cwd() / ".env", override=False)
+    app()

@@ -1,0 +1,46 @@
+"""Everything ``neuroscope serve`` needs, built by the CLI (or by code and tests) and handed to ``serve()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "google/gemma-2-2b-it"
+DEFAULT_SAE = "google/gemma-scope-2b-pt-res"
+DEFAULT_SAE_PATH = "layer_20/width_16k/average_l0_71/params.npz"
+DEFAULT_LAYER = 20
+
+
+@dataclass
+class ServeConfig:
+    model: str = DEFAULT_MODEL
+    sae: str = DEFAULT_SAE
+    sae_path: str = DEFAULT_SAE_PATH
+    sae_local_path: str | None = None
+    sae_layer: int = DEFAULT_LAYER
+    top_k: int = 10
+    host: str = "127.0.0.1"
+    port: int = 8080
+    features_port: int = 8081
+    backend: str = "auto"
+    dtype: str | None = None
+    sae_input_norm: str = "none"
+    labels_path: str | None = None
+    demo: bool = False
+    max_tokens: int = 1024  # default completion length when a request names none
+    # when the default model/SAE cannot be fetched (offline, gated without a token), serve the demo instead
+    demo_fallback: bool = False
+
+    def validate(self) -> None:
+        for name, port in (("--port", self.port), ("--features-port", self.features_port)):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be between 0 and 65535, got {port}")
+        if self.port == self.features_port and self.port != 0:
+            raise ValueError(f"--port and --features-port must differ (both are {self.port})")
+        if self.top_k < 1:
+            raise ValueError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.sae_layer < 0:
+            raise ValueError(f"--sae-layer must be >= 0, got {self.sae_layer}")
+        if self.max_tokens < 1:
+            raise ValueError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+        if self.sae_input_norm not in ("none", "rms"):
+            raise ValueError(f"--sae-input-norm must be none or rms, got {self.sae_input_norm!r}")

@@ -1,0 +1,243 @@
+"""The generation thread: one thread owns the backend and runs queued jobs one at a time.
+
+The event loop never runs a forward pass. Per token the thread turns the backend's Step into a text delta
+(for the chat response) and a feature event (for the hub), and hands both to the loop with one
+``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from neuroscope.hub import FeatureHub
+from neuroscope.labels import Labels
+from neuroscope.protocol import Backend, GenerationParams, ModelInfo, Step
+from neuroscope.text import Detokenizer, StopMatcher
+
+log = logging.getLogger("neuroscope.engine")
+
+
+def new_request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    params: GenerationParams
+    stop: list[str] = field(default_factory=list)
+    request_id: str = field(default_factory=new_request_id)
+    created: int = field(default_factory=lambda: int(time.time()))
+    # filled by the engine
+    out: asyncio.Queue | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None
+
+
+class Engine:
+    """Owns the backend on its own thread; ``submit`` queues a job and returns its output queue."""
+
+    def __init__(self, backend: Backend, info: ModelInfo, hub: FeatureHub, labels: Labels, *, layer: int):
+        self.backend = backend
+        self.info = info
+        self.hub = hub
+        self.labels = labels
+        self.layer = layer
+        self.eos_ids = frozenset(info.extra.get("eos_token_ids", ()))
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._current: Job | None = None
+        self._seq = itertools.count()
+        self.completed = 0
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> "Engine":
+        self.start(asyncio.get_running_loop())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="neuroscope-generation", daemon=True)
+        self._thread.start()
+
+    def stop_all(self) -> None:
+        """Cancel every queued and running job; the thread finishes each with ``cancelled``."""
+        with self._jobs.mutex:
+            pending = list(self._jobs.queue)
+        for job in pending:
+            if job is not None:
+                job.cancel()
+        current = self._current
+        if current is not None:
+            current.cancel()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel everything queued or running and join the thread."""
+        self.stop_all()
+        self._jobs.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def queued(self) -> int:
+        return self._jobs.qsize()
+
+    def submit(self, job: Job) -> asyncio.Queue:
+        """Queue ``job`` (call on the loop thread); its output queue yields Chunk items then one Done."""
+        if self._thread is None:
+            raise RuntimeError("engine is not running")
+        job.out = asyncio.Queue()
+        self._jobs.put(job)
+        return job.out
+
+    # ------------------------------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self._current = job
+            try:
+                self._run_job(job)
+            except Exception as exc:  # a failed generation must not take the server down
+                log.exception("generation %s failed", job.request_id)
+                self._finish(job, "error", error=f"generation failed: {exc}")
+            finally:
+                self._current = None
+
+    def _post(self, fn, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _run_job(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            self._finish(job, "cancelled")
+            return
+        tok = self.info.tokenizer
+        params = job.params
+        if self.hub.prompt_subscribers > 0 and not params.prompt_features:
+            params = _replace(params, prompt_features=True)
+        if not params.eos_token_ids:
+            params = _replace(params, eos_token_ids=self.eos_ids)
+        detok = Detokenizer(tok)
+        prompt_detok = Detokenizer(tok, skip_special_tokens=False)
+        stops = StopMatcher(job.stop)
+        finish = "length"
+        gen = self.backend.generate(job.prompt_ids, params)
+        try:
+            for step in gen:
+                if job.cancelled.is_set():
+                    finish = "cancelled"
+                    break
+                if step.prompt:
+                    self._post(self._publish, "feature_activation", self._event(job, step, prompt_detok.add(step.token_id)), True)
+                    continue
+                if step.finish_reason == "stop":  # EOS: ends the turn, not part of the text
+                    finish = "stop"
+                    break
+                delta = detok.add(step.token_id)
+                if step.finish_reason == "length":
+                    delta += detok.flush()
+                job.completion_tokens += 1
+                visible = stops.feed(delta)
+                self._post(self._deliver, job, visible, self._event(job, step, delta))
+                if stops.stopped:
+                    finish = "stop"
+                    break
+                if step.finish_reason == "length":
+                    finish = "length"
+                    break
+        finally:
+            gen.close()
+        if finish != "cancelled":
+            # text held back as a possible stop-string prefix is released now. Bytes of an unfinished UTF-8
+            # character before EOS are dropped: they decode to nothing and belong to no token event.
+            rest = stops.finish()
+            if rest:
+                self._post(self._deliver, job, rest, None)
+        self._finish(job, finish)
+
+    def _event(self, job: Job, step: Step, token_text: str) -> dict[str, Any]:
+        labels = self.labels
+        index = step.position if step.prompt else job.completion_tokens
+        return {
+            "request_id": job.request_id,
+            "token_index": index,
+            "token": token_text,
+            "token_id": step.token_id,
+            "position": step.position,
+            "prompt": step.prompt,
+            "layer": self.layer,
+            "l0": step.l0,
+            "top_features": [
+                {"index": int(i), "label": labels[int(i)], "activation": round(float(v), 6)}
+                for i, v in zip(step.feature_ids, step.feature_values)
+            ],
+        }
+
+    def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
+        job.finish_reason = reason
+        done = Done(reason, len(job.prompt_ids), job.completion_tokens, error)
+        self._post(self._complete, job, done)
+
+    # ------------------------------------------------------------------------------------------ loop side
+    def _publish(self, name: str, data: dict[str, Any], prompt: bool) -> None:
+        self.hub.publish(name, data, prompt=prompt)
+
+    def _deliver(self, job: Job, text: str, event: dict[str, Any] | None) -> None:
+        if event is not None:
+            self.hub.publish("feature_activation", event)
+        if text:
+            job.out.put_nowait(Chunk(text))
+
+    def _complete(self, job: Job, done: Done) -> None:
+        self.completed += 1
+        self.hub.publish(
+            "generation_complete",
+            {
+                "request_id": job.request_id,
+                "tokens": done.completion_tokens,
+                "prompt_tokens": done.prompt_tokens,
+                "finish_reason": done.finish_reason,
+                **({"error": done.error} if done.error else {}),
+            },
+        )
+        job.out.put_nowait(done)
+
+
+def _replace(params: GenerationParams, **changes) -> GenerationParams:
+    from dataclasses import replace
+
+    return replace(params, **changes)

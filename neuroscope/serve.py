@@ -1,0 +1,71 @@
+"""``serve(config)``: load everything, print the start-up panel, serve both ports until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from neuroscope.config import ServeConfig
+from neuroscope.runtime import Runtime, load_runtime
+from neuroscope.server.app import Bound, NeuroscopeServer, run_until_signalled
+
+
+def _panel(rt: Runtime, bound: Bound) -> Panel:
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold cyan", justify="right")
+    t.add_column()
+    info, cfg = rt.info, rt.config
+    t.add_row("model", info.model_id + ("  [yellow](built-in demo)[/]" if rt.demo else ""))
+    t.add_row("SAE", f"{rt.sae_id}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU)")
+    t.add_row("layer", f"output of block {cfg.sae_layer} of {info.n_layers}  (input norm: {cfg.sae_input_norm})")
+    t.add_row("backend", f"{rt.backend.name} on {info.device}, {info.dtype}")
+    t.add_row("top-k", str(cfg.top_k))
+    t.add_row("labels", f"{rt.labels.source} ({rt.labels.named} named, the rest feature_<i>)")
+    t.add_row("chat", f"{bound.chat_url}/chat/completions")
+    t.add_row("features", bound.features_url)
+    if rt.demo:
+        t.add_row("", "[yellow]The demo model and SAE have random weights: varied but meaningless text and features.[/]")
+    if rt.fallback_reason:
+        t.add_row("", f"[yellow]Serving the demo because the default model could not be loaded: {rt.fallback_reason}[/]")
+    return Panel(t, title="Neuroscope", border_style="cyan", expand=False)
+
+
+def serve(config: ServeConfig, console: Console | None = None) -> int:
+    """Run the server in the foreground; return the exit code. Raises ``StartupError`` when it cannot start."""
+    console = console or Console(stderr=True)
+    with console.status("starting") as status:
+        rt = load_runtime(config, lambda msg: status.update(msg))
+    server = NeuroscopeServer(
+        rt.backend,
+        rt.info,
+        rt.labels,
+        layer=rt.config.sae_layer,
+        backend_name=rt.backend.name,
+        sae_id=rt.sae_id,
+        host=rt.config.host,
+        port=rt.config.port,
+        features_port=rt.config.features_port,
+        default_max_tokens=rt.config.max_tokens,
+    )
+
+    def ready(bound: Bound) -> None:
+        console.print(_panel(rt, bound))
+        console.print(
+            f"[bold green]ready[/] chat: {bound.chat_url}  features: {bound.features_url}  (Ctrl-C to stop)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    try:
+        asyncio.run(run_until_signalled(server, ready))
+    except OSError as exc:  # e.g. the port is taken
+        from neuroscope.runtime import StartupError
+
+        raise StartupError(f"cannot listen on {config.host}: {exc.strerror or exc}") from None
+    finally:
+        rt.backend.close()
+    console.print("stopped")
+    return 0

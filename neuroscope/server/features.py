@@ -1,0 +1,79 @@
+"""Port 8081: the live feature stream (SSE) and the label map."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from neuroscope.server.state import STATE
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+CORS = {"Access-Control-Allow-Origin": "*"}
+
+
+def _json_error(status: int, message: str, param: str | None = None) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}},
+        status=status, headers=CORS,
+    )
+
+
+async def feature_stream(request: web.Request) -> web.StreamResponse:
+    """``event: feature_activation`` per token, ``event: generation_complete`` per request.
+
+    ``?request_id=`` keeps one request's events (replayed from its start) and ends after its completion;
+    ``?include_prompt=true`` adds one event per prompt token.
+    """
+    st = request.app[STATE]
+    include = request.query.get("include_prompt", "false").lower()
+    if include not in _TRUE + _FALSE:
+        return _json_error(400, f"include_prompt must be true or false, got {include!r}", "include_prompt")
+    request_id = request.query.get("request_id") or None
+    sub = st.hub.subscribe(request_id=request_id, include_prompt=include in _TRUE)
+    try:
+        async with sse_response(request, headers=CORS) as resp:
+            st.streams.add(resp)
+            while resp.is_connected():
+                event = await sub.get()
+                if event is None:
+                    break
+                await resp.send(json.dumps(event["data"], ensure_ascii=False), event=event["event"])
+                if request_id is not None and event["event"] == "generation_complete":
+                    break
+        return resp
+    finally:
+        st.hub.unsubscribe(sub)
+
+
+async def labels(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    lab = st.labels
+    return web.json_response(
+        {"source": lab.source, "count": len(lab), "named": lab.named, "labels": lab.as_dict()}, headers=CORS
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    hub = request.app[STATE].hub
+    return web.json_response(
+        {"status": "ok", "subscribers": hub.subscribers, "published": hub.published, "dropped": hub.dropped},
+        headers=CORS,
+    )
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return _json_error(404, f"no route {request.method} {request.path} on this port "
+                            "(GET /v1/features/stream, GET /v1/features/labels)")
+
+
+def make_features_app(state) -> web.Application:
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/v1/features/stream", feature_stream)
+    app.router.add_get("/v1/features/labels", labels)
+    app.router.add_get("/health", health)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app

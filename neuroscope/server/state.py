@@ -1,0 +1,27 @@
+"""What the request handlers share, passed through ``web.AppKey``s."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from neuroscope.engine import Engine
+from neuroscope.hub import FeatureHub
+from neuroscope.labels import Labels
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    hub: FeatureHub
+    labels: Labels
+    model_id: str
+    backend_name: str
+    sae_id: str
+    default_max_tokens: int = 1024
+    streams: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # open SSE responses, stopped on shutdown
+
+
+STATE = web.AppKey("neuroscope_state", ServerState)
