@@ -61,6 +61,9 @@ class _TorchBackend:
         sae_input_norm: SAEInputNorm = "none",
     ) -> ModelInfo:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         dtype_name = model.dtype or self.default_dtype
         if dtype_name not in _DTYPES:

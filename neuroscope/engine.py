@@ -170,9 +170,10 @@ class Engine:
                 delta = detok.add(step.token_id)
                 if step.finish_reason == "length":
                     delta += detok.flush()
+                event = self._event(job, step, delta)
                 job.completion_tokens += 1
                 visible = stops.feed(delta)
-                self._post(self._deliver, job, visible, self._event(job, step, delta))
+                self._post(self._deliver, job, visible, event)
                 if stops.stopped:
                     finish = "stop"
                     break

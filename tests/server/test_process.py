@@ -1,0 +1,85 @@
+"""`neuroscope serve --demo` as a real process: starts offline, serves, and exits 0 on SIGTERM / Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.support.server import SSEReader
+
+
+def _start(tmp_path, *extra):
+    env = {**os.environ, "NEUROSCOPE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neuroscope", "serve", "--demo", "--backend", "torch-cpu", "--port", "0",
+         "--features-port", "0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("ready"):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(120):
+        proc.kill()
+        pytest.fail("server never printed its ready line:\n" + "".join(lines))
+    m = re.search(r"chat: http://127\.0\.0\.1:(\d+)/v1\s+features: http://127\.0\.0\.1:(\d+)/", lines[-1])
+    assert m, lines[-1]
+    return proc, lines, int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_demo_serves_and_shuts_down_cleanly(tmp_path, sig):
+    proc, lines, chat, feat = _start(tmp_path)
+    try:
+        text = "".join(lines)
+        assert "neuroscope-demo" in text and "random weights" in text
+        models = httpx.get(f"http://127.0.0.1:{chat}/v1/models").json()
+        assert models["data"][0]["id"] == "neuroscope-demo"
+        reader = SSEReader(f"http://127.0.0.1:{feat}/v1/features/stream").start()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"http://127.0.0.1:{feat}/health").json()["subscribers"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = httpx.post(f"http://127.0.0.1:{chat}/v1/chat/completions",
+                       json={"model": "neuroscope-demo", "messages": [{"role": "user", "content": "hi"}],
+                             "max_tokens": 6, "temperature": 0}, timeout=60)
+        assert r.status_code == 200
+        proc.send_signal(sig)
+        assert proc.wait(30) == 0
+        reader.wait(10)  # the open feature stream was closed by the shutdown
+        assert any(e == "generation_complete" for e, _ in reader.events)
+        assert "stopped" in "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = {**os.environ, "NEUROSCOPE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+        out = subprocess.run(
+            [sys.executable, "-m", "neuroscope", "serve", "--demo", "--backend", "torch-cpu", "--port", str(port),
+             "--features-port", "0"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )
+    assert out.returncode == 1
+    assert "error: cannot listen" in out.stderr and str(port) in out.stderr and "in use" in out.stderr

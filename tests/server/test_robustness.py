@@ -1,0 +1,80 @@
+"""Slow or vanished consumers never slow or stop generation; a client that leaves stops its generation."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.support.server import RunningServer, SSEReader
+
+# greedy decoding of this prompt on the tiny fixture runs past 450 tokens without EOS
+MSG = [{"role": "user", "content": "The cat sat on the mat."}]
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(tiny_fixture):
+    # a tiny per-subscriber queue and many features per event make a stalled subscriber overflow quickly
+    srv = RunningServer("torch-cpu", tiny_fixture, top_k=64, queue_size=8, max_tokens=400)
+    yield srv
+    srv.stop()
+
+
+def _stalled_subscriber(port: int) -> socket.socket:
+    """Connects, asks for the stream, and never reads (a tiny receive buffer fills at once)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /v1/features/stream?include_prompt=true HTTP/1.1\r\nHost: x\r\n\r\n")
+    return s
+
+
+def test_stalled_subscriber_does_not_slow_generation(small_queue_server):
+    srv = small_queue_server
+    stalled = _stalled_subscriber(srv.bound.features_port)
+    try:
+        srv.wait_subscribers(1)
+        reader = SSEReader(f"{srv.features}/v1/features/stream").start()
+        srv.wait_subscribers(2)
+        r = httpx.post(f"{srv.chat}/v1/chat/completions",
+                       json={"messages": MSG, "max_tokens": 400, "temperature": 0}, timeout=120).json()
+        rid = r["id"]
+        deadline = time.monotonic() + 60
+        while not reader.of(rid, "generation_complete") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r["usage"]["completion_tokens"] == 400 and r["choices"][0]["finish_reason"] == "length"
+        # the healthy subscriber is a fast reader: it saw every token despite its small queue
+        got = reader.of(rid)
+        health = httpx.get(f"{srv.features}/health").json()
+        assert health["dropped"] > 0, "the stalled subscriber's queue should have overflowed (drop oldest)"
+        assert len(got) + health["dropped"] >= 400
+        assert [e["token_index"] for e in got] == sorted(e["token_index"] for e in got)
+    finally:
+        stalled.close()
+
+
+def test_client_disconnect_stops_generation(server):
+    done = SSEReader(f"{server.features}/v1/features/stream").start()
+    server.wait_subscribers(1)
+    with httpx.stream("POST", f"{server.chat}/v1/chat/completions",
+                      json={"messages": MSG, "max_tokens": 900, "stream": True}, timeout=60) as r:
+        rid = r.headers["x-request-id"]
+        lines = r.iter_lines()
+        got = 0
+        for line in lines:
+            if line.startswith("data: ") and '"content"' in line:
+                got += 1
+            if got >= 4:
+                break
+    # the connection is closed here, mid-stream
+    deadline = time.monotonic() + 30
+    while not done.of(rid, "generation_complete") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (complete,) = done.of(rid, "generation_complete")
+    assert complete["finish_reason"] == "cancelled"
+    assert complete["tokens"] < 900
+    # and the server carries on
+    r2 = httpx.post(f"{server.chat}/v1/chat/completions", json={"messages": MSG, "max_tokens": 2}, timeout=60)
+    assert r2.status_code == 200 and r2.json()["usage"]["completion_tokens"] == 2
