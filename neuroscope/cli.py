@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from click.core import ParameterSource
 from rich.console import Console
 
 from neuroscope import __version__
@@ -92,8 +91,9 @@ def serve_cmd(
     """Serve chat on --port and the live feature stream on --features-port."""
     from neuroscope.runtime import StartupError
 
+    # typer may carry its own click: compare the source by name
     defaults = all(
-        ctx.get_parameter_source(p) in (ParameterSource.DEFAULT, None)
+        getattr(ctx.get_parameter_source(p), "name", "DEFAULT") == "DEFAULT"
         for p in ("model", "sae", "sae_path", "sae_local_path")
     )
     config = ServeConfig(
