@@ -65,7 +65,10 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
 
 
 def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
-    offline = not config.demo and not hub_reachable()
+    from pathlib import Path
+
+    local_model = config.demo or Path(config.model).expanduser().is_dir()
+    offline = not local_model and not hub_reachable()
     sae_id = config.sae_local_path or f"{config.sae}/{config.sae_path}"
     status(f"loading SAE {sae_id}")
     sae = load_npz(resolve_sae_file(config.sae, config.sae_path, config.sae_local_path))

@@ -59,6 +59,8 @@ def load_npz(path: str | os.PathLike[str], *, dtype: np.dtype | type = np.float3
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise SAEError(f"SAE file {path} is not a readable .npz archive: {exc}") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise SAEError(f"SAE file {path} is a single array, not a .npz archive of W_enc, b_enc, threshold, W_dec, b_dec")
     with npz:
         missing = [k for k in REQUIRED_KEYS if k not in npz.files]
         if missing:

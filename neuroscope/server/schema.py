@@ -38,7 +38,7 @@ def _number(body: dict, key: str, lo: float, hi: float, default: float) -> float
     v = body.get(key)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
         raise _bad(f"'{key}' must be a number", key, "invalid_type")
     if not lo <= v <= hi:
         raise _bad(f"'{key}' must be between {lo} and {hi}, got {v}", key)
@@ -151,7 +151,10 @@ def parse_chat_request(body: Any, *, served_model: str) -> ChatRequest:
             raise _bad("'stream_options' must be an object", "stream_options", "invalid_type")
         if not stream:
             raise _bad("'stream_options' is only allowed when 'stream' is true", "stream_options")
-        include_usage = _bool(opts, "include_usage")
+        v = opts.get("include_usage", False)
+        if not isinstance(v, bool):
+            raise _bad("'stream_options.include_usage' must be a boolean", "stream_options.include_usage", "invalid_type")
+        include_usage = v
     seed = _int(body, "seed")
     return ChatRequest(
         messages=parsed,

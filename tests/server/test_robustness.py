@@ -78,3 +78,20 @@ def test_client_disconnect_stops_generation(server):
     # and the server carries on
     r2 = httpx.post(f"{server.chat}/v1/chat/completions", json={"messages": MSG, "max_tokens": 2}, timeout=60)
     assert r2.status_code == 200 and r2.json()["usage"]["completion_tokens"] == 2
+
+
+def test_non_stream_client_disconnect_stops_generation(server):
+    done = SSEReader(f"{server.features}/v1/features/stream").start()
+    server.wait_subscribers(1)
+    body = b'{"messages": [{"role": "user", "content": "The cat sat on the mat."}], "max_tokens": 900}'
+    s = socket.create_connection(("127.0.0.1", server.bound.chat_port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    deadline = time.monotonic() + 30
+    while not any(e == "feature_activation" for e, _ in done.events) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s.close()  # gone before the answer
+    while not [d for e, d in done.events if e == "generation_complete"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (complete,) = [d for e, d in done.events if e == "generation_complete"]
+    assert complete["finish_reason"] == "cancelled" and complete["tokens"] < 900
