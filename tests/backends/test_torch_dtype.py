@@ -1,0 +1,45 @@
+"""The torch backend in bfloat16 (CUDA's default dtype), run here on the CPU: the residual is captured in bf16
+and encoded in float32, and the features still match the numpy reference on that same bf16 residual."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from backends.torch_backend import TorchCPUBackend, TorchCUDABackend  # noqa: E402
+from neuroscope.protocol import BackendError, GenerationParams, ModelSpec  # noqa: E402
+from neuroscope.sae import encode_reference, load_npz  # noqa: E402
+
+
+def test_bfloat16_model_float32_sae(tiny_fixture):
+    from transformers import AutoModelForCausalLM
+
+    sae = load_npz(tiny_fixture.sae_path)
+    backend = TorchCPUBackend()
+    info = backend.load(ModelSpec(str(tiny_fixture.model_dir), dtype="bfloat16"), sae, tiny_fixture.sae_layer, top_k=8)
+    assert info.dtype == "bfloat16"
+    tok = info.tokenizer
+    ids = tok.encode(
+        tok.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False,
+    )
+    (step,) = backend.generate(ids, GenerationParams(max_tokens=1, prompt_features=False))
+    backend.close()
+    ref_model = AutoModelForCausalLM.from_pretrained(tiny_fixture.model_dir, dtype=torch.bfloat16, attn_implementation="eager")
+    with torch.inference_mode():
+        hidden = ref_model(torch.tensor([ids]), output_hidden_states=True).hidden_states[tiny_fixture.sae_layer + 1]
+    acts = encode_reference(sae, hidden[0, -1].float().numpy())
+    np.testing.assert_allclose(step.feature_values, acts[step.feature_ids], rtol=1e-4, atol=1e-4)
+    assert step.l0 == int((acts > 0).sum())
+
+
+def test_unknown_dtype_is_refused(tiny_fixture):
+    with pytest.raises(BackendError, match="unknown dtype 'float8'"):
+        TorchCPUBackend().load(ModelSpec(str(tiny_fixture.model_dir), dtype="float8"), load_npz(tiny_fixture.sae_path), 2, top_k=4)
+
+
+def test_cuda_backend_defaults():
+    assert TorchCUDABackend.default_dtype == "bfloat16" and TorchCUDABackend.device_type == "cuda"
+    assert TorchCUDABackend.is_available() == torch.cuda.is_available()
