@@ -68,6 +68,8 @@ def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
     from pathlib import Path
 
     local_model = config.demo or Path(config.model).expanduser().is_dir()
+    if local_model and not (Path(config.model).expanduser() / "config.json").is_file():
+        raise BackendError(f"cannot load model {config.model!r}: the directory holds no config.json (not a checkpoint)")
     offline = not local_model and not hub_reachable()
     sae_id = config.sae_local_path or f"{config.sae}/{config.sae_path}"
     status(f"loading SAE {sae_id}")

@@ -16,11 +16,11 @@ import pytest
 from tests.support.server import SSEReader
 
 
-def _start(tmp_path, *extra):
+def _start(tmp_path, *extra, demo=True):
     env = {**os.environ, "NEUROSCOPE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "neuroscope", "serve", "--demo", "--backend", "torch-cpu", "--port", "0",
-         "--features-port", "0", *extra],
+        [sys.executable, "-m", "neuroscope", "serve", *(["--demo"] if demo else []), "--backend", "torch-cpu",
+         "--port", "0", "--features-port", "0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
     )
     lines: list[str] = []
@@ -83,3 +83,16 @@ def test_port_in_use_is_a_clear_error(tmp_path):
         )
     assert out.returncode == 1
     assert "error: cannot listen" in out.stderr and str(port) in out.stderr and "in use" in out.stderr
+
+
+def test_default_serve_offline_falls_back_to_the_demo(tmp_path):
+    proc, lines, chat, _ = _start(tmp_path, demo=False)
+    try:
+        text = "".join(lines)
+        assert "Serving the demo because the default model could not be loaded" in text
+        assert httpx.get(f"http://127.0.0.1:{chat}/v1/models").json()["data"][0]["id"] == "neuroscope-demo"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
