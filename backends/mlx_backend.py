@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 
+from backends.records import eos_ids, unpack_step
 from neuroscope.loading import model_load_error
 from neuroscope.protocol import (
     BackendError,
@@ -78,15 +80,17 @@ class MLXBackend:
         sae_dtype: str = "float32",
     ) -> ModelInfo:
         import mlx.core as mx
-        from mlx_lm.utils import _download, load_model, load_tokenizer
+        from mlx_lm.utils import load_model, load_tokenizer
 
         from backends.mlx_gemma2 import model_classes
-        from backends.mlx_sae import MLXSAE
+        from backends.mlx_sae import MLXSAE, SAE_DTYPES
 
         if model.dtype is not None and model.dtype not in _MODEL_DTYPES:
             raise BackendError(f"unknown dtype {model.dtype!r}; choose one of {', '.join(_MODEL_DTYPES)}")
+        if sae_dtype not in SAE_DTYPES:
+            raise BackendError(f"unknown SAE dtype {sae_dtype!r}; choose one of {', '.join(SAE_DTYPES)}")
         try:
-            path = _download(model.name_or_path, revision=model.revision)
+            path = _local_path(model)
             lm, config = load_model(path, get_model_classes=model_classes)
             wrapper = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
         except (OSError, ValueError, KeyError) as exc:
@@ -138,19 +142,23 @@ class MLXBackend:
             return
         model, sae, capture = self.model, self.sae, self.capture
         layer = self.layer if capture else None
+        stream = _generation_stream()
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        key = mx.random.key(seed)
+        key = mx.random.key(seed & 0xFFFF_FFFF_FFFF_FFFF)  # MLX keys take an unsigned 64-bit seed
         cache = model.make_cache()
 
-        def step(tokens: mx.array, key: mx.array, keep_all: bool = False):
-            """Graph for one forward over ``tokens`` (1, L): the packed record of the token it samples."""
-            out = model(tokens, cache, capture_layer=layer, last_only=True)
-            logits, hidden = out if capture else (out, None)
-            token = _sample(logits[:, -1, :], params.temperature, params.top_p, key)
-            if not capture:
-                return token, token.astype(mx.float32), None
-            record = mx.concatenate([token.astype(mx.float32), sae.topk(hidden[:, -1, :])[0]])
-            return token, record, (hidden[0] if keep_all else None)
+        def step(tokens: mx.array, keep_all: bool = False):
+            """Graph for one forward over ``tokens`` (1, L): the token it samples and its packed record."""
+            nonlocal key
+            with mx.stream(stream):
+                key, sub = mx.random.split(key)
+                out = model(tokens, cache, capture_layer=layer, last_only=True)
+                logits, hidden = out if capture else (out, None)
+                token = _sample(logits[:, -1, :], params.temperature, params.top_p, sub)
+                if not capture:
+                    return token, token.astype(mx.float32), None
+                record = mx.concatenate([token.astype(mx.float32), sae.topk(hidden[:, -1, :])[0]])
+                return token, record, (hidden[0] if keep_all else None)
 
         # prefill: all chunks but the last only fill the caches (and keep block N's output for prompt features)
         want_prompt = params.prompt_features and capture
@@ -158,33 +166,65 @@ class MLXBackend:
         kept: list[mx.array] = []
         chunk = max(1, int(self.prefill_step))
         while ids.shape[1] > chunk:
-            out = model(ids[:, :chunk], cache, capture_layer=layer if want_prompt else None, last_only=True)
-            if want_prompt:
-                kept.append(out[1][0])
-            mx.eval([c.state for c in cache] + kept)
+            with mx.stream(stream):
+                out = model(ids[:, :chunk], cache, capture_layer=layer if want_prompt else None, last_only=True)
+                if want_prompt:
+                    kept.append(out[1][0])
+                mx.eval([c.state for c in cache] + kept)
             ids = ids[:, chunk:]
-        key, sub = mx.random.split(key)
-        token, record, last_hidden = step(ids, sub, keep_all=want_prompt)
+        token, record, last_hidden = step(ids, keep_all=want_prompt)
         mx.async_eval(record)
         if want_prompt:
-            packed = np.array(sae.topk(mx.concatenate(kept + [last_hidden], axis=0)))  # one batched encode
+            with mx.stream(stream):  # one batched encode of every prompt position
+                packed = np.array(sae.topk(mx.concatenate(kept + [last_hidden], axis=0)))
             for j, tid in enumerate(prompt_ids):
-                yield _step(tid, packed[j], sae.k, position=j, prompt=True)
+                yield unpack_step(tid, packed[j], sae.k, position=j, prompt=True)
 
         n = len(prompt_ids)
         for i in range(params.max_tokens):
             last = i + 1 == params.max_tokens
-            if not last:  # queue token i+1 before waiting on token i
-                key, sub = mx.random.split(key)
-                next_token, next_record, _ = step(token[None], sub)
+            if not last:  # queue token i+1 before waiting on token i: the one async_eval of this token
+                next_token, next_record, _ = step(token[None])
                 mx.async_eval(next_record)
             host = np.array(record)
             tid = int(host[0])
             finish = "stop" if tid in params.eos_token_ids else ("length" if last else None)
-            yield _step(tid, host[1:], sae.k, position=n + i - 1, finish=finish, capture=capture)
+            yield unpack_step(tid, host[1:], sae.k, position=n + i - 1, finish=finish, capture=capture)
             if finish is not None:
                 return
             token, record = next_token, next_record
+
+
+def _local_path(model: ModelSpec) -> Path:
+    """A local directory as is; a hub id through huggingface_hub's cache (never the network when offline)."""
+    path = Path(model.name_or_path).expanduser()
+    if path.exists():
+        return path
+    from huggingface_hub import snapshot_download
+    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+
+    return Path(
+        snapshot_download(
+            model.name_or_path,
+            revision=model.revision,
+            allow_patterns=DEFAULT_ALLOW_PATTERNS,
+            local_files_only=model.offline,
+        )
+    )
+
+
+_STREAM = None
+
+
+def _generation_stream():
+    """A stream for generation, thread-local like mlx-lm's: the server runs generation on its own thread."""
+    global _STREAM
+    if _STREAM is None:
+        import mlx.core as mx
+
+        make = getattr(mx, "new_thread_local_stream", mx.new_stream)
+        _STREAM = make(mx.default_device())
+    return _STREAM
 
 
 def _sample(logits, temperature: float, top_p: float, key):
@@ -206,39 +246,16 @@ def _sample(logits, temperature: float, top_p: float, key):
     return mx.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
 
 
-def _step(tid: int, rec: np.ndarray, k: int, *, position: int, prompt: bool = False, finish=None, capture=True) -> Step:
-    if not capture:
-        empty = np.zeros(0, dtype=np.int64)
-        return Step(int(tid), empty, empty.astype(np.float32), 0, position, prompt, finish)
-    l0 = int(rec[0])
-    ids = rec[1 : 1 + k].astype(np.int64)
-    vals = rec[1 + k : 1 + 2 * k].astype(np.float32)
-    keep = vals > 0  # fewer than k features may fire
-    return Step(int(tid), ids[keep], vals[keep], l0, position, prompt, finish)
-
-
 def _eos_ids(config: dict, path: Path, tokenizer, wrapper) -> list[int]:
-    """The model's EOS ids (config, generation_config.json, tokenizer) plus ``<end_of_turn>`` if it exists."""
-    out: set[int] = set()
-    sources = [config.get("eos_token_id")]
+    """EOS ids from the config, generation_config.json, mlx-lm's wrapper and the tokenizer."""
+    sources = [config.get("eos_token_id"), sorted(getattr(wrapper, "eos_token_ids", None) or ())]
     gen_cfg = Path(path) / "generation_config.json"
     if gen_cfg.is_file():
         try:
             sources.append(json.loads(gen_cfg.read_text()).get("eos_token_id"))
         except (OSError, ValueError):
             pass
-    sources.append(sorted(getattr(wrapper, "eos_token_ids", None) or ()))
-    for e in sources:
-        if isinstance(e, int):
-            out.add(e)
-        elif e:
-            out.update(int(x) for x in e)
-    if tokenizer.eos_token_id is not None:
-        out.add(int(tokenizer.eos_token_id))
-    eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
-        out.add(eot)
-    return sorted(out)
+    return eos_ids(sources, tokenizer)
 
 
 def _describe_device() -> str:

@@ -11,7 +11,7 @@ the matching window masks, plus an optional capture of one decoder block's outpu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -34,12 +34,12 @@ class ModelArgs(BaseModelArgs):
     num_key_value_heads: int
     rope_theta: float = 10000.0
     rope_traditional: bool = False
-    rope_parameters: Optional[dict] = None  # transformers >= 5 writes rope_theta here
-    attn_logit_softcapping: Optional[float] = 50.0
-    final_logit_softcapping: Optional[float] = 30.0
+    rope_parameters: dict | None = None  # transformers >= 5 writes rope_theta here
+    attn_logit_softcapping: float | None = 50.0
+    final_logit_softcapping: float | None = 30.0
     query_pre_attn_scalar: float = 144.0
-    sliding_window: Optional[int] = 4096
-    layer_types: Optional[list] = None
+    sliding_window: int | None = 4096
+    layer_types: list | None = None
     max_position_embeddings: int = 8192
 
     def __post_init__(self) -> None:
@@ -66,7 +66,7 @@ class RMSNorm(nn.Module):
         return mx.fast.rms_norm(x, 1.0 + self.weight, self.eps)
 
 
-def _softcap(x: mx.array, cap: Optional[float]) -> mx.array:
+def _softcap(x: mx.array, cap: float | None) -> mx.array:
     return x if not cap else mx.tanh(x / cap) * cap
 
 
@@ -85,7 +85,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=False)
         self.rope = nn.RoPE(self.head_dim, traditional=args.rope_traditional, base=args.rope_theta)
 
-    def __call__(self, x: mx.array, mask: Optional[mx.array], cache: Any) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None, cache: Any) -> mx.array:
         B, L, _ = x.shape
         q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
@@ -130,12 +130,12 @@ class TransformerBlock(nn.Module):
         self.pre_feedforward_layernorm = RMSNorm(args.hidden_size, eps)
         self.post_feedforward_layernorm = RMSNorm(args.hidden_size, eps)
 
-    def __call__(self, x: mx.array, mask: Optional[mx.array], cache: Any) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None, cache: Any) -> mx.array:
         h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), mask, cache))
         return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
 
 
-def _masks(n: int, window: Optional[int], global_cache: Any, local_cache: Any) -> tuple:
+def _masks(n: int, window: int | None, global_cache: Any, local_cache: Any) -> tuple:
     """Boolean masks (True = attend) for the global and the local layers, built before the caches update.
 
     A local layer's rotating cache holds at most ``window - 1`` earlier positions once it has wrapped
@@ -161,7 +161,7 @@ class GemmaModel(nn.Module):
         self.layers = [TransformerBlock(args, args.is_sliding(i)) for i in range(args.num_hidden_layers)]
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def __call__(self, inputs: mx.array, cache=None, capture_layer: Optional[int] = None):
+    def __call__(self, inputs: mx.array, cache=None, capture_layer: int | None = None):
         """Final-norm hidden states, and the output of block ``capture_layer`` (None when not asked)."""
         h = self.embed_tokens(inputs)
         h = h * mx.array(self.args.hidden_size**0.5, dtype=h.dtype)  # Gemma scales in the activation dtype
@@ -187,7 +187,7 @@ class Model(nn.Module):
         self.model_type = args.model_type
         self.model = GemmaModel(args)
 
-    def __call__(self, inputs: mx.array, cache=None, *, capture_layer: Optional[int] = None, last_only=False):
+    def __call__(self, inputs: mx.array, cache=None, *, capture_layer: int | None = None, last_only=False):
         """Logits (soft-capped); with ``capture_layer`` a pair ``(logits, block output)``.
 
         ``last_only`` projects only the last position onto the vocabulary (prefill needs no more).

@@ -46,8 +46,9 @@ class MLXSAE:
     def set_filter(self, flt: FeatureFilter) -> None:
         """Identity by default; otherwise a per-feature ranking scale and an exclusion mask."""
         flt.validate(self.d_sae)
-        self._scale = mx.ones((self.d_sae,), mx.float32) if flt.scale is None else mx.array(flt.scale.astype(np.float32))
-        self._mask = mx.ones((self.d_sae,), mx.bool_) if flt.mask is None else mx.array(flt.mask.astype(bool))
+        ones = mx.ones((self.d_sae,), mx.float32)
+        self._scale = ones if flt.scale is None else mx.array(flt.scale.astype(np.float32))
+        self._mask = ones.astype(mx.bool_) if flt.mask is None else mx.array(flt.mask.astype(bool))
         mx.eval(self._scale, self._mask)
 
     # ------------------------------------------------------------------------------------------ graphs

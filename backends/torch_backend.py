@@ -14,7 +14,8 @@ from typing import ClassVar, Iterator
 import numpy as np
 import torch
 
-from backends.torch_sae import TorchSAE
+from backends.records import eos_ids, unpack_step
+from backends.torch_sae import SAE_DTYPES, TorchSAE
 from backends.torch_sampling import sample
 from neuroscope.loading import model_load_error
 from neuroscope.protocol import (
@@ -59,6 +60,7 @@ class _TorchBackend:
         *,
         top_k: int,
         sae_input_norm: SAEInputNorm = "none",
+        sae_dtype: str = "float32",
     ) -> ModelInfo:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -68,6 +70,8 @@ class _TorchBackend:
         dtype_name = model.dtype or self.default_dtype
         if dtype_name not in _DTYPES:
             raise BackendError(f"unknown dtype {dtype_name!r}; choose one of {', '.join(_DTYPES)}")
+        if sae_dtype not in SAE_DTYPES:
+            raise BackendError(f"unknown SAE dtype {sae_dtype!r}; choose one of {', '.join(SAE_DTYPES)}")
         device = torch.device(self.device_type)
         try:
             hub = {"revision": model.revision, "local_files_only": model.offline}
@@ -85,7 +89,7 @@ class _TorchBackend:
         layers = lm.model.layers
         sae.check_model(d_model=cfg.hidden_size, n_layers=len(layers), layer=layer)
         self.model, self.layer, self.device = lm, layer, device
-        self.sae = TorchSAE(sae, device, top_k=top_k, input_norm=sae_input_norm)
+        self.sae = TorchSAE(sae, device, top_k=top_k, input_norm=sae_input_norm, dtype=sae_dtype)
         self._buf = torch.zeros(1, cfg.hidden_size, dtype=lm.dtype, device=device)
         self._hook = layers[layer].register_forward_hook(self._capture)
         if getattr(tokenizer, "pad_token_id", None) is None:
@@ -99,7 +103,7 @@ class _TorchBackend:
             context_length=int(getattr(cfg, "max_position_embeddings", 8192)),
             device=self.describe_device(),
             dtype=dtype_name,
-            extra={"eos_token_ids": _eos_ids(lm, tokenizer)},
+            extra={"eos_token_ids": _eos_ids(lm, tokenizer), "sae_dtype": sae_dtype},
         )
 
     def describe_device(self) -> str:
@@ -150,7 +154,7 @@ class _TorchBackend:
             packed_prompt = sae.topk(self._all).cpu().numpy()
             self._all = None
             for j, tid in enumerate(prompt_ids):
-                yield _step(tid, packed_prompt[j], sae.k, position=j, prompt=True)
+                yield unpack_step(tid, packed_prompt[j], sae.k, position=j, prompt=True)
         pending = self._pack(token, capture)
 
         n = len(prompt_ids)
@@ -161,15 +165,15 @@ class _TorchBackend:
             host = pending.cpu().numpy()
             tid = int(host[0])
             if tid in eos:
-                yield _step(tid, host[1:], sae.k, position=n + i - 1, finish="stop", capture=capture)
+                yield unpack_step(tid, host[1:], sae.k, position=n + i - 1, finish="stop", capture=capture)
                 return
             if last:
-                yield _step(tid, host[1:], sae.k, position=n + i - 1, finish="length", capture=capture)
+                yield unpack_step(tid, host[1:], sae.k, position=n + i - 1, finish="length", capture=capture)
                 return
             token = sample(nxt_out.logits[:, -1, :], params.temperature, params.top_p, gen)
             cache = nxt_out.past_key_values
             pending = self._pack(token, capture)
-            yield _step(tid, host[1:], sae.k, position=n + i - 1, capture=capture)
+            yield unpack_step(tid, host[1:], sae.k, position=n + i - 1, capture=capture)
 
     def _pack(self, token: torch.Tensor, capture: bool) -> torch.Tensor:
         if not capture:
@@ -177,31 +181,9 @@ class _TorchBackend:
         return torch.cat([token.float().view(1), self.sae.topk(self._buf)[0]])
 
 
-def _step(tid: int, rec: np.ndarray, k: int, *, position: int, prompt: bool = False, finish=None, capture=True) -> Step:
-    if not capture:
-        empty = np.zeros(0, dtype=np.int64)
-        return Step(tid, empty, empty.astype(np.float32), 0, position, prompt, finish)
-    l0 = int(rec[0])
-    ids = rec[1 : 1 + k].astype(np.int64)
-    vals = rec[1 + k : 1 + 2 * k].astype(np.float32)
-    keep = vals > 0  # fewer than k features may fire
-    return Step(int(tid), ids[keep], vals[keep], l0, position, prompt, finish)
-
-
 def _eos_ids(model, tokenizer) -> list[int]:
-    out: set[int] = set()
-    for src in (getattr(model, "generation_config", None), model.config):
-        e = getattr(src, "eos_token_id", None) if src is not None else None
-        if isinstance(e, int):
-            out.add(e)
-        elif e:
-            out.update(int(x) for x in e)
-    if tokenizer.eos_token_id is not None:
-        out.add(int(tokenizer.eos_token_id))
-    eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
-        out.add(eot)
-    return sorted(out)
+    gen = getattr(model, "generation_config", None)
+    return eos_ids([getattr(gen, "eos_token_id", None), getattr(model.config, "eos_token_id", None)], tokenizer)
 
 
 class TorchCPUBackend(_TorchBackend):

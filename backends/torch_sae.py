@@ -8,16 +8,26 @@ from neuroscope.protocol import FeatureFilter
 from neuroscope.sae import RMS_EPS, SAEWeights
 
 
+SAE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 class TorchSAE:
-    def __init__(self, sae: SAEWeights, device: torch.device, *, top_k: int, input_norm: str = "none"):
+    """The encoder weights on the device, loaded once. ``dtype="bfloat16"`` halves their memory; the matmul
+    still runs in float32 (the weights are up-cast per call) because JumpReLU thresholds are sensitive."""
+
+    def __init__(
+        self, sae: SAEWeights, device: torch.device, *, top_k: int, input_norm: str = "none", dtype: str = "float32"
+    ):
         if input_norm not in ("none", "rms"):
             raise ValueError(f"unknown SAE input norm {input_norm!r} (choose none or rms)")
+        if dtype not in SAE_DTYPES:
+            raise ValueError(f"unknown SAE dtype {dtype!r} (choose {' or '.join(SAE_DTYPES)})")
         self.d_sae = sae.d_sae
         self.k = min(top_k, sae.d_sae)
         self.input_norm = input_norm
         to = lambda a: torch.from_numpy(a).to(device=device, dtype=torch.float32)  # noqa: E731
-        self.W_enc = to(sae.W_enc).contiguous()  # (d_model, d_sae)
-        self.b_enc = to(sae.b_enc)
+        self.W_enc = to(sae.W_enc).to(SAE_DTYPES[dtype]).contiguous()  # (d_model, d_sae)
+        self.b_enc = to(sae.b_enc).to(SAE_DTYPES[dtype]).float()  # rounded like the weights, kept float32
         self.threshold = to(sae.threshold)
         self._mask: torch.Tensor | None = None
         self._scale: torch.Tensor | None = None
@@ -32,7 +42,8 @@ class TorchSAE:
         x = x.float()
         if self.input_norm == "rms":
             x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + RMS_EPS)
-        pre = torch.addmm(self.b_enc, x, self.W_enc) if x.dim() == 2 else x @ self.W_enc + self.b_enc
+        W = self.W_enc if self.W_enc.dtype == torch.float32 else self.W_enc.float()
+        pre = torch.addmm(self.b_enc, x, W)
         return pre * (pre > self.threshold)
 
     def topk(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,11 @@ class Norm(str, Enum):
     rms = "rms"
 
 
+class SAEDType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
 class DType(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
@@ -76,11 +81,14 @@ def serve_cmd(
     backend: Annotated[str, typer.Option(help="auto, mlx, torch-cuda or torch-cpu.")] = "auto",
     host: Annotated[str, typer.Option(help="Address to bind both ports to.")] = "127.0.0.1",
     dtype: Annotated[
-        Optional[DType], typer.Option(help="Model dtype (default: bfloat16 on CUDA, float32 on CPU).")
+        Optional[DType], typer.Option(help="Model dtype (torch: bfloat16 on CUDA, float32 on CPU; mlx: as stored).")
     ] = None,
     sae_input_norm: Annotated[
         Norm, typer.Option(help="none: the raw residual (Gemma Scope); rms: divide each vector by its RMS.")
     ] = Norm.none,
+    sae_dtype: Annotated[
+        SAEDType, typer.Option(help="SAE weights in memory; bfloat16 halves them, encode still sums in float32.")
+    ] = SAEDType.float32,
     labels_path: Annotated[Optional[Path], typer.Option(help="JSON file of feature index -> label.")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Serve the built-in offline demo model (random weights).")] = False,
     max_tokens: Annotated[
@@ -109,6 +117,7 @@ def serve_cmd(
         backend=backend,
         dtype=dtype.value if dtype else None,
         sae_input_norm=sae_input_norm.value,
+        sae_dtype=sae_dtype.value,
         labels_path=str(labels_path) if labels_path else None,
         demo=demo,
         max_tokens=max_tokens,

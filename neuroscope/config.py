@@ -24,6 +24,7 @@ class ServeConfig:
     backend: str = "auto"
     dtype: str | None = None
     sae_input_norm: str = "none"
+    sae_dtype: str = "float32"
     labels_path: str | None = None
     demo: bool = False
     max_tokens: int = 1024  # default completion length when a request names none
@@ -42,5 +43,7 @@ class ServeConfig:
             raise ValueError(f"--sae-layer must be >= 0, got {self.sae_layer}")
         if self.max_tokens < 1:
             raise ValueError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+        if self.sae_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"--sae-dtype must be float32 or bfloat16, got {self.sae_dtype!r}")
         if self.sae_input_norm not in ("none", "rms"):
             raise ValueError(f"--sae-input-norm must be none or rms, got {self.sae_input_norm!r}")

@@ -114,6 +114,7 @@ class Backend(Protocol):
         *,
         top_k: int,
         sae_input_norm: SAEInputNorm = "none",
+        sae_dtype: str = "float32",  # "bfloat16": weights stored in bf16, encode still accumulates in float32
     ) -> ModelInfo: ...
 
     def set_feature_filter(self, flt: FeatureFilter) -> None: ...

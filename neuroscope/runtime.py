@@ -78,7 +78,10 @@ def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
     backend = backend_cls()
     spec = ModelSpec(config.model, dtype=config.dtype, offline=offline)
     try:
-        info = backend.load(spec, sae, config.sae_layer, top_k=config.top_k, sae_input_norm=config.sae_input_norm)
+        info = backend.load(
+            spec, sae, config.sae_layer, top_k=config.top_k, sae_input_norm=config.sae_input_norm,
+            sae_dtype=config.sae_dtype,
+        )
     except (OSError, ValueError) as exc:
         if isinstance(exc, SAEError):
             raise

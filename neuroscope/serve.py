@@ -19,7 +19,7 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
     t.add_column()
     info, cfg = rt.info, rt.config
     t.add_row("model", info.model_id + ("  [yellow](built-in demo)[/]" if rt.demo else ""))
-    t.add_row("SAE", f"{rt.sae_id}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU)")
+    t.add_row("SAE", f"{rt.sae_id}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU, {cfg.sae_dtype})")
     t.add_row("layer", f"output of block {cfg.sae_layer} of {info.n_layers}  (input norm: {cfg.sae_input_norm})")
     t.add_row("backend", f"{rt.backend.name} on {info.device}, {info.dtype}")
     t.add_row("top-k", str(cfg.top_k))

@@ -83,16 +83,22 @@ class SSEReader:
     until_complete: int | None = None  # stop after this many generation_complete events
     events: list[tuple[str, dict]] = field(default_factory=list)
     ended: threading.Event = field(default_factory=threading.Event)
+    connected: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
     def start(self) -> "SSEReader":
+        """Returns once the server answered, i.e. once this reader is subscribed (the handler subscribes
+        before it sends the response headers)."""
         threading.Thread(target=self._run, daemon=True).start()
+        if not self.connected.wait(30) and self.error is None:
+            raise TimeoutError(f"no answer from {self.url}")
         return self
 
     def _run(self) -> None:
         try:
             with httpx.stream("GET", self.url, timeout=httpx.Timeout(60.0)) as resp:
                 resp.raise_for_status()
+                self.connected.set()
                 event, data = "message", []
                 completes = 0
                 for line in resp.iter_lines():
@@ -109,6 +115,7 @@ class SSEReader:
         except BaseException as exc:  # noqa: BLE001 - reported to the test
             self.error = exc
         finally:
+            self.connected.set()
             self.ended.set()
 
     def wait(self, timeout: float = 60.0) -> list[tuple[str, dict]]:
