@@ -148,8 +148,9 @@ def normalize_input(x: np.ndarray, norm: str) -> np.ndarray:
 def encode_reference(sae: SAEWeights, x: np.ndarray, norm: str = "none") -> np.ndarray:
     """JumpReLU activations in float32 (the numpy reference every backend is tested against)."""
     x = normalize_input(x, norm)
-    pre = x @ sae.W_enc.astype(np.float32) + sae.b_enc.astype(np.float32)
-    return np.where(pre > sae.threshold.astype(np.float32), pre, np.float32(0)).astype(np.float32)
+    f32 = lambda a: a.astype(np.float32, copy=False)  # noqa: E731 - no per-call copy of float32 weights
+    pre = x @ f32(sae.W_enc) + f32(sae.b_enc)
+    return np.where(pre > f32(sae.threshold), pre, np.float32(0)).astype(np.float32, copy=False)
 
 
 def topk_reference(acts: np.ndarray, k: int, scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -71,16 +71,18 @@ def test_topk_matches_reference_strongest_first(sae, x, norm):
         assert np.all(np.diff(vals[row]) <= 0)
 
 
-def test_bfloat16_weights_accumulate_in_float32(sae, x):
+def test_bfloat16_weights_are_a_bf16_matmul_summed_in_float32(sae, x):
     got = np.array(MLXSAE(sae, top_k=K, dtype="bfloat16").encode(mx.array(x)))
-    rounded = SAEWeights(_bf16_round(sae.W_enc), _bf16_round(sae.b_enc), sae.threshold, sae.W_dec, sae.b_dec)
-    # exact up to float32 rounding against the reference run on the same (rounded) weights...
-    np.testing.assert_allclose(got, encode_reference(rounded, x), rtol=1e-4, atol=1e-5)
-    # ...and close to the float32 SAE away from the thresholds (where a feature may flip)
-    want = encode_reference(sae, x)
-    pre = x @ sae.W_enc + sae.b_enc
-    settled = np.abs(pre - sae.threshold) > 0.05
-    np.testing.assert_allclose(got[settled], want[settled], rtol=2e-2, atol=2e-2)
+    # reference: bf16 inputs and weights, products summed in float32, the sum rounded to bf16, float32 bias
+    pre = _bf16_round(_bf16_round(x) @ _bf16_round(sae.W_enc)) + _bf16_round(sae.b_enc)
+    want = np.where(pre > sae.threshold, pre, 0.0).astype(np.float32)
+    settled = np.abs(pre - sae.threshold) > 0.05  # where a different summation order cannot flip a feature
+    # at most one bf16 step apart (the float32 sums differ in their last bits, then round)
+    np.testing.assert_allclose(got[settled], want[settled], rtol=8e-3, atol=1e-3)
+    # and close to the exact float32 SAE away from the thresholds
+    exact = encode_reference(sae, x)
+    far = np.abs(x @ sae.W_enc + sae.b_enc - sae.threshold) > 0.1
+    np.testing.assert_allclose(got[far], exact[far], rtol=2e-2, atol=5e-2)
 
 
 def test_unknown_options_are_rejected(sae):

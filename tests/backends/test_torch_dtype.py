@@ -43,3 +43,20 @@ def test_unknown_dtype_is_refused(tiny_fixture):
 def test_cuda_backend_defaults():
     assert TorchCUDABackend.default_dtype == "bfloat16" and TorchCUDABackend.device_type == "cuda"
     assert TorchCUDABackend.is_available() == torch.cuda.is_available()
+
+
+def _bf16(a: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).bfloat16().float().numpy()
+
+
+def test_bfloat16_sae_is_a_bf16_matmul_summed_in_float32(tiny_fixture):
+    from backends.torch_sae import TorchSAE
+
+    sae = load_npz(tiny_fixture.sae_path)
+    x = (np.random.default_rng(3).standard_normal((5, sae.d_model)) * 2.5).astype(np.float32)
+    got = TorchSAE(sae, torch.device("cpu"), top_k=8, dtype="bfloat16").encode(torch.from_numpy(x)).numpy()
+    pre = _bf16(_bf16(x) @ _bf16(sae.W_enc)) + _bf16(sae.b_enc)
+    want = np.where(pre > sae.threshold, pre, 0.0)
+    settled = np.abs(pre - sae.threshold) > 0.05
+    np.testing.assert_allclose(got[settled], want[settled], rtol=8e-3, atol=1e-3)
+    assert TorchSAE(sae, torch.device("cpu"), top_k=8, dtype="bfloat16").W_enc.dtype == torch.bfloat16

@@ -1,0 +1,107 @@
+"""Rich tables on the terminal and one JSON record per run under ``benchmarks/results/``."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import SCHEMA
+
+
+def _f(x, digits=3) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.{digits}f}"
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:+.1f} %"
+
+
+def bandwidth_table(bws: list[dict]) -> Table:
+    t = Table(title="Memory bandwidth (measured in this run)")
+    for c in ("device", "GB/s", "best kernel", "all kernels (GB/s)", "buffer"):
+        t.add_column(c, justify="right" if c in ("GB/s", "buffer") else "left")
+    for b in bws:
+        rest = ", ".join(f"{k} {v:.1f}" for k, v in b["samples"].items())
+        t.add_row(b["device"], f"{b['gbps']:.1f}", b["method"], rest, f"{b['buffer_bytes'] / 2**20:.0f} MiB")
+    return t
+
+
+def sae_table(rows: list[dict]) -> Table:
+    t = Table(title="SAE encode + top-k, one token (ms)")
+    for c in ("backend", "device", "W_enc", "d_model x d_sae", "k", "median", "p10", "p90", "floor", "x floor", "GB/s"):
+        t.add_column(c, justify="left" if c in ("backend", "device", "W_enc") else "right")
+    for r in rows:
+        t.add_row(
+            r["backend"], r["device"], r["dtype"], f"{r['d_model']} x {r['d_sae']}", str(r["k"]),
+            _f(r["median_ms"]), _f(r["p10_ms"]), _f(r["p90_ms"]), _f(r["floor_ms"]), _f(r["x_floor"], 1),
+            _f(r["effective_gbps"], 1),
+        )
+    return t
+
+
+def decode_table(rows: list[dict]) -> Table:
+    t = Table(title="Decode: ms/token (tokens/s) per mode")
+    for c in ("backend", "model", "dtype", "bare", "capture off", "instrumented", "instr / bare", "SAE share",
+              "roofline"):
+        t.add_column(c, justify="left" if c in ("backend", "model", "dtype") else "right")
+    for r in rows:
+        cells = []
+        for m in ("bare", "capture-off", "instrumented"):
+            d = r["modes"].get(m)
+            cells.append("skipped" if d is None else f"{_f(d['ms_per_token'])} ({d['tokens_per_s']:.0f})")
+        ratio = r.get("instrumented_vs_bare")
+        t.add_row(
+            r["backend"], r["model"], r["dtype"], *cells,
+            "-" if ratio is None else f"{ratio:.3f}", _pct(r.get("sae_share_of_step")), _f(r["roofline_ms"]),
+        )
+    return t
+
+
+def print_all(console: Console, record: dict) -> None:
+    console.print(bandwidth_table(record["bandwidth"]))
+    if record["sae"]:
+        console.print(sae_table(record["sae"]))
+    if record["decode"]:
+        console.print(decode_table(record["decode"]))
+    for note in record["notes"]:
+        console.print(f"[dim]note:[/dim] {note}")
+
+
+def write(record: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(record["started_at"]))
+    host = re.sub(r"[^A-Za-z0-9_.-]+", "-", record["machine"]["hostname"])[:40] or "host"
+    path = out_dir / f"{stamp}-{host}-{record['suite']}.json"
+    n = 1
+    while path.exists():
+        n += 1
+        path = out_dir / f"{stamp}-{host}-{record['suite']}-{n}.json"
+    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def new_record(suite: str, machine: dict, config: dict) -> dict:
+    return {
+        "schema": SCHEMA,
+        "suite": suite,
+        "started_at": time.time(),
+        "duration_s": None,
+        "machine": machine,
+        "config": config,
+        "bandwidth": [],
+        "sae": [],
+        "decode": [],
+        "skipped": [],
+        "notes": [],
+    }

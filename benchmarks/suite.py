@@ -1,0 +1,178 @@
+"""The suites (smoke, default, full) and the run that measures bandwidth, the SAE and decode, then reports."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from benchmarks import bandwidth, decode_bench, machine, models, report, sae_bench, targets
+from neuroscope import fixtures
+
+GEMMA_D_MODEL = fixtures.SHAPES["gemma-2-2b"].hidden_size
+TINY = fixtures.SHAPES["tiny"]
+DECODE_BACKENDS = ("torch-cpu", "torch-cuda", "mlx")
+MLX_CPU_BIG_ITERS = 10  # mlx[cpu] uses a reference BLAS: big shapes get a few iterations only
+BUSY_CORES = 0.2  # other processes' average use above which a run is flagged as contended
+BIG_MODEL_PARAMS = 100_000_000  # above this a model counts as big for a CPU
+CPU_BIG_MODEL_TOKENS, CPU_BIG_MODEL_REPEATS = 16, 2  # a 2B-parameter model on a CPU: ~seconds per token
+
+
+@dataclass
+class Suite:
+    name: str
+    sae_shapes: list[tuple[int, int]]
+    decode_shape: str | None  # "tiny" | "gemma-2-2b" | None (no decode)
+    sae_dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    sae_iters: int = 200
+    sae_warmup: int = 5
+    sae_budget_s: float = 3.0
+    bw_cpu_bytes: int = 256 * 2**20
+    bw_gpu_bytes: int = 1 << 30
+    bw_reps: int = 5
+    tokens: int = 64
+    repeats: int = 5
+    warmup_tokens: int = 8
+    decode_budget_s: float | None = 90.0  # per backend: repeats stop (after 3) once this is spent
+    top_k: int = 10  # the server's default --top-k
+    model: str | None = None
+    dtype: str | None = None
+    layer: int | None = None
+    d_sae_model: int = fixtures.SHAPES["gemma-2-2b"].d_sae
+    backends: tuple[str, ...] = targets.ALL
+    torch_threads: int | None = None  # None: torch's default (one per core)
+    notes: list[str] = field(default_factory=list)
+
+
+SUITES = {
+    "smoke": Suite(
+        "smoke", [(TINY.hidden_size, TINY.d_sae)], "tiny", sae_iters=5, sae_warmup=1, sae_budget_s=0.2,
+        bw_cpu_bytes=16 * 2**20, bw_gpu_bytes=64 * 2**20, bw_reps=2, tokens=4, repeats=1, warmup_tokens=2,
+    ),
+    "default": Suite(
+        "default", [(TINY.hidden_size, TINY.d_sae), (GEMMA_D_MODEL, 16384)], "tiny", tokens=64, repeats=25
+    ),
+    "full": Suite(
+        "full", [(GEMMA_D_MODEL, 16384), (GEMMA_D_MODEL, 65536)], "gemma-2-2b", repeats=3, decode_budget_s=None
+    ),
+}
+
+
+def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = None) -> tuple[dict, Path]:
+    console = console or Console(width=None if _tty() else 150)
+    log = lambda msg: console.log(msg)  # noqa: E731
+    t_start = time.perf_counter()
+    if suite.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(suite.torch_threads)
+    rec = report.new_record(suite.name, machine.describe(), _config(suite))
+    whole = machine.OtherLoad().__enter__()
+    usable = []
+    for name in suite.backends:
+        ok, why = targets.framework_status(name)
+        if ok:
+            usable.append(name)
+        else:
+            rec["skipped"].append({"backend": name, "reason": why})
+            log(f"skip {name}: {why}")
+
+    decode_names = [n for n in usable if n in DECODE_BACKENDS] if suite.decode_shape or suite.model else []
+    devices = sorted({targets.device_of(n) for n in usable})
+    for dev in devices:
+        nbytes = suite.bw_cpu_bytes if dev == "cpu" else suite.bw_gpu_bytes
+        log(f"bandwidth: {dev}")
+        rec["bandwidth"].append(bandwidth.measure(dev, nbytes=nbytes, reps=suite.bw_reps))
+    bws = {b.device: b for b in rec["bandwidth"]}
+    rec["bandwidth"] = [b.to_json() for b in rec["bandwidth"]]
+
+    for d_model, d_sae in suite.sae_shapes:
+        sae = fixtures.random_sae(d_model, d_sae)
+        for name in usable:
+            for dtype in suite.sae_dtypes:
+                case = sae_bench.Case(name, dtype, d_model, d_sae, suite.top_k)
+                iters, budget = suite.sae_iters, suite.sae_budget_s
+                if name == "mlx" and targets.device_of(name) == "cpu" and d_model * d_sae > 1 << 22:
+                    iters, budget = min(iters, MLX_CPU_BIG_ITERS), float("inf")
+                    _note(rec, log, f"mlx on the CPU uses a reference BLAS: {d_model}x{d_sae} capped at {iters} "
+                                    "iterations; its figures say nothing about mlx on Metal or CUDA")
+                log(f"sae: {name} {dtype} {d_model}x{d_sae}")
+                try:
+                    rec["sae"].append(sae_bench.run_case(case, sae, bws, iters=iters, warmup=suite.sae_warmup,
+                                                         budget_s=budget))
+                except sae_bench.Skip as exc:
+                    rec["skipped"].append({"backend": name, "dtype": dtype, "d_sae": d_sae, "reason": str(exc)})
+                    _note(rec, log, f"sae {name} {dtype}: skipped: {exc}")
+        del sae
+        gc.collect()
+
+    if decode_names:
+        bm = _model(suite, cache, log)
+        big = bm.approx_params > BIG_MODEL_PARAMS
+        for name in decode_names:
+            on_cpu = targets.device_of(name) == "cpu"
+            tokens, repeats = suite.tokens, suite.repeats
+            if big and on_cpu and name == "mlx":
+                rec["skipped"].append({"backend": name, "model": bm.label, "reason": "mlx[cpu] reference BLAS"})
+                _note(rec, log, f"decode mlx {bm.label}: skipped on the CPU (mlx[cpu] uses a reference BLAS)")
+                continue
+            if big and on_cpu and (tokens > CPU_BIG_MODEL_TOKENS or repeats > CPU_BIG_MODEL_REPEATS):
+                tokens, repeats = min(tokens, CPU_BIG_MODEL_TOKENS), min(repeats, CPU_BIG_MODEL_REPEATS)
+                _note(rec, log, f"decode {name} {bm.label} on the CPU: capped at {tokens} tokens x {repeats} repeats")
+            log(f"decode: {name} {bm.label} {bm.dtype}, {tokens} tokens x {repeats} repeats x 3 modes")
+            with machine.OtherLoad() as other:
+                row = decode_bench.run_backend(
+                    name, bm, bws, n=tokens, repeats=repeats, warmup_tokens=suite.warmup_tokens, k=suite.top_k,
+                    budget_s=suite.decode_budget_s, log=log,
+                )
+            row["other_processes_cores"] = other.cores
+            if row["repeats"] < repeats:
+                _note(rec, log, f"decode {name}: {row['repeats']} of {repeats} repeats fitted in the "
+                                f"{suite.decode_budget_s:.0f} s budget")
+            rec["decode"].append(row)
+
+    whole.__exit__(None, None, None)
+    rec["machine"]["load_average_end"] = machine.load_average()
+    rec["machine"]["other_processes_cores"] = whole.cores
+    if whole.cores is not None and whole.cores > BUSY_CORES:
+        _note(rec, log, f"other processes used {whole.cores:.2f} of {os.cpu_count()} CPU cores on average during "
+                        "this run: CPU figures are slower and noisier than on an idle machine")
+    rec["duration_s"] = time.perf_counter() - t_start
+    report.print_all(console, rec)
+    path = report.write(rec, out_dir)
+    console.print(f"wrote {path} ({rec['duration_s']:.0f} s)")
+    return rec, path
+
+
+def _tty() -> bool:
+    return Console().is_terminal
+
+
+def _model(suite: Suite, cache: Path, log) -> models.BenchModel:
+    if suite.model:
+        return models.external(suite.model, suite.dtype, suite.d_sae_model, suite.layer)
+    if suite.decode_shape == "gemma-2-2b":
+        return models.gemma2_2b(cache, suite.dtype, suite.d_sae_model, log=log)
+    return models.tiny(cache, suite.dtype)
+
+
+def _note(rec: dict, log, text: str) -> None:
+    if text not in rec["notes"]:
+        rec["notes"].append(text)
+        log(text)
+
+
+def _config(suite: Suite) -> dict:
+    d = asdict(suite)
+    d.pop("notes")
+    d["sae_shapes"] = [list(s) for s in suite.sae_shapes]
+    d["backends"] = list(suite.backends)
+    return d
+
+
+def customise(base: Suite, **over) -> Suite:
+    return replace(base, **{k: v for k, v in over.items() if v is not None})
