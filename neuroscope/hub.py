@@ -40,12 +40,15 @@ class Subscriber:
             return False
         return True
 
-    def offer(self, event: dict[str, Any]) -> None:
-        if len(self._queue) >= self.maxsize:
+    def offer(self, event: dict[str, Any]) -> bool:
+        """Queue ``event``; return True when the oldest queued event had to be dropped for it."""
+        dropped = len(self._queue) >= self.maxsize
+        if dropped:
             self._queue.popleft()
             self.dropped += 1
         self._queue.append(event)
         self._ready.set()
+        return dropped
 
     def close(self) -> None:
         self.closed = True
@@ -71,6 +74,7 @@ class FeatureHub:
         self._subs: set[Subscriber] = set()
         self._ids = itertools.count(1)
         self.published = 0
+        self._dropped = 0
         # read from the generation thread (an int read is atomic) to decide whether to encode the prefill
         self.prompt_subscribers = 0
         self._history: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
@@ -98,7 +102,15 @@ class FeatureHub:
 
     @property
     def dropped(self) -> int:
-        return sum(s.dropped for s in self._subs)
+        """Events dropped for slow subscribers since start (including subscribers that have left)."""
+        return self._dropped
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [
+            {"id": s.id, "request_id": s.request_id, "include_prompt": s.include_prompt, "pending": s.pending(),
+             "delivered": s.delivered, "dropped": s.dropped}
+            for s in sorted(self._subs, key=lambda s: s.id)
+        ]
 
     def publish(self, name: str, data: dict[str, Any], *, prompt: bool = False) -> None:
         """Hand ``event: name`` to every interested subscriber (drop-oldest when a queue is full)."""
@@ -113,8 +125,8 @@ class FeatureHub:
                     self._history.popitem(last=False)
             hist.append(event)
         for sub in self._subs:
-            if sub.wants(event):
-                sub.offer(event)
+            if sub.wants(event) and sub.offer(event):
+                self._dropped += 1
 
     def close(self) -> None:
         for sub in list(self._subs):

@@ -59,7 +59,8 @@ async def labels(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     hub = request.app[STATE].hub
     return web.json_response(
-        {"status": "ok", "subscribers": hub.subscribers, "published": hub.published, "dropped": hub.dropped},
+        {"status": "ok", "subscribers": hub.subscribers, "published": hub.published, "dropped": hub.dropped,
+         "streams": hub.stats()},
         headers=CORS,
     )
 

@@ -44,7 +44,7 @@ def test_stream_matches_non_stream_and_reports_usage(openai_client, server):
 
 def test_stream_wire_format_ends_with_done(server):
     with httpx.stream("POST", f"{server.chat}/v1/chat/completions",
-                      json={"messages": MSG, "max_tokens": 3, "stream": True}, timeout=60) as r:
+                      json={"messages": MSG, "max_tokens": 3, "stream": True, "temperature": 0}, timeout=60) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["x-request-id"].startswith("chatcmpl-")
         lines = [line for line in r.iter_lines() if line]
