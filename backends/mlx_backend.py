@@ -151,7 +151,9 @@ class MLXBackend:
             """Graph for one forward over ``tokens`` (1, L): the token it samples and its packed record."""
             nonlocal key
             with mx.stream(stream):
-                key, sub = mx.random.split(key)
+                sub = None
+                if params.temperature > 0:  # greedy decoding needs no randomness (and no key split per token)
+                    key, sub = mx.random.split(key)
                 out = model(tokens, cache, capture_layer=layer, last_only=True)
                 logits, hidden = out if capture else (out, None)
                 token = _sample(logits[:, -1, :], params.temperature, params.top_p, sub)

@@ -79,9 +79,8 @@ class NeuroscopeServer:
                 runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
                 await runner.setup()
                 self._runners.append(runner)
-                site = web.TCPSite(runner, self.host, port)
-                await site.start()
-                ports.append(site._server.sockets[0].getsockname()[1])  # the real port when 0 was asked
+                await web.TCPSite(runner, self.host, port).start()
+                ports.append(runner.addresses[0][1])  # the real port when 0 was asked
             return Bound(self.host, *ports)
         except BaseException:
             await self._stack.__aexit__(None, None, None)
