@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import ClassVar, Iterator
 
-import numpy as np
 import torch
 
 from backends.records import eos_ids, unpack_step

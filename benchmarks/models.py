@@ -8,9 +8,6 @@ Neuroscope's backends and mlx-lm all load the very same weights through their or
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,17 +83,10 @@ def write_bf16_checkpoint(out: Path, shape: fixtures.FixtureShape, *, seed: int 
     if (out / "checkpoint.json").is_file() and json.loads((out / "checkpoint.json").read_text()) == meta:
         return model_dir
     log(f"writing a random {shape.name}-shaped bf16 checkpoint to {out} (once; a few GB)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out.parent))
-    try:
+    with fixtures.atomic_dir(out) as tmp:
         mdir = tmp / "model"
         fixtures.build_tokenizer(mdir, vocab=shape.bpe_vocab)
-        cfg = fixtures.gemma2_config(shape)
-        cfg["torch_dtype"] = cfg["dtype"] = "bfloat16"
-        (mdir / "config.json").write_text(json.dumps(cfg, indent=2))
-        (mdir / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": 2, "eos_token_id": [1, 5], "pad_token_id": 0}, indent=2)
-        )
+        fixtures.write_model_config(mdir, shape, dtype="bfloat16")
         # float16 halves the peak host memory of the fixture recipe; every value is then stored as bfloat16
         weights = fixtures.random_weights(shape, seed, dtype=np.float16)
         tensors = {}
@@ -105,12 +95,6 @@ def write_bf16_checkpoint(out: Path, shape: fixtures.FixtureShape, *, seed: int 
         save_file(tensors, str(mdir / "model.safetensors"), metadata={"format": "pt"})
         del tensors
         (tmp / "checkpoint.json").write_text(json.dumps(meta))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return model_dir
 
 

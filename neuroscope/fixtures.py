@@ -8,6 +8,7 @@ not meaningful text. Nothing here imports torch or mlx.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -206,6 +207,32 @@ def random_sae(d_model: int, d_sae: int, seed: int = 1) -> SAEWeights:
     return SAEWeights(W_enc, b_enc, threshold, W_dec, b_dec, source="random")
 
 
+@contextlib.contextmanager
+def atomic_dir(out: Path):
+    """Yield an empty directory beside ``out``; when the block succeeds it replaces ``out`` whole, so an
+    interrupted build never leaves a half-written checkpoint that looks complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_config(model_dir: Path, shape: FixtureShape, dtype: str = "float32") -> None:
+    """config.json and generation_config.json of a fixture checkpoint."""
+    cfg = gemma2_config(shape)
+    cfg["torch_dtype"] = cfg["dtype"] = dtype
+    (model_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    (model_dir / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 2, "eos_token_id": [1, 5], "pad_token_id": 0}, indent=2)
+    )
+
+
 @dataclass(frozen=True)
 class Fixture:
     root: Path
@@ -230,17 +257,12 @@ def build(out_dir: str | os.PathLike[str], shape: str | FixtureShape = "tiny", *
     meta_path = out / "fixture.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()) == meta and fixture.sae_path.is_file():
         return fixture
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model_dir = tmp / "model"
         n_tok = build_tokenizer(model_dir, vocab=shp.bpe_vocab)
         if n_tok > shp.vocab_size:
             raise ValueError(f"tokenizer has {n_tok} tokens but the model vocabulary is {shp.vocab_size}")
-        (model_dir / "config.json").write_text(json.dumps(gemma2_config(shp), indent=2))
-        (model_dir / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": 2, "eos_token_id": [1, 5], "pad_token_id": 0}, indent=2)
-        )
+        write_model_config(model_dir, shp)
         save_file(random_weights(shp, seed), str(model_dir / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "sae").mkdir()
         save_npz(tmp / "sae" / "params.npz", random_sae(shp.hidden_size, shp.d_sae, seed + 1))
@@ -251,12 +273,6 @@ def build(out_dir: str | os.PathLike[str], shape: str | FixtureShape = "tiny", *
             "The weights are random: the text is varied but meaningless, and so are the features.\n"
         )
         (tmp / "fixture.json").write_text(json.dumps(meta))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return fixture
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 from aiohttp import web
 from aiohttp_sse import sse_response
