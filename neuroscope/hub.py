@@ -79,6 +79,21 @@ class FeatureHub:
         self.prompt_subscribers = 0
         self._history: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
 
+    def open_request(self, request_id: str) -> None:
+        """Announce a request as soon as it is queued, so ``?request_id=`` subscribers can wait for it."""
+        if request_id not in self._history:
+            self._open(request_id)
+
+    def knows(self, request_id: str) -> bool:
+        """Whether ``request_id`` is queued, running or among the last few requests."""
+        return request_id in self._history
+
+    def _open(self, request_id: str) -> collections.deque:
+        hist = self._history[request_id] = collections.deque(maxlen=HISTORY_EVENTS)
+        while len(self._history) > HISTORY_REQUESTS:
+            self._history.popitem(last=False)
+        return hist
+
     def subscribe(self, *, request_id: str | None = None, include_prompt: bool = False) -> Subscriber:
         size = self.queue_size if request_id is None else max(self.queue_size, HISTORY_EVENTS)
         sub = Subscriber(request_id, include_prompt, size, next(self._ids))
@@ -120,9 +135,7 @@ class FeatureHub:
         if rid is not None:
             hist = self._history.get(rid)
             if hist is None:
-                hist = self._history[rid] = collections.deque(maxlen=HISTORY_EVENTS)
-                while len(self._history) > HISTORY_REQUESTS:
-                    self._history.popitem(last=False)
+                hist = self._open(rid)
             hist.append(event)
         for sub in self._subs:
             if sub.wants(event) and sub.offer(event):

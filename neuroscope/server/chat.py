@@ -77,10 +77,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise APIError(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     req = parse_chat_request(body, served_model=st.model_id)
     job = _plan(st, req)
+    st.hub.open_request(job.request_id)
     out = st.engine.submit(job)
     try:
         if req.stream:
-            return await _stream(request, st, req, job, out)
+            return await _stream_or_gone(request, st, req, job, out)
         return await _collect(st, req, job, out)
     finally:
         if job.finish_reason is None:  # client went away (handler cancelled) or we failed: stop generating
@@ -159,6 +160,14 @@ async def _stream(request: web.Request, st: ServerState, req: ChatRequest, job: 
                 await resp.send(json.dumps({**base, "choices": [], "usage": _usage(done)}))
         await resp.send("[DONE]")
     return resp
+
+
+async def _stream_or_gone(request, st, req, job, out):
+    """The client may go away mid-stream: that ends the request (its job is cancelled by the caller)."""
+    try:
+        return await _stream(request, st, req, job, out)
+    except ConnectionResetError:
+        return web.Response(status=499)
 
 
 _ROUTES = {"/v1/chat/completions": "POST", "/v1/models": "GET", "/health": "GET"}

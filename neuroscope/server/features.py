@@ -7,6 +7,7 @@ import json
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from neuroscope.hub import HISTORY_REQUESTS
 from neuroscope.server.state import STATE
 
 _TRUE = ("1", "true", "yes", "on")
@@ -32,6 +33,9 @@ async def feature_stream(request: web.Request) -> web.StreamResponse:
     if include not in _TRUE + _FALSE:
         return _json_error(400, f"include_prompt must be true or false, got {include!r}", "include_prompt")
     request_id = request.query.get("request_id") or None
+    if request_id is not None and not st.hub.knows(request_id):
+        return _json_error(404, f"unknown request_id {request_id!r}: not queued, running or among the last "
+                                f"{HISTORY_REQUESTS} requests", "request_id")
     sub = st.hub.subscribe(request_id=request_id, include_prompt=include in _TRUE)
     try:
         async with sse_response(request, headers=CORS) as resp:
@@ -44,6 +48,8 @@ async def feature_stream(request: web.Request) -> web.StreamResponse:
                 if request_id is not None and event["event"] == "generation_complete":
                     break
         return resp
+    except ConnectionResetError:  # the subscriber went away
+        return web.Response(status=499)
     finally:
         st.hub.unsubscribe(sub)
 

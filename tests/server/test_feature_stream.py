@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import httpx
@@ -101,3 +102,30 @@ def test_bad_query_on_feature_stream(server):
     r = httpx.get(f"{server.features}/v1/features/stream?include_prompt=maybe")
     assert r.status_code == 400 and "include_prompt" in r.json()["error"]["message"]
     assert httpx.get(f"{server.features}/nope").status_code == 404
+
+
+def test_unknown_request_id_is_a_404(server):
+    r = httpx.get(f"{server.features}/v1/features/stream?request_id=chatcmpl-nope")
+    assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
+
+
+def test_subscribing_to_a_queued_request_gets_all_its_events(server):
+    long_body = {"messages": [{"role": "user", "content": "The cat sat on the mat."}], "max_tokens": 300,
+                 "temperature": 0, "stream": True}
+    first = threading.Thread(target=lambda: httpx.post(f"{server.chat}/v1/chat/completions", json=long_body,
+                                                       timeout=60).read())
+    first.start()
+    body = {"messages": MSG, "max_tokens": 12, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server.chat}/v1/chat/completions", json=body, timeout=60) as r:
+        rid = r.headers["x-request-id"]  # known before this request has produced anything
+        reader = SSEReader(f"{server.features}/v1/features/stream?request_id={rid}", until_complete=1).start()
+        text = "".join(
+            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            for line in r.iter_lines()
+            if line.startswith("data: {") and '"choices": [{' in line
+        )
+    events = reader.wait()
+    first.join(60)
+    tokens = [d for e, d in events if e == "feature_activation"]
+    assert [d["token_index"] for d in tokens] == list(range(12))
+    assert "".join(d["token"] for d in tokens) == text
