@@ -117,3 +117,13 @@ def test_builtin_backends_resolve_by_name():
     for name in registry.available():
         cls = registry.resolve(name)
         assert cls.name == name
+
+
+def test_auto_prefers_mlx_where_metal_is_available(monkeypatch):
+    mlx = registry.backend_class("mlx")
+    if mlx is None or "mlx" not in registry.available():
+        pytest.skip("mlx is not installed here")
+    monkeypatch.setattr(mlx, "uses_metal", classmethod(lambda cls: True))
+    assert registry.resolve("auto") is mlx
+    monkeypatch.setattr(mlx, "uses_metal", classmethod(lambda cls: False))
+    assert registry.resolve("auto") is not mlx
