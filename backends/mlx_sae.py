@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 
 from neuroscope.protocol import FeatureFilter
-from neuroscope.sae import RMS_EPS, SAEWeights
+from neuroscope.sae import RMS_EPS, SAEWeights, check_encoder_options
 
 SAE_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 
@@ -27,10 +27,7 @@ class MLXSAE:
     """
 
     def __init__(self, sae: SAEWeights, *, top_k: int, input_norm: str = "none", dtype: str = "float32"):
-        if input_norm not in ("none", "rms"):
-            raise ValueError(f"unknown SAE input norm {input_norm!r} (choose none or rms)")
-        if dtype not in SAE_DTYPES:
-            raise ValueError(f"unknown SAE dtype {dtype!r} (choose {' or '.join(SAE_DTYPES)})")
+        check_encoder_options(input_norm, dtype)
         self.d_sae = sae.d_sae
         self.k = min(top_k, sae.d_sae)
         self.input_norm = input_norm

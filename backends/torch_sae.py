@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from neuroscope.protocol import FeatureFilter
-from neuroscope.sae import RMS_EPS, SAEWeights
+from neuroscope.sae import RMS_EPS, SAEWeights, check_encoder_options
 
 
 SAE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -21,10 +21,7 @@ class TorchSAE:
     def __init__(
         self, sae: SAEWeights, device: torch.device, *, top_k: int, input_norm: str = "none", dtype: str = "float32"
     ):
-        if input_norm not in ("none", "rms"):
-            raise ValueError(f"unknown SAE input norm {input_norm!r} (choose none or rms)")
-        if dtype not in SAE_DTYPES:
-            raise ValueError(f"unknown SAE dtype {dtype!r} (choose {' or '.join(SAE_DTYPES)})")
+        check_encoder_options(input_norm, dtype)
         self.d_sae = sae.d_sae
         self.k = min(top_k, sae.d_sae)
         self.input_norm = input_norm

@@ -134,6 +134,18 @@ def resolve_sae_file(
         raise SAEError(f"cannot fetch SAE {repo_id}/{filename}: {str(exc).splitlines()[0]}") from exc
 
 
+INPUT_NORMS = ("none", "rms")
+SAE_DTYPES = ("float32", "bfloat16")
+
+
+def check_encoder_options(input_norm: str, dtype: str) -> None:
+    """The options every backend's encoder takes; a bad one is a ValueError naming the choices."""
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"unknown SAE input norm {input_norm!r} (choose {' or '.join(INPUT_NORMS)})")
+    if dtype not in SAE_DTYPES:
+        raise ValueError(f"unknown SAE dtype {dtype!r} (choose {' or '.join(SAE_DTYPES)})")
+
+
 # ---------------------------------------------------------------------------------------------- reference
 def normalize_input(x: np.ndarray, norm: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
