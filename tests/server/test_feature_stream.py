@@ -129,3 +129,34 @@ def test_subscribing_to_a_queued_request_gets_all_its_events(server):
     tokens = [d for e, d in events if e == "feature_activation"]
     assert [d["token_index"] for d in tokens] == list(range(12))
     assert "".join(d["token"] for d in tokens) == text
+
+
+def test_many_concurrent_chats_all_complete_and_keep_their_own_features(openai_client, server):
+    prompts = ["The cat sat on the mat.", "What is the capital of France?", "Write a haiku about autumn.",
+               "Paris, Berlin, Tokyo", "Hello", "Count to ten."]
+    results: dict[int, tuple[str, str, int]] = {}
+
+    def chat(i: int) -> None:
+        r = openai_client.chat.completions.create(
+            model=server.model_id, messages=[{"role": "user", "content": prompts[i]}], max_tokens=8 + i,
+            temperature=0,
+        )
+        results[i] = (r.id, r.choices[0].message.content, r.usage.completion_tokens)
+
+    threads = [threading.Thread(target=chat, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(results) == list(range(len(prompts)))
+    assert len({rid for rid, _, _ in results.values()}) == len(prompts)
+    for i, (rid, text, n) in results.items():
+        # each alone gives the same greedy text: queued requests do not disturb one another
+        alone = openai_client.chat.completions.create(
+            model=server.model_id, messages=[{"role": "user", "content": prompts[i]}], max_tokens=8 + i,
+            temperature=0,
+        )
+        assert alone.choices[0].message.content == text
+        events = SSEReader(f"{server.features}/v1/features/stream?request_id={rid}", until_complete=1).start().wait()
+        tokens = [d for e, d in events if e == "feature_activation"]
+        assert len(tokens) == n and "".join(d["token"] for d in tokens) == text
