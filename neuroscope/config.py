@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from neuroscope.sae import INPUT_NORMS, SAE_DTYPES
+
 DEFAULT_MODEL = "google/gemma-2-2b-it"
 DEFAULT_SAE = "google/gemma-scope-2b-pt-res"
 DEFAULT_SAE_PATH = "layer_20/width_16k/average_l0_71/params.npz"
@@ -43,7 +45,7 @@ class ServeConfig:
             raise ValueError(f"--sae-layer must be >= 0, got {self.sae_layer}")
         if self.max_tokens < 1:
             raise ValueError(f"--max-tokens must be at least 1, got {self.max_tokens}")
-        if self.sae_dtype not in ("float32", "bfloat16"):
+        if self.sae_dtype not in SAE_DTYPES:
             raise ValueError(f"--sae-dtype must be float32 or bfloat16, got {self.sae_dtype!r}")
-        if self.sae_input_norm not in ("none", "rms"):
+        if self.sae_input_norm not in INPUT_NORMS:
             raise ValueError(f"--sae-input-norm must be none or rms, got {self.sae_input_norm!r}")

@@ -8,13 +8,12 @@ The event loop never runs a forward pass. Per token the thread turns the backend
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from neuroscope.hub import FeatureHub
@@ -73,7 +72,6 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: Job | None = None
-        self._seq = itertools.count()
         self.completed = 0
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -148,9 +146,9 @@ class Engine:
         tok = self.info.tokenizer
         params = job.params
         if self.hub.prompt_subscribers > 0 and not params.prompt_features:
-            params = _replace(params, prompt_features=True)
+            params = replace(params, prompt_features=True)
         if not params.eos_token_ids:
-            params = _replace(params, eos_token_ids=self.eos_ids)
+            params = replace(params, eos_token_ids=self.eos_ids)
         detok = Detokenizer(tok)
         prompt_detok = Detokenizer(tok, skip_special_tokens=False)
         stops = StopMatcher(job.stop)
@@ -237,8 +235,3 @@ class Engine:
         )
         job.out.put_nowait(done)
 
-
-def _replace(params: GenerationParams, **changes) -> GenerationParams:
-    from dataclasses import replace
-
-    return replace(params, **changes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 from neuroscope import fixtures, registry
@@ -65,10 +66,9 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
 
 
 def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
-    from pathlib import Path
-
-    local_model = config.demo or Path(config.model).expanduser().is_dir()
-    if local_model and not (Path(config.model).expanduser() / "config.json").is_file():
+    model_dir = Path(config.model).expanduser()
+    local_model = config.demo or model_dir.is_dir()
+    if local_model and not (model_dir / "config.json").is_file():
         raise BackendError(f"cannot load model {config.model!r}: the directory holds no config.json (not a checkpoint)")
     offline = not local_model and not hub_reachable()
     sae_id = config.sae_local_path or f"{config.sae}/{config.sae_path}"

@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from neuroscope.config import ServeConfig
-from neuroscope.runtime import Runtime, load_runtime
+from neuroscope.runtime import Runtime, StartupError, load_runtime
 from neuroscope.server.app import Bound, NeuroscopeServer, run_until_signalled
 
 
@@ -62,8 +62,6 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
     try:
         asyncio.run(run_until_signalled(server, ready))
     except OSError as exc:  # e.g. the port is taken
-        from neuroscope.runtime import StartupError
-
         raise StartupError(f"cannot listen on {config.host}: {exc.strerror or exc}") from None
     finally:
         rt.backend.close()

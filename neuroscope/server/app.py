@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -16,9 +15,6 @@ from neuroscope.protocol import Backend, ModelInfo
 from neuroscope.server.chat import make_chat_app
 from neuroscope.server.features import make_features_app
 from neuroscope.server.state import ServerState
-
-log = logging.getLogger("neuroscope.server")
-
 
 @dataclass
 class Bound:

@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from neuroscope.hub import HISTORY_REQUESTS
+from neuroscope.server.errors import APIError
 from neuroscope.server.state import STATE
 
 _TRUE = ("1", "true", "yes", "on")
@@ -16,10 +17,7 @@ CORS = {"Access-Control-Allow-Origin": "*"}
 
 
 def _json_error(status: int, message: str, param: str | None = None) -> web.Response:
-    return web.json_response(
-        {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}},
-        status=status, headers=CORS,
-    )
+    return APIError(message, status=status, param=param).response(headers=CORS)
 
 
 async def feature_stream(request: web.Request) -> web.StreamResponse:
