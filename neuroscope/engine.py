@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from neuroscope.hub import FeatureHub
+from neuroscope.feature_hub import FeatureHub
 from neuroscope.labels import Labels
 from neuroscope.protocol import Backend, GenerationParams, ModelInfo, Step
 from neuroscope.text import Detokenizer, StopMatcher

@@ -8,7 +8,7 @@ from typing import Callable
 
 from neuroscope import fixtures, registry
 from neuroscope.config import ServeConfig
-from neuroscope.hubio import hub_reachable
+from neuroscope.hf import hub_reachable
 from neuroscope.labels import LabelError, Labels
 from neuroscope.protocol import Backend, BackendError, ModelInfo, ModelSpec
 from neuroscope.sae import SAEError, SAEWeights, load_npz, resolve_sae_file

@@ -119,7 +119,7 @@ def resolve_sae_file(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from neuroscope.hubio import hub_reachable
+    from neuroscope.hf import hub_reachable
 
     try:
         return Path(

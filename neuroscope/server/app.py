@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from neuroscope.engine import Engine
-from neuroscope.hub import FeatureHub
+from neuroscope.feature_hub import FeatureHub
 from neuroscope.labels import Labels
 from neuroscope.protocol import Backend, ModelInfo
 from neuroscope.server.chat import make_chat_app

@@ -7,7 +7,7 @@ import json
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from neuroscope.hub import HISTORY_REQUESTS
+from neuroscope.feature_hub import HISTORY_REQUESTS
 from neuroscope.server.errors import APIError
 from neuroscope.server.state import STATE
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from neuroscope.engine import Engine
-from neuroscope.hub import FeatureHub
+from neuroscope.feature_hub import FeatureHub
 from neuroscope.labels import Labels
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from neuroscope.hub import HISTORY_REQUESTS, FeatureHub
+from neuroscope.feature_hub import HISTORY_REQUESTS, FeatureHub
 
 
 def run(coro):

@@ -1,4 +1,4 @@
-"""Hugging Face hub reachability, so an offline machine fails (or falls back) in seconds, not after retries."""
+"""Hugging Face hub access: whether the hub is reachable, so an offline machine fails (or falls back) in seconds."""
 
 from __future__ import annotations
 
