@@ -59,7 +59,7 @@ class MLXSAE:
             pre = x @ W + b
         else:
             pre = (x.astype(W.dtype) @ W).astype(mx.float32) + b
-        return mx.where(pre > thr, pre, mx.zeros_like(pre))
+        return mx.where(pre > thr, mx.maximum(pre, 0.0), mx.zeros_like(pre))  # JumpReLU: relu(pre) past the threshold
 
     def _topk_impl(self, x, W, b, thr, scale, mask) -> mx.array:
         acts = self._encode_impl(x, W, b, thr)

@@ -46,7 +46,7 @@ class TorchSAE:
             pre = torch.addmm(self.b_enc, x, self.W_enc)
         else:
             pre = (x.to(self.W_enc.dtype) @ self.W_enc).float() + self.b_enc
-        return pre * (pre > self.threshold)
+        return torch.relu(pre) * (pre > self.threshold)  # JumpReLU: relu(pre) where pre clears the threshold
 
     def topk(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (n, d_model) -> packed float32 (n, 1 + 2k): [l0, ids..., values...] (ids exact below 2**24)."""

@@ -2,7 +2,8 @@
 
 ``params.npz`` keys: ``W_enc [d_model, d_sae]``, ``b_enc [d_sae]``, ``threshold [d_sae]``,
 ``W_dec [d_sae, d_model]``, ``b_dec [d_model]``. JumpReLU: ``pre = x @ W_enc + b_enc``;
-``acts = pre * (pre > threshold)``.
+``acts = relu(pre) * (pre > threshold)`` (Gemma Scope's reference code and SAELens: without the relu a
+negative threshold would let negative pre-activations through).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def encode_reference(sae: SAEWeights, x: np.ndarray, norm: str = "none") -> np.n
     x = normalize_input(x, norm)
     f32 = lambda a: a.astype(np.float32, copy=False)  # noqa: E731 - no per-call copy of float32 weights
     pre = x @ f32(sae.W_enc) + f32(sae.b_enc)
-    return np.where(pre > f32(sae.threshold), pre, np.float32(0)).astype(np.float32, copy=False)
+    return np.where(pre > f32(sae.threshold), np.maximum(pre, np.float32(0)), np.float32(0)).astype(np.float32, copy=False)
 
 
 def topk_reference(acts: np.ndarray, k: int, scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -95,11 +95,13 @@ def test_jumprelu_is_strict_at_the_threshold():
     np.testing.assert_array_equal(encode_reference(over, np.ones(2)), above)  # the full pre, not pre - thr
 
 
-def test_negative_thresholds_let_negative_pre_activations_through():
-    thr = np.array([-1.0, -1.0], dtype=np.float32)
-    sae = make_sae(1, 2, W_enc=np.zeros((1, 2), np.float32), b_enc=np.array([-0.5, -1.5], np.float32),
-                   threshold=thr, W_dec=np.zeros((2, 1), np.float32), b_dec=np.zeros(1, np.float32))
-    np.testing.assert_array_equal(encode_reference(sae, np.zeros(1)), np.array([-0.5, 0.0], np.float32))
+def test_negative_thresholds_never_let_negative_activations_through():
+    """JumpReLU is relu(pre) * (pre > threshold): a pre-activation above a negative threshold but below zero
+    gives 0, not the negative value (Gemma Scope's reference code, SAELens)."""
+    thr = np.array([-1.0, -1.0, -1.0], dtype=np.float32)
+    sae = make_sae(1, 3, W_enc=np.zeros((1, 3), np.float32), b_enc=np.array([-0.5, -1.5, 0.25], np.float32),
+                   threshold=thr, W_dec=np.zeros((3, 1), np.float32), b_dec=np.zeros(1, np.float32))
+    np.testing.assert_array_equal(encode_reference(sae, np.zeros(1)), np.array([0.0, 0.0, 0.25], np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int64])
@@ -122,7 +124,7 @@ def test_rms_norm_divides_each_vector_by_its_own_rms():
     got = encode_reference(identity_sae(4), x, norm="rms")
     for r in range(2):
         rms = math.sqrt(sum(float(v) ** 2 for v in x[r]) / 4 + RMS_EPS)
-        np.testing.assert_allclose(got[r], x[r] / rms, rtol=1e-6)
+        np.testing.assert_allclose(got[r], np.maximum(x[r] / rms, 0), rtol=1e-6)  # the identity SAE's relu
     # the second row is constant: it normalises to (almost exactly) ones whatever its scale
     np.testing.assert_allclose(got[1], np.ones(4), rtol=1e-6)
     # and the rms result differs from the raw one
