@@ -11,15 +11,13 @@ mlx is imported lazily so that this module (and ``is_available`` / ``install_hin
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
-from pathlib import Path
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.records import eos_ids, unpack_step
+from neuroscope import checkpoint
 from neuroscope.loading import model_load_error
 from neuroscope.protocol import (
     BackendError,
@@ -27,12 +25,23 @@ from neuroscope.protocol import (
     GenerationParams,
     ModelInfo,
     ModelSpec,
+    Prefilled,
     SAEInputNorm,
-    Step,
 )
 from neuroscope.sae import SAEWeights
 
 _MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class _Request:
+    """One generation's state: its own caches, last token and PRNG key (nothing outlives it)."""
+
+    cache: list
+    token: Any  # (1,) mx.array, the last sampled token (lazy)
+    key: Any
+    temperature: float
+    top_p: float
 
 
 class MLXBackend:
@@ -80,7 +89,7 @@ class MLXBackend:
         sae_dtype: str = "float32",
     ) -> ModelInfo:
         import mlx.core as mx
-        from mlx_lm.utils import load_model, load_tokenizer
+        from mlx_lm.utils import load_model
 
         from backends.mlx_gemma2 import model_classes
         from backends.mlx_sae import MLXSAE, SAE_DTYPES
@@ -89,12 +98,13 @@ class MLXBackend:
             raise BackendError(f"unknown dtype {model.dtype!r}; choose one of {', '.join(_MODEL_DTYPES)}")
         if sae_dtype not in SAE_DTYPES:
             raise BackendError(f"unknown SAE dtype {sae_dtype!r}; choose one of {', '.join(SAE_DTYPES)}")
+        path = checkpoint.local_dir(model)
+        config = checkpoint.read_config(path)
         try:
-            path = _local_path(model)
-            lm, config = load_model(path, get_model_classes=model_classes)
-            wrapper = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+            lm, _ = load_model(path, get_model_classes=model_classes)
         except (OSError, ValueError, KeyError) as exc:
             raise model_load_error(model.name_or_path, exc) from exc
+        tokenizer = checkpoint.load_tokenizer(path)
         if model.dtype is not None:
             lm.set_dtype(getattr(mx, model.dtype))
             mx.eval(lm.parameters())
@@ -102,9 +112,6 @@ class MLXBackend:
         sae.check_model(d_model=args.hidden_size, n_layers=args.num_hidden_layers, layer=layer)
         self.sae = MLXSAE(sae, top_k=top_k, input_norm=sae_input_norm, dtype=sae_dtype)
         self.model, self.layer = lm, layer
-        tokenizer = wrapper._tokenizer  # the transformers tokenizer inside mlx-lm's wrapper
-        if getattr(tokenizer, "pad_token_id", None) is None:
-            tokenizer.pad_token = tokenizer.eos_token
         return ModelInfo(
             model_id=model.name_or_path,
             tokenizer=tokenizer,
@@ -114,11 +121,9 @@ class MLXBackend:
             context_length=int(args.max_position_embeddings),
             device=_describe_device(),
             dtype=_describe_dtype(lm, config),
-            extra={
-                "eos_token_ids": _eos_ids(config, path, tokenizer, wrapper),
-                "sae_dtype": sae_dtype,
-                "sliding_window": args.sliding_window,
-            },
+            eos_token_ids=checkpoint.eos_token_ids(path, config, tokenizer),
+            sae_dtype=sae_dtype,
+            sliding_window=args.sliding_window,
         )
 
     def set_feature_filter(self, flt: FeatureFilter) -> None:
@@ -130,89 +135,65 @@ class MLXBackend:
         self.model = None
         self.sae = None
 
-    # ------------------------------------------------------------------------------------------- generation
-    def generate(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[Step]:
+    # ------------------------------------------------------------------------------------------- the pieces
+    def prefill(self, prompt_ids: list[int], params: GenerationParams) -> Prefilled:
+        """All prompt chunks but the last only fill the caches; the last one also samples the first token.
+        Nothing is evaluated here but the caches between chunks: the first record is queued with one
+        ``mx.async_eval``, and the prompt records (one batched encode) stay lazy until ``to_host``."""
         import mlx.core as mx
 
         if self.model is None or self.sae is None:
             raise BackendError("backend is not loaded")
-        if not prompt_ids:
-            raise ValueError("prompt_ids is empty")
-        if params.max_tokens < 1:
-            return
-        model, sae, capture = self.model, self.sae, self.capture
-        layer = self.layer if capture else None
-        stream = _generation_stream()
+        model, capture = self.model, self.capture
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        key = mx.random.key(seed & 0xFFFF_FFFF_FFFF_FFFF)  # MLX keys take an unsigned 64-bit seed
-        cache = model.make_cache()
-
-        def step(tokens: mx.array, keep_all: bool = False):
-            """Graph for one forward over ``tokens`` (1, L): the token it samples and its packed record."""
-            nonlocal key
-            with mx.stream(stream):
-                sub = None
-                if params.temperature > 0:  # greedy decoding needs no randomness (and no key split per token)
-                    key, sub = mx.random.split(key)
-                out = model(tokens, cache, capture_layer=layer, last_only=True)
-                logits, hidden = out if capture else (out, None)
-                token = _sample(logits[:, -1, :], params.temperature, params.top_p, sub)
-                if not capture:
-                    return token, token.astype(mx.float32), None
-                record = mx.concatenate([token.astype(mx.float32), sae.topk(hidden[:, -1, :])[0]])
-                return token, record, (hidden[0] if keep_all else None)
-
-        # prefill: all chunks but the last only fill the caches (and keep block N's output for prompt features)
+        state = _Request(model.make_cache(), None, mx.random.key(seed & 0xFFFF_FFFF_FFFF_FFFF),  # unsigned 64-bit
+                         params.temperature, params.top_p)
         want_prompt = params.prompt_features and capture
+        stream = _generation_stream()
         ids = mx.array(prompt_ids, dtype=mx.int32)[None]
-        kept: list[mx.array] = []
+        kept: list = []
         chunk = max(1, int(self.prefill_step))
         while ids.shape[1] > chunk:
             with mx.stream(stream):
-                out = model(ids[:, :chunk], cache, capture_layer=layer if want_prompt else None, last_only=True)
+                out = model(ids[:, :chunk], state.cache, capture_layer=self.layer if want_prompt else None,
+                            last_only=True)
                 if want_prompt:
                     kept.append(out[1][0])
-                mx.eval([c.state for c in cache] + kept)
+                mx.eval([c.state for c in state.cache] + kept)
             ids = ids[:, chunk:]
-        token, record, last_hidden = step(ids, keep_all=want_prompt)
-        mx.async_eval(record)
+        record, hidden = self._step(state, ids)
+        prompt_records = None
         if want_prompt:
-            with mx.stream(stream):  # one batched encode of every prompt position
-                packed = np.array(sae.topk(mx.concatenate(kept + [last_hidden], axis=0)))
-            for j, tid in enumerate(prompt_ids):
-                yield unpack_step(tid, packed[j], sae.k, position=j, prompt=True)
+            with mx.stream(stream):
+                prompt_records = self.sae.topk(mx.concatenate(kept + [hidden[0]], axis=0))
+        return Prefilled(state, record, prompt_records)
 
-        n = len(prompt_ids)
-        for i in range(params.max_tokens):
-            last = i + 1 == params.max_tokens
-            if not last:  # queue token i+1 before waiting on token i: the one async_eval of this token
-                next_token, next_record, _ = step(token[None])
-                mx.async_eval(next_record)
-            host = np.array(record)
-            tid = int(host[0])
-            finish = "stop" if tid in params.eos_token_ids else ("length" if last else None)
-            yield unpack_step(tid, host[1:], sae.k, position=n + i - 1, finish=finish, capture=capture)
-            if finish is not None:
-                return
-            token, record = next_token, next_record
+    def decode_step(self, state: _Request):
+        record, _ = self._step(state, state.token[None])
+        return record
 
+    def to_host(self, record) -> np.ndarray:
+        return np.array(record)
 
-def _local_path(model: ModelSpec) -> Path:
-    """A local directory as is; a hub id through huggingface_hub's cache (never the network when offline)."""
-    path = Path(model.name_or_path).expanduser()
-    if path.exists():
-        return path
-    from huggingface_hub import snapshot_download
-    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+    def _step(self, state: _Request, tokens):
+        """Graph for one forward over ``tokens`` (1, L): sample the next token, pack its record, queue both with
+        one ``mx.async_eval``. Returns the record and block N's output at every position of ``tokens``."""
+        import mlx.core as mx
 
-    return Path(
-        snapshot_download(
-            model.name_or_path,
-            revision=model.revision,
-            allow_patterns=DEFAULT_ALLOW_PATTERNS,
-            local_files_only=model.offline,
-        )
-    )
+        capture = self.capture
+        with mx.stream(_generation_stream()):
+            sub = None
+            if state.temperature > 0:  # greedy decoding needs no randomness (and no key split per token)
+                state.key, sub = mx.random.split(state.key)
+            out = self.model(tokens, state.cache, capture_layer=self.layer if capture else None, last_only=True)
+            logits, hidden = out if capture else (out, None)
+            state.token = _sample(logits[:, -1, :], state.temperature, state.top_p, sub)
+            if capture:
+                record = mx.concatenate([state.token.astype(mx.float32), self.sae.topk(hidden[:, -1, :])[0]])
+            else:
+                record = state.token.astype(mx.float32)
+        mx.async_eval(record)
+        return record, hidden
 
 
 _STREAM = None
@@ -246,18 +227,6 @@ def _sample(logits, temperature: float, top_p: float, key):
     sorted_p = mx.where(cum - sorted_p >= top_p, mx.zeros_like(sorted_p), sorted_p)
     choice = mx.random.categorical(mx.log(sorted_p), axis=-1, key=key)
     return mx.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
-
-
-def _eos_ids(config: dict, path: Path, tokenizer, wrapper) -> list[int]:
-    """EOS ids from the config, generation_config.json, mlx-lm's wrapper and the tokenizer."""
-    sources = [config.get("eos_token_id"), sorted(getattr(wrapper, "eos_token_ids", None) or ())]
-    gen_cfg = Path(path) / "generation_config.json"
-    if gen_cfg.is_file():
-        try:
-            sources.append(json.loads(gen_cfg.read_text()).get("eos_token_id"))
-        except (OSError, ValueError):
-            pass
-    return eos_ids(sources, tokenizer)
 
 
 def _describe_device() -> str:

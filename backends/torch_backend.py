@@ -1,21 +1,24 @@
-"""The torch backend (CUDA and CPU): Gemma-2 via transformers, block-N capture, SAE top-k on the device.
+"""The torch backend (CUDA and CPU): our own Gemma-2 (``backends/torch_gemma2.py``), SAE top-k on the device.
 
-Per token: one forward (a hook copies the last position of block N's output into a preallocated buffer),
-sampling and SAE encode + filter + top-k on the device, and one small host copy of a packed record
-([token, l0, k ids, k values]). The next forward is queued before that copy is waited on, so on CUDA the
-host work for token t overlaps the device work for token t+1.
+Per token one fixed-shape step: the forward at a tensor position into a static KV cache (block N's output is
+returned by the model, no hooks), sampling, and SAE encode + filter + top-k, packed into one small record
+``[token, l0, k ids, k values]``. The decode loop (:mod:`neuroscope.decode`) queues the next step before it
+copies a record to the host, so on CUDA the host work for token t overlaps the device work for token t+1.
 """
 
 from __future__ import annotations
 
 import os
-from typing import ClassVar, Iterator
+from dataclasses import dataclass
+from typing import ClassVar
 
+import numpy as np
 import torch
 
-from backends.records import eos_ids, unpack_step
+from backends.torch_gemma2 import Gemma2, KVCache, cache_size
 from backends.torch_sae import SAE_DTYPES, TorchSAE
 from backends.torch_sampling import sample
+from neuroscope import checkpoint
 from neuroscope.loading import model_load_error
 from neuroscope.protocol import (
     BackendError,
@@ -23,12 +26,24 @@ from neuroscope.protocol import (
     GenerationParams,
     ModelInfo,
     ModelSpec,
+    Prefilled,
     SAEInputNorm,
-    Step,
 )
 from neuroscope.sae import SAEWeights
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class _Request:
+    """One generation's device state: its own cache, last token, position and RNG (nothing outlives it)."""
+
+    cache: KVCache
+    token: torch.Tensor  # (1,) the last sampled token
+    position: torch.Tensor  # (1,) where that token goes
+    generator: torch.Generator
+    temperature: float
+    top_p: float
 
 
 class _TorchBackend:
@@ -37,14 +52,11 @@ class _TorchBackend:
     default_dtype: ClassVar[str] = "float32"
 
     def __init__(self) -> None:
-        self.model = None
+        self.model: Gemma2 | None = None
         self.sae: TorchSAE | None = None
         self.layer = -1
         self.capture = True  # False: plain decoding, no residual capture and no SAE (benchmarks' baseline)
-        self._hook = None
-        self._buf: torch.Tensor | None = None
-        self._all: torch.Tensor | None = None
-        self._want_all = False
+        self.prefill_chunk = 2048  # prompt tokens per prefill forward (bounds attention memory on long prompts)
 
     @classmethod
     def install_hint(cls) -> str:
@@ -61,128 +73,85 @@ class _TorchBackend:
         sae_input_norm: SAEInputNorm = "none",
         sae_dtype: str = "float32",
     ) -> ModelInfo:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
         dtype_name = model.dtype or self.default_dtype
         if dtype_name not in _DTYPES:
             raise BackendError(f"unknown dtype {dtype_name!r}; choose one of {', '.join(_DTYPES)}")
         if sae_dtype not in SAE_DTYPES:
             raise BackendError(f"unknown SAE dtype {sae_dtype!r}; choose one of {', '.join(SAE_DTYPES)}")
         device = torch.device(self.device_type)
+        path = checkpoint.local_dir(model)
+        config = checkpoint.read_config(path)
         try:
-            hub = {"revision": model.revision, "local_files_only": model.offline}
-            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, **hub)
-            lm = AutoModelForCausalLM.from_pretrained(
-                model.name_or_path,
-                **hub,
-                dtype=_DTYPES[dtype_name],
-                attn_implementation="eager",  # Gemma-2's attention soft-capping needs it
-            )
-        except (OSError, ValueError, EnvironmentError) as exc:
+            lm = Gemma2.from_checkpoint(path, config, _DTYPES[dtype_name], device)
+        except (OSError, ValueError, KeyError) as exc:
             raise model_load_error(model.name_or_path, exc) from exc
-        lm.to(device).eval()
-        cfg = lm.config
-        layers = lm.model.layers
-        sae.check_model(d_model=cfg.hidden_size, n_layers=len(layers), layer=layer)
+        tokenizer = checkpoint.load_tokenizer(path)
+        cfg = lm.cfg
+        sae.check_model(d_model=cfg.hidden_size, n_layers=cfg.num_hidden_layers, layer=layer)
         self.model, self.layer, self.device = lm, layer, device
         self.sae = TorchSAE(sae, device, top_k=top_k, input_norm=sae_input_norm, dtype=sae_dtype)
-        self._buf = torch.zeros(1, cfg.hidden_size, dtype=lm.dtype, device=device)
-        self._hook = layers[layer].register_forward_hook(self._capture)
-        if getattr(tokenizer, "pad_token_id", None) is None:
-            tokenizer.pad_token = tokenizer.eos_token
         return ModelInfo(
             model_id=model.name_or_path,
             tokenizer=tokenizer,
-            n_layers=len(layers),
+            n_layers=cfg.num_hidden_layers,
             d_model=cfg.hidden_size,
             vocab_size=cfg.vocab_size,
-            context_length=int(getattr(cfg, "max_position_embeddings", 8192)),
+            context_length=cfg.max_position_embeddings,
             device=self.describe_device(),
             dtype=dtype_name,
-            extra={"eos_token_ids": _eos_ids(lm, tokenizer), "sae_dtype": sae_dtype},
+            eos_token_ids=checkpoint.eos_token_ids(path, config, tokenizer),
+            sae_dtype=sae_dtype,
+            sliding_window=cfg.sliding_window,
         )
 
     def describe_device(self) -> str:
         return "cpu"
 
     def set_feature_filter(self, flt: FeatureFilter) -> None:
-        assert self.sae is not None, "load() first"
+        if self.sae is None:
+            raise BackendError("backend is not loaded")
         self.sae.set_filter(flt)
 
     def close(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
         self.model = None
         self.sae = None
 
-    # ------------------------------------------------------------------------------------------- capture
-    def _capture(self, module, args, output) -> None:
-        hidden = output[0] if isinstance(output, tuple) else output  # (1, seq, d_model)
-        if not self.capture:
-            return
-        self._buf.copy_(hidden[:, -1, :])
-        if self._want_all:
-            self._all = hidden[0].detach()
-
-    # ------------------------------------------------------------------------------------------- generation
+    # ------------------------------------------------------------------------------------------- the pieces
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[Step]:
+    def prefill(self, prompt_ids: list[int], params: GenerationParams) -> Prefilled:
         if self.model is None or self.sae is None:
             raise BackendError("backend is not loaded")
-        if not prompt_ids:
-            raise ValueError("prompt_ids is empty")
-        if params.max_tokens < 1:
-            return
-        model, sae, device = self.model, self.sae, self.device
+        model, device, capture = self.model, self.device, self.capture
         gen = torch.Generator(device=device)
         gen.manual_seed(params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
-        eos = params.eos_token_ids
-        capture = self.capture
-
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-        self._want_all = params.prompt_features and capture
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        self._want_all = False
-        cache = out.past_key_values
-        token = sample(out.logits[:, -1, :], params.temperature, params.top_p, gen)
-        if self._all is not None:
-            packed_prompt = sae.topk(self._all).cpu().numpy()
-            self._all = None
-            for j, tid in enumerate(prompt_ids):
-                yield unpack_step(tid, packed_prompt[j], sae.k, position=j, prompt=True)
-        pending = self._pack(token, capture)
-
         n = len(prompt_ids)
-        for i in range(params.max_tokens):
-            last = i + 1 == params.max_tokens
-            # queue the next forward before waiting on this token's record (overlaps on CUDA)
-            nxt_out = None if last else model(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
-            host = pending.cpu().numpy()
-            tid = int(host[0])
-            if tid in eos:
-                yield unpack_step(tid, host[1:], sae.k, position=n + i - 1, finish="stop", capture=capture)
-                return
-            if last:
-                yield unpack_step(tid, host[1:], sae.k, position=n + i - 1, finish="length", capture=capture)
-                return
-            token = sample(nxt_out.logits[:, -1, :], params.temperature, params.top_p, gen)
-            cache = nxt_out.past_key_values
-            pending = self._pack(token, capture)
-            yield unpack_step(tid, host[1:], sae.k, position=n + i - 1, capture=capture)
+        cache = model.new_cache(cache_size(n + params.max_tokens))
+        want_prompt = params.prompt_features and capture
+        logits, hidden = model.prefill(
+            torch.tensor(prompt_ids, dtype=torch.long, device=device), cache,
+            capture=self.layer if capture else None, all_positions=want_prompt, chunk=self.prefill_chunk,
+        )
+        token = sample(logits, params.temperature, params.top_p, gen)
+        state = _Request(cache, token, torch.tensor([n], device=device), gen, params.temperature, params.top_p)
+        record = self._pack(token, hidden[-1:] if capture else None)
+        return Prefilled(state, record, self.sae.topk(hidden) if want_prompt else None)
 
-    def _pack(self, token: torch.Tensor, capture: bool) -> torch.Tensor:
-        if not capture:
+    @torch.inference_mode()
+    def decode_step(self, state: _Request) -> torch.Tensor:
+        logits, hidden = self.model.step(
+            state.token, state.position, state.cache, capture=self.layer if self.capture else None
+        )
+        state.position = state.position + 1
+        state.token = sample(logits, state.temperature, state.top_p, state.generator)
+        return self._pack(state.token, hidden)
+
+    def to_host(self, record: torch.Tensor) -> np.ndarray:
+        return record.cpu().numpy()
+
+    def _pack(self, token: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+        if hidden is None:
             return token.float().view(1)
-        return torch.cat([token.float().view(1), self.sae.topk(self._buf)[0]])
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    gen = getattr(model, "generation_config", None)
-    return eos_ids([getattr(gen, "eos_token_id", None), getattr(model.config, "eos_token_id", None)], tokenizer)
+        return torch.cat([token.float().view(1), self.sae.topk(hidden)[0]])
 
 
 class TorchCPUBackend(_TorchBackend):

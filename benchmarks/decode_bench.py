@@ -21,6 +21,7 @@ from benchmarks import targets
 from benchmarks.bandwidth import Bandwidth
 from benchmarks.models import BenchModel
 from benchmarks.timing import summarize_ms
+from neuroscope.decode import generate
 from neuroscope.protocol import GenerationParams, ModelSpec
 
 MODES = ("bare", "capture-off", "instrumented")
@@ -113,7 +114,7 @@ class Ours:
         def run(ids: list[int], n: int) -> list[float]:
             self.backend.capture = capture
             stamps, l0s = [], []
-            for step in self.backend.generate(ids, GenerationParams(max_tokens=n, temperature=0.0)):
+            for step in generate(self.backend, ids, GenerationParams(max_tokens=n, temperature=0.0)):
                 stamps.append(time.perf_counter())
                 l0s.append(step.l0)
             if capture and not any(l0s):

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from neuroscope import decode
 from neuroscope.feature_hub import FeatureHub
 from neuroscope.labels import Labels
 from neuroscope.protocol import Backend, GenerationParams, ModelInfo, Step
@@ -67,7 +68,8 @@ class Engine:
         self.hub = hub
         self.labels = labels
         self.layer = layer
-        self.eos_ids = frozenset(info.extra.get("eos_token_ids", ()))
+        self.eos_ids = frozenset(info.eos_token_ids)
+        self.special_ids = frozenset(getattr(info.tokenizer, "all_special_ids", ()) or ()) | self.eos_ids
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,7 +155,7 @@ class Engine:
         prompt_detok = Detokenizer(tok, skip_special_tokens=False)
         stops = StopMatcher(job.stop)
         finish = "length"
-        gen = self.backend.generate(job.prompt_ids, params)
+        gen = decode.generate(self.backend, job.prompt_ids, params)
         try:
             for step in gen:
                 if job.cancelled.is_set():
@@ -162,8 +164,9 @@ class Engine:
                 if step.prompt:
                     self._post(self._publish, "feature_activation", self._event(job, step, prompt_detok.add(step.token_id)), True)
                     continue
-                if step.finish_reason == "stop":  # EOS: ends the turn, not part of the text
-                    finish = "stop"
+                if step.finish_reason == "stop":  # EOS ends the turn: no text, but its features are the
+                    finish = "stop"                # model's state as it decided to stop
+                    self._post(self._publish, "feature_activation", self._event(job, step, ""), False)
                     break
                 delta = detok.add(step.token_id)
                 if step.finish_reason == "length":
@@ -198,6 +201,7 @@ class Engine:
             "token_id": step.token_id,
             "position": step.position,
             "prompt": step.prompt,
+            "special": step.token_id in self.special_ids,
             "layer": self.layer,
             "l0": step.l0,
             "top_features": [

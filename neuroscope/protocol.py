@@ -1,14 +1,17 @@
 """The backend boundary.
 
-A backend owns the per-token loop. For every token it computes, together and once, the next token, the
-layer-N residual that produced it and the SAE top-k of that residual, and hands back one small host-side
-:class:`Step`. Core code never touches framework tensors.
+A backend provides the framework pieces and nothing else: ``load``, ``prefill``, one fixed-shape
+``decode_step``, ``to_host`` and ``close`` (plus ``set_feature_filter``). Each decode step computes, together
+and once, the next token, the layer-N residual that produced it and the SAE top-k of that residual, packed
+into one small device record. The per-token state machine around those pieces (pipelining, prompt-feature
+steps, EOS / length, the record → :class:`Step`) is written once, in :mod:`neuroscope.decode`. Core code never
+touches framework tensors: records cross the boundary only through ``to_host``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -89,7 +92,18 @@ class ModelInfo:
     context_length: int
     device: str
     dtype: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    eos_token_ids: tuple[int, ...] = ()  # every id that ends a generation (config, generation config, tokenizer)
+    sae_dtype: str = "float32"
+    sliding_window: int | None = None  # local layers' window, None when every layer is global
+
+
+@dataclass(slots=True)
+class Prefilled:
+    """What :meth:`Backend.prefill` hands the decode loop."""
+
+    state: Any  # the backend's per-request state (KV cache, last sampled token, RNG), opaque to the core
+    record: Any  # the first generated token's packed record, already queued on the device
+    prompt_records: Any | None = None  # (n_prompt, 1 + 2k) packed records of the prompt positions, when asked
 
 
 class BackendError(RuntimeError):
@@ -98,7 +112,12 @@ class BackendError(RuntimeError):
 
 @runtime_checkable
 class Backend(Protocol):
+    """The framework pieces. Records are float32 device arrays laid out as :mod:`neuroscope.records` says:
+    a token's record is ``[token, l0, k ids, k values]`` (``[token]`` alone while ``capture`` is off), a prompt
+    position's ``[l0, k ids, k values]``."""
+
     name: ClassVar[str]
+    capture: bool  # False: plain decoding, no residual capture and no SAE (the benchmarks' baseline)
 
     @classmethod
     def is_available(cls) -> bool: ...
@@ -119,6 +138,18 @@ class Backend(Protocol):
 
     def set_feature_filter(self, flt: FeatureFilter) -> None: ...
 
-    def generate(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[Step]: ...
+    def prefill(self, prompt_ids: list[int], params: GenerationParams) -> Prefilled:
+        """Run the prompt (filling a fresh per-request cache), sample the first token and queue its record;
+        with ``params.prompt_features`` also the records of every prompt position (one batched encode)."""
+        ...
+
+    def decode_step(self, state: Any) -> Any:
+        """Queue one fixed-shape step on the last sampled token: forward, block-N capture, SAE encode + filter +
+        top-k, sampling. Returns the new token's record without waiting for it."""
+        ...
+
+    def to_host(self, record: Any) -> np.ndarray:
+        """Wait for ``record`` and copy it to the host (the one synchronisation per token)."""
+        ...
 
     def close(self) -> None: ...

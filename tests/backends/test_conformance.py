@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from neuroscope import registry
+from neuroscope.decode import generate
 from neuroscope.protocol import FeatureFilter, GenerationParams
 from neuroscope.sae import SAEError, SAEWeights, load_npz
 from tests.support.reference import assert_topk_matches, load_backend, reference_acts, residuals
@@ -40,7 +41,7 @@ def prompt_ids(loaded):
 
 def _run(backend, ids, **kw):
     kw.setdefault("max_tokens", 40)
-    return list(backend.generate(ids, GenerationParams(**kw)))
+    return list(generate(backend, ids, GenerationParams(**kw)))
 
 
 def test_greedy_is_deterministic(loaded, prompt_ids):

@@ -16,6 +16,7 @@ import mlx.nn as nn  # noqa: E402
 
 from backends.mlx_backend import MLXBackend  # noqa: E402
 from backends.torch_backend import TorchCPUBackend  # noqa: E402
+from neuroscope.decode import generate  # noqa: E402
 from neuroscope.protocol import GenerationParams, ModelSpec, Step  # noqa: E402
 from neuroscope.sae import load_npz  # noqa: E402
 
@@ -69,7 +70,7 @@ def test_greedy_parity_past_the_window(backends):
     prompt = _chat_prompt(info.tokenizer, "Hi")
     assert len(prompt) < 16 < len(prompt) + N_TOKENS  # decoding crosses the window
     params = GenerationParams(max_tokens=N_TOKENS)
-    got, want = list(mlx_b.generate(prompt, params)), list(torch_b.generate(prompt, params))
+    got, want = list(generate(mlx_b, prompt, params)), list(generate(torch_b, prompt, params))
     assert len(got) == N_TOKENS and got[-1].finish_reason == "length"
     assert len({s.token_id for s in want}) > 10  # varied text, not one repeated token
     assert sum(len(s.feature_ids) for s in want) > N_TOKENS  # features fire
@@ -86,10 +87,10 @@ def test_long_prompt_parity_with_prompt_features(backends, prefill_step):
     params = GenerationParams(max_tokens=128, prompt_features=True)
     mlx_b.prefill_step = prefill_step
     try:
-        got = list(mlx_b.generate(prompt, params))
+        got = list(generate(mlx_b, prompt, params))
     finally:
         mlx_b.prefill_step = 2048
-    want = list(torch_b.generate(prompt, params))
+    want = list(generate(torch_b, prompt, params))
     assert [s.prompt for s in got[: len(prompt)]] == [True] * len(prompt)
     assert [s.token_id for s in got[: len(prompt)]] == prompt
     assert [s.position for s in got] == list(range(len(prompt))) + [len(prompt) + i - 1 for i in range(128)]
@@ -101,10 +102,10 @@ def test_capture_off_is_plain_decoding(backends):
     mlx_b, _, info = backends
     prompt = _chat_prompt(info.tokenizer, "Hello there")
     params = GenerationParams(max_tokens=40, prompt_features=True)
-    with_features = list(mlx_b.generate(prompt, params))
+    with_features = list(generate(mlx_b, prompt, params))
     mlx_b.capture = False
     try:
-        plain = list(mlx_b.generate(prompt, params))
+        plain = list(generate(mlx_b, prompt, params))
     finally:
         mlx_b.capture = True
     assert [s.token_id for s in plain] == [s.token_id for s in with_features if not s.prompt]

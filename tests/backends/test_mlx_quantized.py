@@ -12,6 +12,7 @@ pytest.importorskip("mlx_lm", reason="mlx-lm is not installed")
 import mlx.nn as nn  # noqa: E402
 
 from backends.mlx_backend import MLXBackend  # noqa: E402
+from neuroscope.decode import generate  # noqa: E402
 from neuroscope.protocol import GenerationParams, ModelSpec  # noqa: E402
 from neuroscope.sae import load_npz  # noqa: E402
 
@@ -49,14 +50,14 @@ def test_loads_quantized_layers_and_reports_them(loaded):
         assert isinstance(lin, nn.QuantizedLinear) and lin.bits == BITS and lin.group_size == GROUP
     assert isinstance(backend.model.model.embed_tokens, nn.QuantizedEmbedding)
     assert "4-bit" in info.dtype
-    assert info.extra["eos_token_ids"] == [1, 5]
+    assert info.eos_token_ids == (1, 5)
     assert info.tokenizer.convert_tokens_to_ids("<end_of_turn>") == 5
 
 
 def test_generates_with_features(loaded):
     backend, info = loaded
     prompt = info.tokenizer.encode("The river bends around the old mill where the village keeps its grain.")
-    steps = list(backend.generate(prompt, GenerationParams(max_tokens=64, prompt_features=True)))
+    steps = list(generate(backend, prompt, GenerationParams(max_tokens=64, prompt_features=True)))
     generated = [s for s in steps if not s.prompt]
     assert len(steps) == len(prompt) + 64 and len(generated) == 64
     assert len({s.token_id for s in generated}) > 5

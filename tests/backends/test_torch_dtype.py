@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from backends.torch_backend import TorchCPUBackend, TorchCUDABackend  # noqa: E402
+from neuroscope.decode import generate  # noqa: E402
 from neuroscope.protocol import BackendError, GenerationParams, ModelSpec  # noqa: E402
 from neuroscope.sae import encode_reference, load_npz  # noqa: E402
 
@@ -25,7 +26,7 @@ def test_bfloat16_model_float32_sae(tiny_fixture):
         tok.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False, add_generation_prompt=True),
         add_special_tokens=False,
     )
-    (step,) = backend.generate(ids, GenerationParams(max_tokens=1, prompt_features=False))
+    (step,) = generate(backend, ids, GenerationParams(max_tokens=1, prompt_features=False))
     backend.close()
     ref_model = AutoModelForCausalLM.from_pretrained(tiny_fixture.model_dir, dtype=torch.bfloat16, attn_implementation="eager")
     with torch.inference_mode():

@@ -11,27 +11,36 @@ import pytest
 from transformers import AutoTokenizer
 
 from neuroscope.labels import Labels
-from neuroscope.protocol import ModelInfo, Step
+from neuroscope.protocol import ModelInfo, Prefilled
 from neuroscope.server.app import NeuroscopeServer
 
 
 class FlakyBackend:
-    """Yields a few tokens, then fails on every other request (as a device error would)."""
+    """Decodes a few tokens, then fails on every other request (as a device error would)."""
 
     name = "flaky"
+    capture = True
 
     def __init__(self):
         self.calls = 0
 
-    def generate(self, prompt_ids, params):
+    def prefill(self, prompt_ids, params):
         self.calls += 1
-        fail = self.calls % 2 == 1
-        for i in range(params.max_tokens):
-            if fail and i == 3:
-                raise RuntimeError("device lost")
-            ids = np.array([i % 7, 3], dtype=np.int64)
-            yield Step(40 + i, ids, np.array([2.0, 1.0], np.float32), 2, len(prompt_ids) + i - 1,
-                       finish_reason="length" if i + 1 == params.max_tokens else None)
+        state = {"fail": self.calls % 2 == 1, "i": 0}
+        return Prefilled(state, self._record(0))
+
+    def decode_step(self, state):
+        state["i"] += 1
+        if state["fail"] and state["i"] == 3:
+            raise RuntimeError("device lost")
+        return self._record(state["i"])
+
+    def to_host(self, record):
+        return record
+
+    @staticmethod
+    def _record(i):  # [token, l0, 2 ids, 2 values]
+        return np.array([40 + i, 2, i % 7, 3, 2.0, 1.0], dtype=np.float32)
 
     def close(self):
         pass
@@ -40,7 +49,7 @@ class FlakyBackend:
 @pytest.fixture(scope="module")
 def flaky_server(tiny_fixture):
     tok = AutoTokenizer.from_pretrained(tiny_fixture.model_dir)
-    info = ModelInfo("flaky-model", tok, 4, 64, 512, 1024, "cpu", "float32", {"eos_token_ids": [1, 5]})
+    info = ModelInfo("flaky-model", tok, 4, 64, 512, 1024, "cpu", "float32", eos_token_ids=(1, 5))
     server = NeuroscopeServer(FlakyBackend(), info, Labels(256), layer=2, backend_name="flaky", sae_id="x",
                               port=0, features_port=0)
     state = {}

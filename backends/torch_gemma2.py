@@ -1,0 +1,286 @@
+"""Gemma-2 in plain torch, with a static KV cache and a fixed-shape decode step that also returns block N.
+
+The same safetensors as transformers' ``Gemma2ForCausalLM`` (parameter names and shapes match, so the
+weights load as they are, without a copy), and the same computation: Gemma's ``(1 + w)`` RMSNorm in float32,
+grouped-query attention with RoPE, ``query_pre_attn_scalar``, attention and final-logit soft-capping,
+alternating local (sliding-window) and global layers, GeGLU (tanh GELU) and the embedding scale in the
+activation dtype. Owning the model keeps the backend independent of transformers' forward API (its cache and
+keyword arguments change between releases) and gives the decode step a fixed shape: the position is a
+tensor, the masks are built from it, and the cache is written in place at that position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SLIDING = "sliding_attention"
+
+
+@dataclass(frozen=True)
+class Gemma2Config:
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    attn_logit_softcapping: float | None = 50.0
+    final_logit_softcapping: float | None = 30.0
+    query_pre_attn_scalar: float = 256.0
+    sliding_window: int | None = 4096
+    max_position_embeddings: int = 8192
+    layer_types: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "Gemma2Config":
+        """From a checkpoint's ``config.json`` (any transformers release's spelling of it)."""
+        if config.get("model_type") != "gemma2":
+            raise ValueError(f"this backend runs Gemma-2 models; this checkpoint is a {config.get('model_type')!r}")
+        n = int(config["num_hidden_layers"])
+        rope = config.get("rope_parameters") or {}
+        heads = int(config["num_attention_heads"])
+        types = config.get("layer_types") or [SLIDING if i % 2 == 0 else "full_attention" for i in range(n)]
+        if len(types) != n:
+            raise ValueError(f"layer_types has {len(types)} entries for {n} layers")
+        return cls(
+            hidden_size=int(config["hidden_size"]),
+            num_hidden_layers=n,
+            intermediate_size=int(config["intermediate_size"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or config["hidden_size"] // heads),
+            vocab_size=int(config["vocab_size"]),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+            attn_logit_softcapping=config.get("attn_logit_softcapping"),
+            final_logit_softcapping=config.get("final_logit_softcapping"),
+            query_pre_attn_scalar=float(config.get("query_pre_attn_scalar", 256)),
+            sliding_window=config.get("sliding_window"),
+            max_position_embeddings=int(config.get("max_position_embeddings", 8192)),
+            layer_types=tuple(types),
+        )
+
+    def is_sliding(self, i: int) -> bool:
+        return self.sliding_window is not None and self.layer_types[i] == SLIDING
+
+
+class RMSNorm(nn.Module):
+    """Gemma's RMSNorm: computed in float32, scaled by ``1 + weight``, cast back."""
+
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dims))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).type_as(x)
+
+
+def _softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return x if not cap else torch.tanh(x / cap) * cap
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for ``size`` positions, allocated once per request (static shape)."""
+
+    def __init__(self, cfg: Gemma2Config, size: int, dtype: torch.dtype, device: torch.device):
+        shape = (1, cfg.num_key_value_heads, size, cfg.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        self.size = size
+        self.key_positions = torch.arange(size, device=device)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Gemma2Config):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.scale = cfg.query_pre_attn_scalar**-0.5
+        self.softcap = cfg.attn_logit_softcapping
+        d = cfg.hidden_size
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+
+    def forward(self, x, cos, sin, mask, keys, values, write) -> torch.Tensor:
+        """``x`` (1, L, d) at the positions ``write`` (a (L,) tensor) attends to ``keys``/``values`` of the
+        cache after they are written there; ``mask`` (L, S) is True where a query may see a key."""
+        _, L, _ = x.shape
+        q = self.q_proj(x).view(1, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(1, L, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(1, L, self.n_kv, self.head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        keys.index_copy_(2, write, k)
+        values.index_copy_(2, write, v)
+        S = mask.shape[-1]
+        ks, vs = keys[:, :, :S], values[:, :, :S]
+        rep = self.n_heads // self.n_kv  # grouped-query attention without materialising repeated keys
+        q = q.reshape(1, self.n_kv, rep * L, self.head_dim)
+        scores = _softcap(torch.matmul(q, ks.transpose(2, 3)) * self.scale, self.softcap)
+        scores = scores.view(1, self.n_kv, rep, L, S).masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs.view(1, self.n_kv, rep * L, S), vs).view(1, self.n_heads, L, self.head_dim)
+        return self.o_proj(out.transpose(1, 2).reshape(1, L, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Gemma2Config, sliding: bool):
+        super().__init__()
+        self.sliding = sliding
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+        eps = cfg.rms_norm_eps
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
+
+    def forward(self, x, cos, sin, mask, keys, values, write) -> torch.Tensor:
+        h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, mask, keys, values, write))
+        return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+
+
+class _Body(nn.Module):
+    def __init__(self, cfg: Gemma2Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList([Block(cfg, cfg.is_sliding(i)) for i in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Gemma2(nn.Module):
+    """``prefill`` runs prompt chunks, ``step`` one token at a tensor position; both fill a :class:`KVCache`
+    and return (logits of the last position, block ``capture``'s output)."""
+
+    def __init__(self, cfg: Gemma2Config):
+        super().__init__()
+        self.cfg = cfg
+        self.model = _Body(cfg)
+        self._inv_freq: torch.Tensor | None = None
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.layers
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_checkpoint(cls, path: Path, config: dict[str, Any], dtype: torch.dtype, device: torch.device) -> "Gemma2":
+        """Build on the meta device and adopt the checkpoint's tensors (no random init, no second copy)."""
+        from safetensors.torch import load_file
+
+        cfg = Gemma2Config.from_dict(config)
+        files = sorted(Path(path).glob("model*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{path} holds no model*.safetensors weights")
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            weights.update(load_file(str(f), device=str(device)))
+        weights = {k: v.to(dtype) for k, v in weights.items() if not k.startswith("lm_head.") and "rotary" not in k}
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = set(model.state_dict())
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                "the checkpoint does not match Gemma-2: "
+                + (f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} " if missing else "")
+                + (f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}" if unexpected else "")
+            )
+        model.load_state_dict(weights, strict=True, assign=True)
+        model._inv_freq = 1.0 / (
+            cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float, device=device) / cfg.head_dim)
+        )
+        return model.eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def new_cache(self, size: int) -> KVCache:
+        return KVCache(self.cfg, size, self.dtype, self.model.embed_tokens.weight.device)
+
+    # ------------------------------------------------------------------------------------------- forward
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self._inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype)[None, None], emb.sin().to(dtype)[None, None]
+
+    def _masks(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen = k_pos[None, :] <= q_pos[:, None]
+        window = self.cfg.sliding_window
+        local = seen & (k_pos[None, :] > q_pos[:, None] - window) if window is not None else seen
+        return seen, local
+
+    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, n_keys: int, capture: int | None):
+        emb = self.model.embed_tokens(tokens)[None]  # (1, L, d)
+        h = emb * torch.tensor(self.cfg.hidden_size**0.5, dtype=emb.dtype)  # Gemma scales in the activation dtype
+        cos, sin = self._rope(positions, h.dtype)
+        global_mask, local_mask = self._masks(positions, cache.key_positions[:n_keys])
+        captured = None
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, cos, sin, local_mask if layer.sliding else global_mask, cache.keys[i], cache.values[i], positions)
+            if i == capture:
+                captured = h[0]
+        return h, captured
+
+    def _logits(self, h_last: torch.Tensor) -> torch.Tensor:
+        h = self.model.norm(h_last)
+        return _softcap(F.linear(h, self.model.embed_tokens.weight), self.cfg.final_logit_softcapping)
+
+    def prefill(
+        self, ids: torch.Tensor, cache: KVCache, *, capture: int | None, all_positions: bool, chunk: int = 2048
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``ids`` (n,) from position 0 -> logits (1, vocab) of the last position and block ``capture``'s
+        output at every position (n, d) with ``all_positions``, else at the last one (1, d)."""
+        n = ids.shape[0]
+        kept: list[torch.Tensor] = []
+        h = captured = None
+        for start in range(0, n, chunk):
+            end = min(n, start + chunk)
+            positions = torch.arange(start, end, device=ids.device)
+            h, captured = self._run(ids[start:end], positions, cache, end, capture)
+            if all_positions and captured is not None:
+                kept.append(captured)
+        if captured is not None:
+            captured = torch.cat(kept) if all_positions else captured[-1:]
+        return self._logits(h[:, -1]), captured
+
+    def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache, *, capture: int | None):
+        """One token (1,) at ``position`` (1,), a tensor: every shape is fixed, whatever the position."""
+        h, captured = self._run(token, position, cache, cache.size, capture)
+        return self._logits(h[:, -1]), captured
+
+
+def cache_size(needed: int, minimum: int = 256) -> int:
+    """The static cache's length for ``needed`` positions: the next power of two (few distinct shapes)."""
+    return max(minimum, 1 << math.ceil(math.log2(max(1, needed))))
