@@ -62,10 +62,10 @@ class Gemma2Config:
             vocab_size=int(config["vocab_size"]),
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
             rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
-            attn_logit_softcapping=config.get("attn_logit_softcapping"),
-            final_logit_softcapping=config.get("final_logit_softcapping"),
+            attn_logit_softcapping=config.get("attn_logit_softcapping", 50.0),  # transformers' defaults when absent
+            final_logit_softcapping=config.get("final_logit_softcapping", 30.0),
             query_pre_attn_scalar=float(config.get("query_pre_attn_scalar", 256)),
-            sliding_window=config.get("sliding_window"),
+            sliding_window=config.get("sliding_window", 4096),
             max_position_embeddings=int(config.get("max_position_embeddings", 8192)),
             layer_types=tuple(types),
         )

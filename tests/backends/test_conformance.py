@@ -17,6 +17,9 @@ from tests.support.reference import assert_topk_matches, load_backend, reference
 
 BACKENDS = registry.available()
 K = 8
+EACH_BACKEND = pytest.mark.parametrize(
+    "name", BACKENDS or [pytest.param(None, marks=pytest.mark.skip("no backend is available here"))]
+)
 
 
 @pytest.fixture(scope="module", params=BACKENDS or [pytest.param(None, marks=pytest.mark.skip("no backend"))])
@@ -57,12 +60,12 @@ def test_greedy_is_deterministic(loaded, prompt_ids):
 def test_greedy_tokens_match_transformers_generate(loaded, prompt_ids, tiny_fixture):
     import torch
 
-    from tests.support.reference import _hf_model
+    from tests.support.reference import hf_model
 
     backend, _, _ = loaded
     ours = [s.token_id for s in _run(backend, prompt_ids, max_tokens=48)]
     with torch.inference_mode():
-        out = _hf_model(str(tiny_fixture.model_dir)).generate(
+        out = hf_model(str(tiny_fixture.model_dir)).generate(
             torch.tensor([prompt_ids]), max_new_tokens=48, do_sample=False, eos_token_id=None, pad_token_id=0
         )
     assert ours == out[0, len(prompt_ids):].tolist()
@@ -86,19 +89,20 @@ def test_every_step_matches_the_numpy_reference(loaded, prompt_ids, tiny_fixture
     assert np.mean([s.l0 for s in gen]) > K, "the fixture SAE should fire more than k features per token"
 
 
-def test_rms_input_norm_matches_reference(tiny_fixture, prompt_ids):
-    for name in BACKENDS:
-        backend, _, sae = load_backend(name, tiny_fixture, top_k=K, norm="rms")
-        try:
-            steps = _run(backend, prompt_ids, max_tokens=12)
-        finally:
-            backend.close()
-        full = prompt_ids + [s.token_id for s in steps]
-        acts = reference_acts(sae, residuals(tiny_fixture.model_dir, full, tiny_fixture.sae_layer), "rms")
-        raw = reference_acts(sae, residuals(tiny_fixture.model_dir, full, tiny_fixture.sae_layer), "none")
-        for s in steps:
-            assert_topk_matches(s, acts[s.position], K)
-        assert sum(s.l0 for s in steps) != int((raw[[s.position for s in steps]] > 0).sum())
+@EACH_BACKEND
+def test_rms_input_norm_matches_reference(name, tiny_fixture, prompt_ids):
+    backend, _, sae = load_backend(name, tiny_fixture, top_k=K, norm="rms")
+    try:
+        steps = _run(backend, prompt_ids, max_tokens=12)
+    finally:
+        backend.close()
+    assert len(steps) == 12
+    full = prompt_ids + [s.token_id for s in steps]
+    acts = reference_acts(sae, residuals(tiny_fixture.model_dir, full, tiny_fixture.sae_layer), "rms")
+    raw = reference_acts(sae, residuals(tiny_fixture.model_dir, full, tiny_fixture.sae_layer), "none")
+    for s in steps:
+        assert_topk_matches(s, acts[s.position], K)
+    assert sum(s.l0 for s in steps) != int((raw[[s.position for s in steps]] > 0).sum())
 
 
 def test_prompt_features_only_when_asked(loaded, prompt_ids):
@@ -186,16 +190,41 @@ def test_capture_off_decodes_the_same_tokens(loaded, prompt_ids):
     assert all(s.feature_ids.size == 0 for s in off)
 
 
-def test_sae_that_does_not_fit_the_model_is_refused(tiny_fixture):
+@EACH_BACKEND
+def test_sae_that_does_not_fit_the_model_is_refused(name, tiny_fixture):
+    from neuroscope.protocol import ModelSpec
+
     sae = load_npz(tiny_fixture.sae_path)
     wide = SAEWeights(
         np.zeros((sae.d_model * 2, 8), np.float32), np.zeros(8, np.float32), np.zeros(8, np.float32),
         np.zeros((8, sae.d_model * 2), np.float32), np.zeros(sae.d_model * 2, np.float32), source="wide.npz",
     )
-    from neuroscope.protocol import ModelSpec
+    with pytest.raises(SAEError, match=rf"{sae.d_model * 2}.*{sae.d_model}"):
+        registry.resolve(name)().load(ModelSpec(str(tiny_fixture.model_dir)), wide, 2, top_k=4)
+    with pytest.raises(SAEError, match=r"layer 9.*4 layers"):
+        registry.resolve(name)().load(ModelSpec(str(tiny_fixture.model_dir)), sae, 9, top_k=4)
 
-    for name in BACKENDS:
-        with pytest.raises(SAEError, match=rf"{sae.d_model * 2}.*{sae.d_model}"):
-            registry.resolve(name)().load(ModelSpec(str(tiny_fixture.model_dir)), wide, 2, top_k=4)
-        with pytest.raises(SAEError, match=r"layer 9.*4 layers"):
-            registry.resolve(name)().load(ModelSpec(str(tiny_fixture.model_dir)), sae, 9, top_k=4)
+
+def test_a_failed_prefill_leaks_nothing_into_the_next_request(loaded, prompt_ids, monkeypatch):
+    """A request that dies mid-prefill (here: the SAE fails while the prompt's features are being encoded)
+    must leave no per-request state behind: the next request reports its own steps only."""
+    backend, info, _ = loaded
+    other = info.tokenizer.encode("The mill stands by the river.", add_special_tokens=False)
+    clean = _run(backend, other, max_tokens=6)
+    real_topk = backend.sae.topk
+    calls = {"n": 0}
+
+    def failing_topk(x):
+        calls["n"] += 1
+        raise RuntimeError("device lost during prefill")
+
+    monkeypatch.setattr(backend.sae, "topk", failing_topk)
+    with pytest.raises(RuntimeError, match="device lost"):
+        _run(backend, prompt_ids, max_tokens=6, prompt_features=True)
+    assert calls["n"] >= 1, "the failure was not injected where it was meant to be"
+    monkeypatch.setattr(backend.sae, "topk", real_topk)
+    after = _run(backend, other, max_tokens=6)
+    assert not any(s.prompt for s in after), "the failed request's prompt features leaked into the next one"
+    assert [(s.token_id, s.position, s.feature_ids.tolist()) for s in after] == [
+        (s.token_id, s.position, s.feature_ids.tolist()) for s in clean
+    ]

@@ -19,6 +19,7 @@ from backends.torch_backend import TorchCPUBackend  # noqa: E402
 from neuroscope.decode import generate  # noqa: E402
 from neuroscope.protocol import GenerationParams, ModelSpec, Step  # noqa: E402
 from neuroscope.sae import load_npz  # noqa: E402
+from tests.support.reference import hf_model  # noqa: E402
 
 TOP_K = 32  # above the tiny SAE's L0 (~20), so some steps have fewer than k firing features
 N_TOKENS = 160
@@ -131,14 +132,13 @@ class Recorder(nn.Module):
 
 def test_plain_mlx_lm_gemma2_drifts_past_the_window_and_ours_does_not(tiny_fixture):
     from mlx_lm.utils import load_model
-    from transformers import AutoModelForCausalLM
 
     from backends.mlx_gemma2 import model_classes
 
     layer, seq, window = tiny_fixture.sae_layer, 64, tiny_fixture.shape.sliding_window
     ids = np.random.default_rng(0).integers(6, 400, size=seq).tolist()
 
-    hf = AutoModelForCausalLM.from_pretrained(tiny_fixture.model_dir, dtype=torch.float32, attn_implementation="eager")
+    hf = hf_model(str(tiny_fixture.model_dir))
     with torch.inference_mode():
         ref = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states[layer + 1][0].numpy()
 

@@ -12,11 +12,10 @@ from backends.torch_backend import TorchCPUBackend, TorchCUDABackend  # noqa: E4
 from neuroscope.decode import generate  # noqa: E402
 from neuroscope.protocol import BackendError, GenerationParams, ModelSpec  # noqa: E402
 from neuroscope.sae import encode_reference, load_npz  # noqa: E402
+from tests.support.reference import hf_model  # noqa: E402
 
 
 def test_bfloat16_model_float32_sae(tiny_fixture):
-    from transformers import AutoModelForCausalLM
-
     sae = load_npz(tiny_fixture.sae_path)
     backend = TorchCPUBackend()
     info = backend.load(ModelSpec(str(tiny_fixture.model_dir), dtype="bfloat16"), sae, tiny_fixture.sae_layer, top_k=8)
@@ -28,7 +27,7 @@ def test_bfloat16_model_float32_sae(tiny_fixture):
     )
     (step,) = generate(backend, ids, GenerationParams(max_tokens=1, prompt_features=False))
     backend.close()
-    ref_model = AutoModelForCausalLM.from_pretrained(tiny_fixture.model_dir, dtype=torch.bfloat16, attn_implementation="eager")
+    ref_model = hf_model(str(tiny_fixture.model_dir), "bfloat16")
     with torch.inference_mode():
         hidden = ref_model(torch.tensor([ids]), output_hidden_states=True).hidden_states[tiny_fixture.sae_layer + 1]
     acts = encode_reference(sae, hidden[0, -1].float().numpy())
@@ -41,9 +40,30 @@ def test_unknown_dtype_is_refused(tiny_fixture):
         TorchCPUBackend().load(ModelSpec(str(tiny_fixture.model_dir), dtype="float8"), load_npz(tiny_fixture.sae_path), 2, top_k=4)
 
 
-def test_cuda_backend_defaults():
-    assert TorchCUDABackend.default_dtype == "bfloat16" and TorchCUDABackend.device_type == "cuda"
-    assert TorchCUDABackend.is_available() == torch.cuda.is_available()
+def test_cuda_backend_loads_bfloat16_unless_told_otherwise(tiny_fixture):
+    """What torch-cuda does by default, run on the CPU: a model loaded without --dtype computes in bf16."""
+
+    class CudaDefaultsOnCPU(TorchCUDABackend):
+        device_type = "cpu"
+
+        def describe_device(self) -> str:
+            return "cpu"
+
+    sae = load_npz(tiny_fixture.sae_path)
+    backend = CudaDefaultsOnCPU()
+    info = backend.load(ModelSpec(str(tiny_fixture.model_dir)), sae, tiny_fixture.sae_layer, top_k=4)
+    assert info.dtype == "bfloat16" and backend.model.dtype == torch.bfloat16
+    explicit = CudaDefaultsOnCPU().load(ModelSpec(str(tiny_fixture.model_dir), dtype="float32"), sae, 2, top_k=4)
+    assert explicit.dtype == "float32"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_torch_cuda_without_a_gpu_is_refused_with_a_hint():
+    from neuroscope import registry
+
+    assert "torch-cuda" not in registry.available()
+    with pytest.raises(BackendError, match="torch-cuda' is not available.*NVIDIA GPU"):
+        registry.resolve("torch-cuda")
 
 
 def _bf16(a: np.ndarray) -> np.ndarray:

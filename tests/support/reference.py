@@ -12,11 +12,15 @@ from neuroscope.sae import encode_reference, load_npz
 
 
 @functools.lru_cache(maxsize=4)
-def _hf_model(model_dir: str):
+def hf_model(model_dir: str, dtype: str = "float32"):
+    """transformers' own Gemma-2 (the reference), loaded the way the installed release spells it."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"  # 4.56 renamed torch_dtype to dtype
+    m = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", **{key: getattr(torch, dtype)})
     return m.eval()
 
 
@@ -25,7 +29,7 @@ def residuals(model_dir, ids: list[int], layer: int) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        out = _hf_model(str(model_dir))(torch.tensor([ids]), output_hidden_states=True)
+        out = hf_model(str(model_dir))(torch.tensor([ids]), output_hidden_states=True)
     return out.hidden_states[layer + 1][0].float().numpy()
 
 

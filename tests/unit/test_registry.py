@@ -113,10 +113,13 @@ def test_auto_prefers_torch_cpu_over_mlx_without_metal_or_cuda():
     assert registry.resolve("auto").name == "torch-cpu"
 
 
-def test_builtin_backends_resolve_by_name():
-    for name in registry.available():
-        cls = registry.resolve(name)
-        assert cls.name == name
+@pytest.mark.parametrize("name", ["mlx", "torch-cuda", "torch-cpu"])
+def test_builtin_backends_resolve_by_name_or_say_how_to_install(name):
+    if name in registry.available():
+        assert registry.resolve(name).name == name
+    else:
+        with pytest.raises(BackendError, match=f"backend '{name}' is not available on this machine.*to use it: "):
+            registry.resolve(name)
 
 
 def test_auto_prefers_mlx_where_metal_is_available(monkeypatch):
