@@ -31,6 +31,14 @@ Runner = Callable[[list[int], int], list[float]]  # (prompt ids, n) -> a timesta
 
 
 # ----------------------------------------------------------------------------------------------- bare frameworks
+def _dtype_kwarg(dtype) -> dict:
+    """transformers 4.56 renamed ``torch_dtype=`` to ``dtype=`` (and older releases take ``dtype`` as config)."""
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
+
+
 class TorchBare:
     """transformers ``generate`` (greedy, KV cache), eager attention and dtype as Neuroscope loads it."""
 
@@ -40,7 +48,7 @@ class TorchBare:
 
         self.torch = torch
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[bm.dtype]
-        lm = AutoModelForCausalLM.from_pretrained(str(bm.path), dtype=dtype, attn_implementation="eager")
+        lm = AutoModelForCausalLM.from_pretrained(str(bm.path), attn_implementation="eager", **_dtype_kwarg(dtype))
         lm.to(device).eval()
         lm.generation_config.eos_token_id = None  # always generate exactly n tokens, like the other modes
         self.lm, self.device = lm, device
