@@ -1,0 +1,172 @@
+"""Calibration statistics: how often and how strongly each SAE feature fires over a corpus.
+
+A backend's corpus pass reduces each batch on the device to :class:`BatchStats` (per-feature counts, sums,
+sums of squares and maxima over the counted positions); :class:`Accumulator` adds batches up on the host in
+float64 and writes the one JSON file other tools read::
+
+    {"format": "neuroscope-calibration/1", "model", "sae", "sae_path", "layer", "d_sae", "sae_input_norm",
+     "samples", "tokens", "created", "features": {"firing_rate", "mean", "std", "max"},
+     "summary": {"dead", "dense", "mean_l0"}}
+
+``firing_rate[i]`` is the fraction of counted positions where feature i's activation is > 0; ``mean`` and
+``std`` are over the positions where it fired (0 when it never fired); ``max`` is its largest activation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "neuroscope-calibration/1"
+DENSE_RATE = 0.10  # a feature firing on more than this fraction of positions is "dense"
+IDENTITY_KEYS = ("model", "sae", "sae_path", "layer", "d_sae", "sae_input_norm")
+
+
+class CalibrationError(ValueError):
+    """A calibration file is missing, malformed or made for another model / SAE. The message is user-facing."""
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """One batch of the corpus pass, reduced on the device (only these come back to the host)."""
+
+    tokens: int  # counted positions (BOS, special and pad positions never count)
+    count: np.ndarray  # (d_sae,) positions where the feature fired
+    sum: np.ndarray  # (d_sae,) sum of its activations
+    sumsq: np.ndarray  # (d_sae,) sum of their squares
+    max: np.ndarray  # (d_sae,) largest activation (0 when it never fired)
+
+
+@dataclass
+class Accumulator:
+    d_sae: int
+    samples: int = 0
+    tokens: int = 0
+    count: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sum: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sumsq: np.ndarray = field(default=None)  # type: ignore[assignment]
+    max: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        for name in ("count", "sum", "sumsq", "max"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(self.d_sae, dtype=np.float64))
+
+    def add(self, batch: BatchStats, samples: int) -> None:
+        if batch.count.shape != (self.d_sae,):
+            raise ValueError(f"batch statistics have shape {batch.count.shape}, the SAE has {self.d_sae} features")
+        self.samples += samples
+        self.tokens += int(batch.tokens)
+        self.count += batch.count
+        self.sum += batch.sum
+        self.sumsq += batch.sumsq
+        np.maximum(self.max, batch.max, out=self.max)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (float64 arrays as lists: JSON keeps them bit for bit)."""
+        return {"d_sae": self.d_sae, "samples": self.samples, "tokens": self.tokens,
+                **{k: getattr(self, k).tolist() for k in ("count", "sum", "sumsq", "max")}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Accumulator":
+        arrays = {k: np.asarray(state[k], dtype=np.float64) for k in ("count", "sum", "sumsq", "max")}
+        return cls(int(state["d_sae"]), int(state["samples"]), int(state["tokens"]), **arrays)
+
+    # ------------------------------------------------------------------------------------------ results
+    def features(self) -> dict[str, np.ndarray]:
+        n = max(self.tokens, 1)
+        fired = self.count > 0
+        safe = np.where(fired, self.count, 1.0)
+        mean = np.where(fired, self.sum / safe, 0.0)
+        var = np.where(fired, self.sumsq / safe - mean * mean, 0.0)
+        return {
+            "firing_rate": self.count / n,
+            "mean": mean,
+            "std": np.sqrt(np.maximum(var, 0.0)),
+            "max": np.where(fired, self.max, 0.0),
+        }
+
+    def to_json(self, identity: dict[str, Any]) -> dict[str, Any]:
+        missing = [k for k in IDENTITY_KEYS if k not in identity]
+        if missing:
+            raise ValueError(f"calibration identity lacks {', '.join(missing)}")
+        feats = self.features()
+        return {
+            "format": FORMAT,
+            **{k: identity[k] for k in IDENTITY_KEYS},
+            "samples": self.samples,
+            "tokens": self.tokens,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "features": {k: [float(x) for x in v] for k, v in feats.items()},
+            "summary": summarize(feats["firing_rate"], self.count.sum() / max(self.tokens, 1)),
+        }
+
+
+def summarize(firing_rate: np.ndarray, mean_l0: float) -> dict[str, Any]:
+    return {
+        "dead": int((firing_rate <= 0).sum()),
+        "dense": int((firing_rate > DENSE_RATE).sum()),
+        "mean_l0": float(mean_l0),
+    }
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibration file, read and checked."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def firing_rate(self) -> np.ndarray:
+        return np.asarray(self.data["features"]["firing_rate"], dtype=np.float64)
+
+    @property
+    def max(self) -> np.ndarray:
+        return np.asarray(self.data["features"]["max"], dtype=np.float64)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.data["tokens"])
+
+    def check_identity(self, expected: dict[str, Any]) -> None:
+        """Refuse a file made for another model / SAE / layer / norm / width, naming what differs."""
+        diffs = [
+            f"{k} {self.data.get(k)!r} (serving {expected[k]!r})"
+            for k in IDENTITY_KEYS
+            if k in expected and self.data.get(k) != expected[k]
+        ]
+        if diffs:
+            raise CalibrationError(f"calibration {self.path} was made for another configuration: {'; '.join(diffs)}")
+
+
+def load(path: str | Path) -> Calibration:
+    p = Path(path).expanduser()
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CalibrationError(f"calibration file not found: {p}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CalibrationError(f"calibration file {p} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CalibrationError(f"calibration file {p} is not a {FORMAT} file")
+    feats = data.get("features")
+    d_sae = data.get("d_sae")
+    if not isinstance(d_sae, int) or d_sae < 1 or not isinstance(feats, dict):
+        raise CalibrationError(f"calibration file {p} lacks d_sae or features")
+    for key in ("firing_rate", "mean", "std", "max"):
+        values = feats.get(key)
+        if not isinstance(values, list) or len(values) != d_sae:
+            raise CalibrationError(f"calibration file {p}: features.{key} must be a list of {d_sae} numbers")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise CalibrationError(f"calibration file {p}: features.{key} holds a non-finite or non-numeric value")
+    if not isinstance(data.get("tokens"), int) or data["tokens"] < 1:
+        raise CalibrationError(f"calibration file {p}: tokens must be a positive integer")
+    return Calibration(p, data)
