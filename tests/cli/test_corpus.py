@@ -204,7 +204,7 @@ def test_a_persistent_server_error_is_one_line(hub, tmp_path, monkeypatch):
     assert "HTTP 503" in error_line(result)
 
 
-def test_offline_build_fails_fast_with_what_to_do(offline, tmp_path):
+def test_offline_build_says_what_to_do(offline, tmp_path):
     result = run("build")
     assert result.exit_code == 1
     line = error_line(result)
