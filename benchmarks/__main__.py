@@ -9,7 +9,7 @@ import typer
 
 from benchmarks import targets
 from benchmarks.suite import GEMMA_D_MODEL, SUITES, customise, run
-from neuroscope.paths import cache_dir
+from neuroscope.paths import bench_dir
 from neuroscope.protocol import BackendError
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,7 +58,7 @@ def main(
     if no_decode:
         suite.decode_shape, suite.model = None, None
     try:
-        run(suite, out_dir=out, cache=cache or cache_dir() / "bench")
+        run(suite, out_dir=out, cache=cache or bench_dir())
     except BackendError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from neuroscope import __version__
+from neuroscope.cli_corpus import app as corpus_app
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 
 app = typer.Typer(
@@ -154,6 +155,9 @@ def backends_cmd() -> None:
         ok = name in avail
         table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", "" if ok else escape(registry.install_hint(name)))
     Console().print(table)
+
+
+app.add_typer(corpus_app, name="corpus")
 
 
 def main() -> None:

@@ -278,6 +278,6 @@ def build(out_dir: str | os.PathLike[str], shape: str | FixtureShape = "tiny", *
 
 def demo_fixture() -> Fixture:
     """The demo checkpoint, built once under the Neuroscope cache directory."""
-    from neuroscope.paths import cache_dir
+    from neuroscope.paths import demo_dir
 
-    return build(cache_dir() / "demo" / f"v{FIXTURE_VERSION}", "tiny")
+    return build(demo_dir(FIXTURE_VERSION), "tiny")

@@ -13,6 +13,7 @@ MODULES = [
     "neuroscope.server.app",
     "neuroscope.engine",
     "neuroscope.runtime",
+    "neuroscope.corpus",
 ]
 HEAVY = ["torch", "mlx"]
 

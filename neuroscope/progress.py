@@ -1,0 +1,96 @@
+"""Rich progress for long jobs (downloads in bytes, work in items), or nothing when there is no console."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+
+class _Amount(ProgressColumn):
+    """``12.3/157.0 MB`` for downloads, ``120/2000`` for items."""
+
+    def render(self, task: Task) -> Text:
+        total = task.total
+        if task.fields.get("unit") == "B":
+            done = decimal(int(task.completed))
+            return Text(f"{done}/{decimal(int(total))}" if total else done, style="progress.download")
+        return Text(f"{int(task.completed)}/{int(total)}" if total else f"{int(task.completed)}")
+
+
+class JobProgress:
+    """One rich ``Progress`` for a job; ``console=None`` shows nothing."""
+
+    def __init__(self, console: Console | None):
+        self._progress = (
+            Progress(TextColumn("{task.description}"), BarColumn(), _Amount(), TimeRemainingColumn(),
+                     console=console, transient=True)
+            if console is not None
+            else None
+        )
+
+    def __enter__(self) -> JobProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def items(self, description: str, total: int | None) -> _Counter:
+        return _Counter(self._progress, description, total)
+
+    def download_bar(self, description: str) -> type | None:
+        """A tqdm-compatible class for ``huggingface_hub``'s ``tqdm_class``, reporting bytes to this progress."""
+        if self._progress is None:
+            return None
+        return _tqdm_for(self._progress, description)
+
+
+class _Counter:
+    def __init__(self, progress: Progress | None, description: str, total: int | None):
+        self._progress = progress
+        self._task = progress.add_task(description, total=total) if progress is not None else None
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def finish(self, total: int) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=total, completed=total)
+
+
+def _tqdm_for(progress: Progress, description: str) -> type:
+    from tqdm.std import tqdm as base_tqdm  # a dependency of huggingface_hub
+
+    class RichTqdm(base_tqdm):
+        """A real tqdm (so any caller's use of its API works) that draws nothing itself and mirrors into rich."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("name", None)
+            kwargs["file"] = io.StringIO()
+            kwargs["disable"] = False
+            super().__init__(*args, **kwargs)
+            self._rich_task = progress.add_task(description, total=self.total, completed=self.n, unit="B")
+
+        def _mirror(self) -> None:
+            task = getattr(self, "_rich_task", None)
+            if task is not None:
+                progress.update(task, completed=self.n, total=self.total)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            result = super().update(n)
+            self._mirror()
+            return result
+
+        def refresh(self, *args: Any, **kwargs: Any) -> None:
+            super().refresh(*args, **kwargs)
+            self._mirror()
+
+    return RichTqdm

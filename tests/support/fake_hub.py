@@ -1,0 +1,276 @@
+"""A loopback fake of the Hugging Face hub's dataset file endpoints, speaking the wire format huggingface_hub reads.
+
+- ``GET /api/datasets/<repo>/tree/<rev>[/<path>]?recursive=..`` — the listing behind ``list_repo_files``;
+- ``HEAD|GET /datasets/<repo>/resolve/<rev>/<file>`` — what ``hf_hub_download`` asks first: LFS files answer
+  ``302`` to a CDN URL on another host name (``localhost`` instead of ``127.0.0.1``, as the real hub sends
+  ``cdn-lfs…``) with ``X-Repo-Commit``, ``X-Linked-Etag`` (the sha256) and ``X-Linked-Size``;
+  a missing repo is ``404`` + ``X-Error-Code: RepoNotFound``, a missing file ``404`` + ``EntryNotFound``;
+- ``HEAD|GET /cdn/<sha256>`` — the bytes, with ``Content-Length``, ``ETag`` and ``Range`` support.
+
+Faults: :meth:`FakeHub.fail` answers the next N matching requests with a status; :meth:`FakeHub.hold` makes a
+file's download stop after its first bytes until released (for kill tests). Every request is logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+COMMIT = "b08601e04326c79dfdd32d625aee71d232d685c3"
+
+
+@dataclass
+class _Fault:
+    method: str | None
+    pattern: re.Pattern
+    status: int
+    times: int
+
+
+@dataclass
+class FakeHub:
+    repos: dict[str, dict[str, bytes]] = field(default_factory=dict)  # repo id -> {path: bytes}
+    log: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status)
+    _faults: list[_Fault] = field(default_factory=list)
+    _held: dict[str, threading.Event] = field(default_factory=dict)  # sha256 -> release
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------------ control
+    def add_file(self, repo: str, path: str, data: bytes) -> None:
+        self.repos.setdefault(repo, {})[path] = data
+
+    def fail(self, pattern: str, status: int, *, times: int = 1, method: str | None = None) -> None:
+        """The next ``times`` requests whose path matches ``pattern`` (and ``method``) get ``status``."""
+        with self._lock:
+            self._faults.append(_Fault(method, re.compile(pattern), status, times))
+
+    def hold(self, repo: str, path: str) -> threading.Event:
+        """Downloads of that file send a few bytes, then wait until the returned event is set."""
+        ev = threading.Event()
+        self._held[hashlib.sha256(self.repos[repo][path]).hexdigest()] = ev
+        return ev
+
+    def release_all(self) -> None:
+        for ev in self._held.values():
+            ev.set()
+
+    def requests(self, method: str | None = None, contains: str = "") -> list[tuple[str, str, int]]:
+        return [r for r in list(self.log) if (method is None or r[0] == method) and contains in r[1]]
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.server_address[1]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeHub:
+        hub = self
+
+        class Handler(_Handler):
+            fake = hub
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.release_all()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    # ------------------------------------------------------------------ lookups
+    def _take_fault(self, method: str, path: str) -> int | None:
+        with self._lock:
+            for f in self._faults:
+                if f.times > 0 and (f.method in (None, method)) and f.pattern.search(path):
+                    f.times -= 1
+                    return f.status
+        return None
+
+    def _blob(self, sha: str) -> bytes | None:
+        for files in self.repos.values():
+            for data in files.values():
+                if hashlib.sha256(data).hexdigest() == sha:
+                    return data
+        return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:  # a client that went away (killed) is expected
+        pass
+
+
+def _git_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeHub
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_HEAD(self) -> None:
+        self._route(body=False)
+
+    def do_GET(self) -> None:
+        self._route(body=True)
+
+    # ------------------------------------------------------------------ plumbing
+    def _send(self, status: int, headers: dict[str, str], payload: bytes = b"", body: bool = True) -> None:
+        self.fake.log.append((self.command, self.path, status))
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if "Content-Length" not in headers:
+            self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if body and payload:
+            self.wfile.write(payload)
+
+    def _error(self, status: int, code: str | None, message: str, body: bool, extra: dict | None = None) -> None:
+        headers = {"Content-Type": "application/json", **(extra or {})}
+        if code:
+            headers["X-Error-Code"] = code
+            headers["X-Error-Message"] = message
+        self._send(status, headers, json.dumps({"error": message}).encode(), body)
+
+    def _route(self, body: bool) -> None:
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        if (status := self.fake._take_fault(self.command, path)) is not None:
+            self._error(status, None, f"injected {status}", body)
+            return
+        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
+            self._tree(m.group(1), m.group(3) or "", parse_qs(url.query), body)
+        elif m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+            self._resolve(m.group(1), m.group(3), body)
+        elif m := re.fullmatch(r"/cdn/([0-9a-f]{64})", path):
+            self._cdn(m.group(1), body)
+        else:
+            self._error(404, None, "not found", body)
+
+    def _tree(self, repo: str, under: str, query: dict, body: bool) -> None:
+        files = self.fake.repos.get(repo)
+        if files is None:
+            self._error(404, "RepoNotFound", "Repository not found", body)
+            return
+        recursive = query.get("recursive", ["False"])[0].lower() == "true"
+        prefix = f"{under.strip('/')}/" if under else ""
+        entries, folders = [], set()
+        for name in sorted(files):
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix):]
+            parts = rest.split("/")
+            for i in range(1, len(parts)):
+                folders.add(prefix + "/".join(parts[:i]))
+            if recursive or len(parts) == 1:
+                data = files[name]
+                entry = {"type": "file", "oid": _git_oid(data), "size": len(data), "path": name}
+                if name.endswith(".parquet"):
+                    entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                entries.append(entry)
+        for folder in sorted(folders):
+            if recursive or "/" not in folder[len(prefix):]:
+                entries.append({"type": "directory", "oid": _git_oid(folder.encode()), "path": folder})
+        self._send(200, {"Content-Type": "application/json"}, json.dumps(entries).encode(), body)
+
+    def _resolve(self, repo: str, filename: str, body: bool) -> None:
+        files = self.fake.repos.get(repo)
+        if files is None:
+            self._error(404, "RepoNotFound", "Repository not found", body)
+            return
+        if filename not in files:
+            self._error(404, "EntryNotFound", f"{filename} does not exist on main", body,
+                        {"X-Repo-Commit": COMMIT})
+            return
+        data = files[filename]
+        sha = hashlib.sha256(data).hexdigest()
+        self._send(302, {
+            "Location": f"http://localhost:{self.fake.port}/cdn/{sha}",
+            "X-Repo-Commit": COMMIT,
+            "X-Linked-Etag": f'"{sha}"',
+            "X-Linked-Size": str(len(data)),
+            "ETag": f'"{_git_oid(data)}"',
+        }, b"", body)
+
+    def _cdn(self, sha: str, body: bool) -> None:
+        data = self.fake._blob(sha)
+        if data is None:
+            self._error(404, None, "no such object", body)
+            return
+        start = 0
+        if (rng := self.headers.get("Range")) and (m := re.fullmatch(r"bytes=(\d+)-", rng.strip())):
+            start = int(m.group(1))
+        part = data[start:]
+        headers = {"Content-Type": "application/octet-stream", "ETag": f'"{sha}"', "Accept-Ranges": "bytes",
+                   "Content-Length": str(len(part))}
+        status = 200
+        if start:
+            status, headers["Content-Range"] = 206, f"bytes {start}-{len(data) - 1}/{len(data)}"
+        held = self.fake._held.get(sha)
+        if not body or held is None:
+            self._send(status, headers, part, body)
+            return
+        # a held download: headers and the first bytes now, the rest once released
+        self.fake.log.append((self.command, self.path, status))
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(part[:64])
+        self.wfile.flush()
+        while not held.wait(0.05):
+            time.sleep(0)
+        self.wfile.write(part[64:])
+
+
+# ---------------------------------------------------------------------------------------------- pointing at it
+def point_in_process(monkeypatch, endpoint: str, hf_cache) -> None:
+    """Make this process's huggingface_hub talk to ``endpoint``. It reads ``HF_ENDPOINT`` once, at import, into
+    ``huggingface_hub.constants`` (its own tests patch those constants the same way)."""
+    from huggingface_hub import constants
+
+    from neuroscope.hf import hub_reachable
+
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub_reachable.cache_clear()
+
+
+def subprocess_env(endpoint: str, tmp_path) -> dict[str, str]:
+    """The environment of a ``neuroscope`` subprocess using ``endpoint`` as the hub, with caches under tmp_path."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"),
+               NEUROSCOPE_CACHE=str(tmp_path / "cache"), COLUMNS="200")
+    return env
+
+
+def refused_endpoint() -> str:
+    """A loopback URL where nothing listens (connection refused: what an offline machine sees, fast)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
