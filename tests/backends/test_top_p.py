@@ -11,8 +11,8 @@ import pytest
 
 from neuroscope import registry
 from neuroscope.decode import generate
-from neuroscope.protocol import GenerationParams
-from tests.support.reference import load_backend
+from neuroscope.protocol import GenerationParams, ModelSpec
+from neuroscope.sae import load_npz
 from tests.support.sampling import next_token_logits, nucleus_size, outside_nucleus
 
 BACKENDS = registry.available()
@@ -24,7 +24,11 @@ SEEDS = (7, 8)
 
 @pytest.fixture(scope="module", params=BACKENDS or [pytest.param(None, marks=pytest.mark.skip("no backend"))])
 def loaded(request, tiny_fixture):
-    backend, info, _ = load_backend(request.param, tiny_fixture)
+    # float32 on every backend (torch-cuda defaults to bf16): the reference logits are float32 and the nucleus
+    # boundary of the nearly flat tiny model must not move with rounding
+    backend = registry.resolve(request.param)()
+    info = backend.load(ModelSpec(str(tiny_fixture.model_dir), dtype="float32"), load_npz(tiny_fixture.sae_path),
+                        tiny_fixture.sae_layer, top_k=8)
     yield backend, info
     backend.close()
 

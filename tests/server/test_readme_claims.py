@@ -173,6 +173,8 @@ def test_mid_range_top_p_through_the_server(openai_client, server, tiny_fixture)
     kw = dict(model=server.model_id, messages=MSG, max_tokens=24)
     greedy = openai_client.chat.completions.create(**kw, temperature=0).choices[0].message.content
     prompt = render_prompt(server.info.tokenizer, MSG)
+    # a bf16 model (torch-cuda's default) moves the boundary of the float32 reference nucleus a little
+    tol = 1e-4 if server.info.dtype == "float32" else 2e-2
     checked = 0
     for seed in (7, 8):
         a = openai_client.chat.completions.create(**kw, temperature=1.0, top_p=0.5, seed=seed)
@@ -183,6 +185,6 @@ def test_mid_range_top_p_through_the_server(openai_client, server, tiny_fixture)
         tokens = [d["token_id"] for e, d in _events(server, a.id) if e == "feature_activation"]
         assert len(tokens) == a.usage.completion_tokens + (a.choices[0].finish_reason == "stop")
         logits = next_token_logits(tiny_fixture.model_dir, prompt, tokens)
-        assert outside_nucleus(logits, tokens, 1.0, 0.5) == [], f"seed {seed}"
+        assert outside_nucleus(logits, tokens, 1.0, 0.5, tol) == [], f"seed {seed}"
         checked += len(tokens)
     assert checked >= 16, "too few sampled tokens to tell a nucleus from the full distribution"
