@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from neuroscope.sae import encode_reference, load_npz
+from neuroscope.server.prompt import render_prompt
 from tests.support.process import start_serve
 from tests.support.reference import residuals
 from tests.support.server import SSEReader
@@ -61,8 +61,6 @@ def test_sae_dtype_bfloat16_reaches_the_backend(bf16_demo):
     assert len(events) == r["usage"]["completion_tokens"] == 8
     demo = srv.tmp / "cache" / "demo" / "v1"
     from transformers import AutoTokenizer
-
-    from neuroscope.server.prompt import render_prompt
 
     prompt = render_prompt(AutoTokenizer.from_pretrained(demo / "model"), MSG)
     assert len(prompt) == r["usage"]["prompt_tokens"]
