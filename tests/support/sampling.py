@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.support.reference import _hf_model
+from tests.support.reference import hf_model
 
 
 def next_token_logits(model_dir, prompt_ids: list[int], generated: list[int]) -> np.ndarray:
@@ -14,7 +14,7 @@ def next_token_logits(model_dir, prompt_ids: list[int], generated: list[int]) ->
 
     ids = list(prompt_ids) + list(generated)
     with torch.inference_mode():
-        logits = _hf_model(str(model_dir))(torch.tensor([ids])).logits[0]
+        logits = hf_model(str(model_dir))(torch.tensor([ids])).logits[0]
     n = len(prompt_ids)
     return logits[n - 1 : n - 1 + len(generated)].double().numpy()
 
