@@ -36,6 +36,7 @@ async def health(request: web.Request) -> web.Response:
             "model": st.model_id,
             "backend": st.backend_name,
             "sae": st.sae_id,
+            "sae_dtype": st.engine.info.sae_dtype,
             "queued": st.engine.queued,
             "completed": st.engine.completed,
         }
