@@ -2,7 +2,7 @@
 
 Per token the graph is: one decode step of the faithful Gemma-2 (``backends/mlx_gemma2.py``) that also
 returns block N's output, sampling, and SAE encode + filter + top-k (``backends/mlx_sae.py``), packed into
-one small array ``[token, l0, k ids, k values]``. Nothing is evaluated while it is built: one
+one small array ``[token, l0, filtered, k ids, k values]``. Nothing is evaluated while it is built: one
 ``mx.async_eval`` per token starts the work, and, as in mlx-lm's ``generate_step``, the graph for token t+1
 is built and queued before the host waits on token t's record.
 

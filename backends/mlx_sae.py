@@ -8,6 +8,8 @@ features cannot win, reported activations stay raw, and the k winners come stron
 
 from __future__ import annotations
 
+import functools
+
 import mlx.core as mx
 import numpy as np
 
@@ -62,8 +64,12 @@ class MLXSAE:
         return mx.where(pre > thr, mx.maximum(pre, 0.0), mx.zeros_like(pre))  # JumpReLU: relu(pre) past the threshold
 
     def _topk_impl(self, x, W, b, thr, scale, mask) -> mx.array:
-        acts = self._encode_impl(x, W, b, thr)
-        l0 = (acts > 0).sum(axis=-1, keepdims=True).astype(mx.float32)
+        return self._pack_impl(self._encode_impl(x, W, b, thr), scale, mask)
+
+    def _pack_impl(self, acts, scale, mask) -> mx.array:
+        fired = acts > 0
+        l0 = fired.sum(axis=-1, keepdims=True).astype(mx.float32)
+        filtered = (fired & ~mask).sum(axis=-1, keepdims=True).astype(mx.float32)  # fired, excluded by the mask
         scores = mx.where(mask, acts * scale, mx.array(-mx.inf, mx.float32))
         k = self.k
         ids = mx.argpartition(-scores, kth=k - 1, axis=-1)[..., :k]
@@ -71,15 +77,24 @@ class MLXSAE:
         ids = mx.take_along_axis(ids, order, axis=-1)
         vals = mx.take_along_axis(acts, ids, axis=-1)
         vals = mx.where(mx.take(mask, ids), vals, mx.zeros_like(vals))  # a masked feature never wins
-        return mx.concatenate([l0, ids.astype(mx.float32), vals], axis=-1)
+        return mx.concatenate([l0, filtered, ids.astype(mx.float32), vals], axis=-1)
 
     # ------------------------------------------------------------------------------------------ public
     def encode(self, x: mx.array) -> mx.array:
         """JumpReLU activations (n, d_sae) float32 of residuals ``x`` (n, d_model), lazily."""
         return self._encode(x, self.W_enc, self.b_enc, self.threshold)
 
+    def pack(self, acts: mx.array) -> mx.array:
+        """JumpReLU activations (n, d_sae) -> their packed records (n, 2 + 2k), as :meth:`topk` packs, lazily."""
+        return self._pack_compiled(acts, self._scale, self._mask)
+
+    @functools.cached_property
+    def _pack_compiled(self):
+        return mx.compile(self._pack_impl)
+
     def topk(self, x: mx.array) -> mx.array:
-        """``x`` (n, d_model) -> packed float32 (n, 1 + 2k): [l0, ids..., values...], lazily.
+        """``x`` (n, d_model) -> packed float32 (n, 2 + 2k): [l0, filtered, ids..., values...], lazily (the layout
+        of ``neuroscope/records.py``).
 
         Ids travel as float32 (exact below 2**24) so a token's whole record is one small array.
         """

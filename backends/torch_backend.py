@@ -2,8 +2,8 @@
 
 Per token one fixed-shape step: the forward at a tensor position into a static KV cache (block N's output is
 returned by the model, no hooks), sampling, and SAE encode + filter + top-k, packed into one small record
-``[token, l0, k ids, k values]``. The decode loop (:mod:`neuroscope.decode`) queues the next step before it
-copies a record to the host, so on CUDA the host work for token t overlaps the device work for token t+1.
+``[token, l0, filtered, k ids, k values]``. The decode loop (:mod:`neuroscope.decode`) queues the next step
+before it copies a record to the host, so on CUDA the host work for token t overlaps the device work for t+1.
 """
 
 from __future__ import annotations

@@ -49,9 +49,16 @@ class TorchSAE:
         return torch.relu(pre) * (pre > self.threshold)  # JumpReLU: relu(pre) where pre clears the threshold
 
     def topk(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (n, d_model) -> packed float32 (n, 1 + 2k): [l0, ids..., values...] (ids exact below 2**24)."""
-        acts = self.encode(x)
-        l0 = (acts > 0).sum(dim=-1, keepdim=True)
+        """``x`` (n, d_model) -> packed float32 (n, 2 + 2k): [l0, filtered, ids..., values...] (ids exact below
+        2**24; the layout of ``neuroscope/records.py``)."""
+        return self.pack(self.encode(x))
+
+    def pack(self, acts: torch.Tensor) -> torch.Tensor:
+        """JumpReLU activations (n, d_sae) -> their packed records (n, 2 + 2k): filter, top-k, counts."""
+        fired = acts > 0
+        l0 = fired.sum(dim=-1, keepdim=True)
+        # fired but excluded by the mask: counted here, on the device, in the same step
+        filtered = torch.zeros_like(l0) if self._mask is None else (fired & ~self._mask).sum(dim=-1, keepdim=True)
         scores = acts
         if self._scale is not None:
             scores = scores * self._scale
@@ -61,4 +68,4 @@ class TorchSAE:
         vals = acts.gather(-1, ids)
         if self._mask is not None:  # a masked-out feature never counts as a winner
             vals = vals.masked_fill(~self._mask.gather(0, ids.flatten()).view_as(ids), 0.0)
-        return torch.cat([l0.float(), ids.float(), vals], dim=-1)
+        return torch.cat([l0.float(), filtered.float(), ids.float(), vals], dim=-1)

@@ -82,7 +82,7 @@ def _torch_runner(sae: SAEWeights, case: Case, xs: np.ndarray) -> Runner:
 
     def check(i: int):
         rec = packed(i)
-        return rec[1 : 1 + k].astype(np.int64), rec[1 + k :].astype(np.float32)
+        return rec[2 : 2 + k].astype(np.int64), rec[2 + k :].astype(np.float32)  # [l0, filtered, ids, values]
 
     return Runner(packed, impl, nbytes, check)
 
@@ -107,7 +107,7 @@ def _mlx_runner(sae: SAEWeights, case: Case, xs: np.ndarray) -> Runner:
 
     def check(i: int):
         rec = packed(i)
-        return rec[1 : 1 + k].astype(np.int64), rec[1 + k :].astype(np.float32)
+        return rec[2 : 2 + k].astype(np.int64), rec[2 + k :].astype(np.float32)  # [l0, filtered, ids, values]
 
     return Runner(packed, f"backends.mlx_sae.MLXSAE.topk (W_enc {case.dtype}), one mx.eval", msae.W_enc.nbytes, check)
 

@@ -37,6 +37,7 @@ class Step:
     position: int  # index of the residual position in the sequence
     prompt: bool = False
     finish_reason: str | None = None  # "stop" (EOS) or "length" on the last generated step
+    filtered: int = 0  # features that fired but the filter's mask excluded from the ranking (0 without a mask)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,7 @@ class Prefilled:
 
     state: Any  # the backend's per-request state (KV cache, last sampled token, RNG), opaque to the core
     record: Any  # the first generated token's packed record, already queued on the device
-    prompt_records: Any | None = None  # (n_prompt, 1 + 2k) packed records of the prompt positions, when asked
+    prompt_records: Any | None = None  # (n_prompt, 2 + 2k) packed records of the prompt positions, when asked
 
 
 class BackendError(RuntimeError):
@@ -113,8 +114,8 @@ class BackendError(RuntimeError):
 @runtime_checkable
 class Backend(Protocol):
     """The framework pieces. Records are float32 device arrays laid out as :mod:`neuroscope.records` says:
-    a token's record is ``[token, l0, k ids, k values]`` (``[token]`` alone while ``capture`` is off), a prompt
-    position's ``[l0, k ids, k values]``."""
+    a token's record is ``[token, l0, filtered, k ids, k values]`` (``[token]`` alone while ``capture`` is
+    off), a prompt position's ``[l0, filtered, k ids, k values]``."""
 
     name: ClassVar[str]
     capture: bool  # False: plain decoding, no residual capture and no SAE (the benchmarks' baseline)

@@ -170,6 +170,9 @@ def test_feature_filter_acts_before_topk(loaded, prompt_ids, tiny_fixture):
         assert len(m.feature_ids) == min(K, int((allowed > 0).sum()))
         np.testing.assert_allclose(m.feature_values, allowed[m.feature_ids], rtol=1e-4, atol=1e-4)
         assert m.l0 == b.l0  # L0 counts what fired, before any mask
+        # what fired but the mask excluded is counted on the device, in the same record
+        assert m.filtered == int(((acts[m.position] > 0) & ~mask).sum()) and b.filtered == 0
+    assert any(m.filtered > 0 for m in masked)
     scale = np.ones(sae.d_sae, dtype=np.float32)
     boosted = int(base[0].feature_ids[-1])
     scale[boosted] = 1000.0

@@ -49,6 +49,7 @@ def test_negative_thresholds_give_no_negative_activations(encoder):
     np.testing.assert_array_equal(acts, EXPECTED)
     k = PRE.size
     assert packed[0] == 2  # L0: only the two positive activations fired
-    ids, vals = packed[1 : 1 + k].astype(int), packed[1 + k :]
+    assert packed[1] == 0  # no mask, nothing filtered
+    ids, vals = packed[2 : 2 + k].astype(int), packed[2 + k :]
     assert ids[:2].tolist() == [3, 2] and vals[:2].tolist() == [2.0, 0.25]
     assert (vals >= 0).all()

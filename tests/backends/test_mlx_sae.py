@@ -32,7 +32,8 @@ def x() -> np.ndarray:
 
 def _unpack(packed: mx.array, k: int):
     p = np.array(packed)
-    return p[:, 0].astype(int), p[:, 1 : 1 + k].astype(np.int64), p[:, 1 + k : 1 + 2 * k]
+    assert p.shape[1] == 2 + 2 * k  # [l0, filtered, k ids, k values]
+    return p[:, 0].astype(int), p[:, 2 : 2 + k].astype(np.int64), p[:, 2 + k : 2 + 2 * k]
 
 
 def _bf16_round(a: np.ndarray) -> np.ndarray:
