@@ -21,6 +21,8 @@ from neuroscope import checkpoint
 from neuroscope.loading import model_load_error
 from neuroscope.protocol import (
     BackendError,
+    CorpusBatch,
+    CorpusResult,
     FeatureFilter,
     GenerationParams,
     ModelInfo,
@@ -174,6 +176,15 @@ class MLXBackend:
 
     def to_host(self, record) -> np.ndarray:
         return np.array(record)
+
+    def corpus_pass(self, batch: CorpusBatch, *, records: bool = False) -> CorpusResult:
+        """Prefill only: block N's output of a padded batch, the SAE encode, statistics reduced on the device,
+        all one lazy graph evaluated once."""
+        if self.model is None or self.sae is None:
+            raise BackendError("backend is not loaded")
+        from backends.mlx_corpus import corpus_pass
+
+        return corpus_pass(self.model, self.sae, self.layer, batch, _generation_stream(), records=records)
 
     def _step(self, state: _Request, tokens):
         """Graph for one forward over ``tokens`` (1, L): sample the next token, pack its record, queue both with

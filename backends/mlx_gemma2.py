@@ -177,6 +177,18 @@ class GemmaModel(nn.Module):
                 captured = h
         return self.norm(h), captured
 
+    def block_output(self, inputs: mx.array, layer: int) -> mx.array:
+        """Prefill only, for the corpus pass: ``inputs`` (B, L), each row from position 0 and right-padded, ->
+        block ``layer``'s output (B, L, d), lazily. No cache, and the forward stops there (no later block, no
+        norm, no logits); with causal masks a real position never sees the pads after it."""
+        h = self.embed_tokens(inputs)
+        h = h * mx.array(self.args.hidden_size**0.5, dtype=h.dtype)  # as in __call__
+        window = self.args.sliding_window if any(block.sliding for block in self.layers) else None
+        global_mask, local_mask = _masks(h.shape[1], window, None, None)
+        for block in self.layers[: layer + 1]:
+            h = block(h, local_mask if block.sliding else global_mask, None)
+        return h
+
 
 class Model(nn.Module):
     """Drop-in for mlx-lm's Gemma-2 ``Model`` (same weights, same call), plus block capture."""

@@ -22,6 +22,8 @@ from neuroscope import checkpoint
 from neuroscope.loading import model_load_error
 from neuroscope.protocol import (
     BackendError,
+    CorpusBatch,
+    CorpusResult,
     FeatureFilter,
     GenerationParams,
     ModelInfo,
@@ -152,6 +154,14 @@ class _TorchBackend:
         if hidden is None:
             return token.float().view(1)
         return torch.cat([token.float().view(1), self.sae.topk(hidden)[0]])
+
+    def corpus_pass(self, batch: CorpusBatch, *, records: bool = False) -> CorpusResult:
+        """Prefill only: block N's output of a padded batch, the SAE encode, statistics reduced on the device."""
+        if self.model is None or self.sae is None:
+            raise BackendError("backend is not loaded")
+        from backends.torch_corpus import corpus_pass
+
+        return corpus_pass(self.model, self.sae, self.layer, batch, self.device, records=records)
 
 
 class TorchCPUBackend(_TorchBackend):

@@ -98,12 +98,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """Keys and values of every layer for ``size`` positions, allocated once per request (static shape)."""
+    """Keys and values for ``size`` positions of ``batch`` rows, for the first ``layers`` layers (all by default),
+    allocated once per request or corpus batch (static shape)."""
 
-    def __init__(self, cfg: Gemma2Config, size: int, dtype: torch.dtype, device: torch.device):
-        shape = (1, cfg.num_key_value_heads, size, cfg.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+    def __init__(self, cfg: Gemma2Config, size: int, dtype: torch.dtype, device: torch.device, *, batch: int = 1,
+                 layers: int | None = None):
+        shape = (batch, cfg.num_key_value_heads, size, cfg.head_dim)
+        n = cfg.num_hidden_layers if layers is None else layers
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)]
         self.size = size
         self.key_positions = torch.arange(size, device=device)
 
@@ -121,12 +124,13 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
 
     def forward(self, x, cos, sin, mask, keys, values, write) -> torch.Tensor:
-        """``x`` (1, L, d) at the positions ``write`` (a (L,) tensor) attends to ``keys``/``values`` of the
-        cache after they are written there; ``mask`` (L, S) is True where a query may see a key."""
-        _, L, _ = x.shape
-        q = self.q_proj(x).view(1, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(1, L, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(1, L, self.n_kv, self.head_dim).transpose(1, 2)
+        """``x`` (B, L, d) at the positions ``write`` (a (L,) tensor, the same for every row) attends to
+        ``keys``/``values`` (B, n_kv, S', head_dim) of the cache after they are written there; ``mask`` (L, S) is
+        True where a query may see a key."""
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         keys.index_copy_(2, write, k)
@@ -134,12 +138,12 @@ class Attention(nn.Module):
         S = mask.shape[-1]
         ks, vs = keys[:, :, :S], values[:, :, :S]
         rep = self.n_heads // self.n_kv  # grouped-query attention without materialising repeated keys
-        q = q.reshape(1, self.n_kv, rep * L, self.head_dim)
+        q = q.reshape(B, self.n_kv, rep * L, self.head_dim)
         scores = _softcap(torch.matmul(q, ks.transpose(2, 3)) * self.scale, self.softcap)
-        scores = scores.view(1, self.n_kv, rep, L, S).masked_fill(~mask, torch.finfo(scores.dtype).min)
+        scores = scores.view(B, self.n_kv, rep, L, S).masked_fill(~mask, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(probs.view(1, self.n_kv, rep * L, S), vs).view(1, self.n_heads, L, self.head_dim)
-        return self.o_proj(out.transpose(1, 2).reshape(1, L, -1))
+        out = torch.matmul(probs.view(B, self.n_kv, rep * L, S), vs).view(B, self.n_heads, L, self.head_dim)
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 
 
 class MLP(nn.Module):
@@ -228,6 +232,23 @@ class Gemma2(nn.Module):
 
     def new_cache(self, size: int) -> KVCache:
         return KVCache(self.cfg, size, self.dtype, self.model.embed_tokens.weight.device)
+
+    def block_output(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """Prefill only, for the corpus pass: ``tokens`` (B, L), each row from position 0 and right-padded, ->
+        block ``layer``'s output (B, L, d). The forward stops there (no later block, no norm, no logits). A
+        temporary cache of ``layer + 1`` layers holds the batch's keys; with causal masks a real position never
+        sees the pads after it, so every row shares positions 0..L-1 and the masks of ``prefill``."""
+        B, L = tokens.shape
+        positions = torch.arange(L, device=tokens.device)
+        cache = KVCache(self.cfg, L, self.dtype, tokens.device, batch=B, layers=layer + 1)
+        emb = self.model.embed_tokens(tokens)
+        h = emb * torch.tensor(self.cfg.hidden_size**0.5, dtype=emb.dtype)  # as in _run
+        cos, sin = self._rope(positions, h.dtype)
+        global_mask, local_mask = self._masks(positions, positions)
+        for i, block in enumerate(self.model.layers[: layer + 1]):
+            h = block(h, cos, sin, local_mask if block.sliding else global_mask, cache.keys[i], cache.values[i],
+                      positions)
+        return h
 
     # ------------------------------------------------------------------------------------------- forward
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

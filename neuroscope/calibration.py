@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from neuroscope.protocol import BatchStats  # the backends' device reduction of one batch
+
 FORMAT = "neuroscope-calibration/1"
 DENSE_RATE = 0.10  # a feature firing on more than this fraction of positions is "dense"
 IDENTITY_KEYS = ("model", "sae", "sae_path", "layer", "d_sae", "sae_input_norm")
@@ -30,17 +32,6 @@ IDENTITY_KEYS = ("model", "sae", "sae_path", "layer", "d_sae", "sae_input_norm")
 
 class CalibrationError(ValueError):
     """A calibration file is missing, malformed or made for another model / SAE. The message is user-facing."""
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    """One batch of the corpus pass, reduced on the device (only these come back to the host)."""
-
-    tokens: int  # counted positions (BOS, special and pad positions never count)
-    count: np.ndarray  # (d_sae,) positions where the feature fired
-    sum: np.ndarray  # (d_sae,) sum of its activations
-    sumsq: np.ndarray  # (d_sae,) sum of their squares
-    max: np.ndarray  # (d_sae,) largest activation (0 when it never fired)
 
 
 @dataclass

@@ -6,6 +6,11 @@ and once, the next token, the layer-N residual that produced it and the SAE top-
 into one small device record. The per-token state machine around those pieces (pipelining, prompt-feature
 steps, EOS / length, the record → :class:`Step`) is written once, in :mod:`neuroscope.decode`. Core code never
 touches framework tensors: records cross the boundary only through ``to_host``.
+
+The second entry point, ``corpus_pass``, is prefill only: a batch of corpus samples through the model up to
+block N, the same SAE encode, and per-feature statistics reduced on the device (calibration, labelling). The
+batch layout (padding, which positions count) and everything after the reduction are in the core
+(:mod:`neuroscope.corpus_pass`, :mod:`neuroscope.calibration`).
 """
 
 from __future__ import annotations
@@ -107,6 +112,41 @@ class Prefilled:
     prompt_records: Any | None = None  # (n_prompt, 2 + 2k) packed records of the prompt positions, when asked
 
 
+@dataclass(frozen=True, slots=True)
+class CorpusBatch:
+    """Samples for the corpus pass, laid out by the core: right-padded token ids from position 0.
+
+    With causal attention a sample's real positions never see the pads after them, so every row uses positions
+    0..L-1 and needs no padding mask. ``counted`` marks the positions whose activations enter the statistics:
+    never a pad, a sample's position 0, BOS or any special token (see :mod:`neuroscope.corpus_pass`).
+    """
+
+    tokens: np.ndarray  # (B, L) int32
+    lengths: np.ndarray  # (B,) int64, real tokens per row (the rest is padding)
+    counted: np.ndarray  # (B, L) bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """One batch of the corpus pass, reduced on the device (only these come back to the host)."""
+
+    tokens: int  # counted positions
+    count: np.ndarray  # (d_sae,) counted positions where the feature fired (activation > 0)
+    sum: np.ndarray  # (d_sae,) sum of its activations there
+    sumsq: np.ndarray  # (d_sae,) sum of their squares
+    max: np.ndarray  # (d_sae,) its largest activation (0 when it never fired)
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusResult:
+    """What :meth:`Backend.corpus_pass` returns for one batch."""
+
+    stats: BatchStats
+    # per sample, the packed feature record ``[l0, filtered, k ids, k values]`` of every real position (pads
+    # dropped, position 0 and specials kept), when asked; the same top-k as the prompt records of ``prefill``
+    records: list[np.ndarray] | None = None
+
+
 class BackendError(RuntimeError):
     """A backend could not be used (not installed, no device, bad model). The message is user-facing."""
 
@@ -151,6 +191,13 @@ class Backend(Protocol):
 
     def to_host(self, record: Any) -> np.ndarray:
         """Wait for ``record`` and copy it to the host (the one synchronisation per token)."""
+        ...
+
+    def corpus_pass(self, batch: CorpusBatch, *, records: bool = False) -> CorpusResult:
+        """Prefill only, no sampling: one batched forward over ``batch`` that stops after block N (no later
+        block, no logits), the SAE encode of every position exactly as serving does it (input norm included),
+        and the per-feature reductions over the ``counted`` positions on the device. Only those (and, with
+        ``records``, the packed top-k records) come back to the host, never a (tokens x d_sae) array."""
         ...
 
     def close(self) -> None: ...
