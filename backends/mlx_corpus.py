@@ -13,9 +13,14 @@ from neuroscope.protocol import BatchStats, CorpusBatch, CorpusResult
 @mx.compile
 def reduce(acts: mx.array, counted: mx.array) -> mx.array:
     """``acts`` (n, d_sae) float32, ``counted`` (n,) bool -> (4, d_sae) float32: per feature, over the counted
-    positions, how many fired, the sum of the activations, the sum of their squares and the largest."""
+    positions where it fired, how many, the sum of the activations, the sum of their squared deviations from
+    this batch's mean (see :class:`neuroscope.protocol.BatchStats`) and the largest."""
     a = mx.where(counted[:, None], acts, mx.zeros_like(acts))  # JumpReLU activations are >= 0
-    return mx.stack([(a > 0).astype(mx.float32).sum(axis=0), a.sum(axis=0), (a * a).sum(axis=0), a.max(axis=0)])
+    fired = a > 0
+    count = fired.astype(mx.float32).sum(axis=0)
+    total = a.sum(axis=0)
+    dev = mx.where(fired, a - total / mx.maximum(count, 1.0), mx.zeros_like(a))
+    return mx.stack([count, total, (dev * dev).sum(axis=0), a.max(axis=0)])
 
 
 def corpus_pass(model, sae, layer: int, batch: CorpusBatch, stream, *, records: bool = False) -> CorpusResult:
@@ -33,4 +38,5 @@ def corpus_pass(model, sae, layer: int, batch: CorpusBatch, stream, *, records: 
     if records:
         rows = np.array(packed).reshape(B, L, -1)
         out_records = [rows[b, : int(n)] for b, n in enumerate(batch.lengths)]
-    return CorpusResult(BatchStats(int(batch.counted.sum()), host[0], host[1], host[2], host[3]), out_records)
+    tokens = int(batch.counted.sum())
+    return CorpusResult(BatchStats(tokens, count=host[0], sum=host[1], m2=host[2], max=host[3]), out_records)

@@ -14,9 +14,14 @@ from neuroscope.protocol import BatchStats, CorpusBatch, CorpusResult
 
 def reduce(acts: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
     """``acts`` (n, d_sae) float32, ``counted`` (n,) bool -> (4, d_sae) float32: per feature, over the counted
-    positions, how many fired, the sum of the activations, the sum of their squares and the largest."""
+    positions where it fired, how many, the sum of the activations, the sum of their squared deviations from
+    this batch's mean (see :class:`neuroscope.protocol.BatchStats`) and the largest."""
     a = acts.masked_fill(~counted[:, None], 0.0)  # JumpReLU activations are >= 0: zero is "did not fire"
-    return torch.stack([(a > 0).sum(0, dtype=torch.float32), a.sum(0), (a * a).sum(0), a.amax(0)])
+    fired = a > 0
+    count = fired.sum(0, dtype=torch.float32)
+    total = a.sum(0)
+    dev = torch.where(fired, a - total / count.clamp(min=1.0), 0.0)
+    return torch.stack([count, total, (dev * dev).sum(0), a.amax(0)])
 
 
 @torch.inference_mode()
@@ -32,6 +37,5 @@ def corpus_pass(model: Gemma2, sae: TorchSAE, layer: int, batch: CorpusBatch, de
     if records:
         packed = sae.pack(acts).view(B, L, -1).cpu().numpy()
         out_records = [packed[b, : int(n)] for b, n in enumerate(batch.lengths)]
-    return CorpusResult(
-        BatchStats(int(batch.counted.sum()), stats[0], stats[1], stats[2], stats[3]), out_records
-    )
+    tokens = int(batch.counted.sum())
+    return CorpusResult(BatchStats(tokens, count=stats[0], sum=stats[1], m2=stats[2], max=stats[3]), out_records)

@@ -1,8 +1,8 @@
 """Calibration statistics: how often and how strongly each SAE feature fires over a corpus.
 
 A backend's corpus pass reduces each batch on the device to :class:`BatchStats` (per-feature counts, sums,
-sums of squares and maxima over the counted positions); :class:`Accumulator` adds batches up on the host in
-float64 and writes the one JSON file other tools read::
+squared deviations from the batch mean, and maxima over the counted positions); :class:`Accumulator` combines
+batches on the host in float64 and writes the one JSON file other tools read::
 
     {"format": "neuroscope-calibration/1", "model", "sae", "sae_path", "layer", "d_sae", "sae_input_norm",
      "samples", "tokens", "created", "features": {"firing_rate", "mean", "std", "max"},
@@ -28,10 +28,12 @@ from neuroscope.protocol import BatchStats  # the backends' device reduction of 
 FORMAT = "neuroscope-calibration/1"
 DENSE_RATE = 0.10  # a feature firing on more than this fraction of positions is "dense"
 IDENTITY_KEYS = ("model", "sae", "sae_path", "layer", "d_sae", "sae_input_norm")
+_ARRAYS = ("count", "sum", "m2", "max")  # an Accumulator's per-feature float64 state
 
 
 class CalibrationError(ValueError):
     """A calibration file is missing, malformed or made for another model / SAE. The message is user-facing."""
+
 
 
 @dataclass
@@ -41,33 +43,42 @@ class Accumulator:
     tokens: int = 0
     count: np.ndarray = field(default=None)  # type: ignore[assignment]
     sum: np.ndarray = field(default=None)  # type: ignore[assignment]
-    sumsq: np.ndarray = field(default=None)  # type: ignore[assignment]
+    m2: np.ndarray = field(default=None)  # type: ignore[assignment]
     max: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        for name in ("count", "sum", "sumsq", "max"):
+        for name in _ARRAYS:
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.d_sae, dtype=np.float64))
 
     def add(self, batch: BatchStats, samples: int) -> None:
+        """Fold one batch in: counts and sums add up; the squared deviations combine with the shift between the
+        two means (Chan, Golub and LeVeque's pairwise update), all in float64."""
         if batch.count.shape != (self.d_sae,):
             raise ValueError(f"batch statistics have shape {batch.count.shape}, the SAE has {self.d_sae} features")
+        n_b = np.asarray(batch.count, dtype=np.float64)
+        s_b = np.asarray(batch.sum, dtype=np.float64)
+        n_a, total = self.count, self.count + n_b
+        both = (n_a > 0) & (n_b > 0)
+        safe = lambda n: np.where(n > 0, n, 1.0)  # noqa: E731
+        delta = s_b / safe(n_b) - self.sum / safe(n_a)
+        self.m2 = self.m2 + np.asarray(batch.m2, dtype=np.float64) + np.where(
+            both, delta * delta * n_a * n_b / safe(total), 0.0)
         self.samples += samples
         self.tokens += int(batch.tokens)
-        self.count += batch.count
-        self.sum += batch.sum
-        self.sumsq += batch.sumsq
-        np.maximum(self.max, batch.max, out=self.max)
+        self.count = total
+        self.sum = self.sum + s_b
+        np.maximum(self.max, np.asarray(batch.max, dtype=np.float64), out=self.max)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         """Everything needed to resume exactly (float64 arrays as lists: JSON keeps them bit for bit)."""
         return {"d_sae": self.d_sae, "samples": self.samples, "tokens": self.tokens,
-                **{k: getattr(self, k).tolist() for k in ("count", "sum", "sumsq", "max")}}
+                **{k: getattr(self, k).tolist() for k in _ARRAYS}}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "Accumulator":
-        arrays = {k: np.asarray(state[k], dtype=np.float64) for k in ("count", "sum", "sumsq", "max")}
+        arrays = {k: np.asarray(state[k], dtype=np.float64) for k in _ARRAYS}
         return cls(int(state["d_sae"]), int(state["samples"]), int(state["tokens"]), **arrays)
 
     # ------------------------------------------------------------------------------------------ results
@@ -76,7 +87,7 @@ class Accumulator:
         fired = self.count > 0
         safe = np.where(fired, self.count, 1.0)
         mean = np.where(fired, self.sum / safe, 0.0)
-        var = np.where(fired, self.sumsq / safe - mean * mean, 0.0)
+        var = np.where(fired, self.m2 / safe, 0.0)
         return {
             "firing_rate": self.count / n,
             "mean": mean,

@@ -133,7 +133,10 @@ class BatchStats:
     tokens: int  # counted positions
     count: np.ndarray  # (d_sae,) counted positions where the feature fired (activation > 0)
     sum: np.ndarray  # (d_sae,) sum of its activations there
-    sumsq: np.ndarray  # (d_sae,) sum of their squares
+    # (d_sae,) sum of the squared deviations of those activations from their mean in this batch (sum / count):
+    # batches combine exactly in float64 on the host (Chan et al.), where a float32 sum of squares minus the
+    # squared mean would lose the variance of a feature that barely varies
+    m2: np.ndarray
     max: np.ndarray  # (d_sae,) its largest activation (0 when it never fired)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from neuroscope import corpus_pass, registry
+from neuroscope.calibration import Accumulator
 from neuroscope.decode import generate
 from neuroscope.protocol import GenerationParams
 from neuroscope.records import features
@@ -52,7 +53,8 @@ def _pass(backend, info, samples, records=False):
 
 
 def _reference_stats(fx, sae, info, samples, norm="none"):
-    """count / sum / sumsq / max over the positions that must count, from transformers' residuals."""
+    """count / sum / squared deviations from the mean / max over the positions that must count, from
+    transformers' residuals."""
     special = set(info.tokenizer.all_special_ids)
     rows = []
     for ids in samples:
@@ -60,7 +62,9 @@ def _reference_stats(fx, sae, info, samples, norm="none"):
         keep = [j for j, t in enumerate(ids) if j > 0 and t not in special]
         rows.append(acts[keep])
     a = np.concatenate(rows)
-    return len(a), (a > 0).sum(0), a.sum(0), (a * a).sum(0), a.max(0)
+    fired = a > 0
+    mean = a.sum(0) / np.maximum(fired.sum(0), 1)
+    return len(a), fired.sum(0), a.sum(0), (np.where(fired, a - mean, 0.0) ** 2).sum(0), a.max(0)
 
 
 def test_tokenize_is_bos_plus_text_truncated(loaded):
@@ -95,12 +99,12 @@ def test_statistics_equal_a_numpy_reference_without_bos_specials_and_pads(loaded
     special = set(info.tokenizer.all_special_ids)
     assert any(t in special for s in samples for t in s[1:]), "a special token in mid-text must be left out"
     st = _pass(backend, info, samples).stats
-    n, count, total, sumsq, mx = _reference_stats(tiny_fixture, sae, info, samples)
+    n, count, total, m2, mx = _reference_stats(tiny_fixture, sae, info, samples)
     assert st.tokens == n == sum(len(s) for s in samples) - len(samples) - sum(
         t in special for s in samples for t in s[1:])
     np.testing.assert_array_equal(st.count, count)
     np.testing.assert_allclose(st.sum, total, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(st.sumsq, sumsq, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(st.m2, m2, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(st.max, mx, rtol=1e-4, atol=1e-5)
     # the BOS position alone would change the statistics: leaving it out is visible
     bos_acts = reference_acts(sae, residuals(tiny_fixture.model_dir, samples[0], tiny_fixture.sae_layer))[0]
@@ -114,7 +118,10 @@ def test_batched_equals_one_sample_at_a_time(loaded, samples):
     assert together.stats.tokens == sum(a.stats.tokens for a in alone)
     np.testing.assert_array_equal(together.stats.count, sum(a.stats.count for a in alone))
     np.testing.assert_allclose(together.stats.sum, sum(a.stats.sum for a in alone), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(together.stats.sumsq, sum(a.stats.sumsq for a in alone), rtol=1e-5, atol=1e-5)
+    combined = Accumulator(len(together.stats.count))
+    for a in alone:
+        combined.add(a.stats, samples=1)
+    np.testing.assert_allclose(together.stats.m2, combined.m2, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(together.stats.max, np.max([a.stats.max for a in alone], axis=0), rtol=1e-5)
     for t, a in zip(together.records, alone):
         np.testing.assert_allclose(t, a.records[0], rtol=1e-5, atol=1e-5)
@@ -196,7 +203,7 @@ def test_mlx_statistics_equal_torch_statistics(tiny_fixture):
     m, t = got["mlx"], got["torch-cpu"]
     assert m.tokens == t.tokens
     np.testing.assert_array_equal(m.count, t.count)
-    for key in ("sum", "sumsq", "max"):
+    for key in ("sum", "m2", "max"):
         np.testing.assert_allclose(getattr(m, key), getattr(t, key), rtol=1e-4, atol=1e-5, err_msg=key)
 
 

@@ -25,8 +25,10 @@ def _acts(seed: int = 0, n: int = 300) -> np.ndarray:
 
 def _batch(acts: np.ndarray) -> BatchStats:  # what a backend's device reduction returns
     fired = acts > 0
-    return BatchStats(len(acts), fired.sum(0).astype(np.float64), acts.sum(0, dtype=np.float64),
-                      (acts.astype(np.float64) ** 2).sum(0), acts.max(0).astype(np.float64))
+    a = acts.astype(np.float64)
+    mean = a.sum(0) / np.maximum(fired.sum(0), 1)
+    return BatchStats(len(acts), count=fired.sum(0).astype(np.float64), sum=a.sum(0),
+                      m2=(np.where(fired, a - mean, 0.0) ** 2).sum(0), max=a.max(0))
 
 
 def _accumulate(acts: np.ndarray, batches: int) -> Accumulator:
@@ -63,6 +65,28 @@ def test_batching_does_not_change_the_result():
     one, many = _accumulate(acts, 1).features(), _accumulate(acts, 13).features()
     for k in one:
         np.testing.assert_allclose(one[k], many[k], rtol=1e-12, atol=1e-12)
+
+
+def _float32_batch(acts: np.ndarray) -> BatchStats:  # reduced in float32, as a device does it
+    a = acts.astype(np.float32)
+    fired = a > 0
+    count = fired.sum(0).astype(np.float32)
+    total = a.sum(0, dtype=np.float32)
+    dev = np.where(fired, a - total / np.maximum(count, 1), np.float32(0))
+    return BatchStats(len(a), count=count, sum=total, m2=(dev * dev).sum(0, dtype=np.float32), max=a.max(0))
+
+
+def test_a_feature_that_barely_varies_keeps_its_spread():
+    """A large mean and a small spread, reduced in float32 per batch: a sum of squares minus the squared mean
+    would lose the spread entirely; the combined deviations keep it (and a constant feature has std 0)."""
+    rng = np.random.default_rng(1)
+    acts = np.stack([1000.0 + 0.01 * rng.standard_normal(4000), np.full(4000, 3.0)], axis=1)
+    acc = Accumulator(2)
+    for part in np.array_split(acts, 40):
+        acc.add(_float32_batch(part), samples=1)
+    std = acc.features()["std"]
+    assert std[0] == pytest.approx(acts[:, 0].std(), rel=1e-2)
+    assert std[1] == 0.0
 
 
 def test_a_resumed_accumulator_equals_an_uninterrupted_one():
