@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from neuroscope import paths
 from neuroscope.protocol import BatchStats  # the backends' device reduction of one batch
 
 FORMAT = "neuroscope-calibration/1"
@@ -34,6 +35,32 @@ _ARRAYS = ("count", "sum", "m2", "max")  # an Accumulator's per-feature float64 
 class CalibrationError(ValueError):
     """A calibration file is missing, malformed or made for another model / SAE. The message is user-facing."""
 
+
+DEMO_MODEL = "neuroscope-demo"  # the built-in demo's model id (its directory depends on the cache location)
+
+
+def model_identity(model: str, *, demo: bool = False) -> str:
+    """How a calibration names its model: the hub id as given, a local directory's absolute path, or
+    ``neuroscope-demo`` for the built-in demo."""
+    if demo:
+        return DEMO_MODEL
+    p = Path(model).expanduser()
+    return str(p.resolve()) if p.is_dir() else model
+
+
+def namespace_for(model: str, sae: str, sae_path: str, sae_local_path: str | None, layer: int,
+                  input_norm: str, *, demo: bool = False) -> paths.Namespace:
+    """The cache namespace of a serving configuration (a local SAE file is named by its content's hash)."""
+    name = model_identity(model, demo=demo)
+    if sae_local_path:
+        return paths.Namespace.for_local_sae(name, sae_local_path, layer, input_norm)
+    return paths.Namespace.for_hub_sae(name, sae, sae_path, layer, input_norm)
+
+
+def identity(ns: paths.Namespace, d_sae: int) -> dict[str, Any]:
+    """The fields a calibration file must share with the configuration that uses it."""
+    return {"model": ns.model, "sae": ns.sae, "sae_path": ns.sae_path, "layer": ns.layer, "d_sae": int(d_sae),
+            "sae_input_norm": ns.input_norm}
 
 
 @dataclass

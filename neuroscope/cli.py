@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from neuroscope import __version__
+from neuroscope.cli_calibrate import app as calibrate_app
 from neuroscope.cli_corpus import app as corpus_app
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 
@@ -158,6 +159,7 @@ def backends_cmd() -> None:
 
 
 app.add_typer(corpus_app, name="corpus")
+app.add_typer(calibrate_app, name="calibrate")
 
 
 def main() -> None:

@@ -21,6 +21,10 @@ class Labels:
     def __getitem__(self, index: int) -> str:
         return self._map.get(index) or f"feature_{index}"
 
+    def known(self, index: int) -> str | None:
+        """The label the file gives ``index``, or None (no ``feature_<i>`` fallback)."""
+        return self._map.get(index) or None
+
     def __len__(self) -> int:
         return self.d_sae
 

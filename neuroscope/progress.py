@@ -22,12 +22,22 @@ class _Amount(ProgressColumn):
         return Text(f"{int(task.completed)}/{int(total)}" if total else f"{int(task.completed)}")
 
 
+class _Rate(ProgressColumn):
+    """``1,234 tok/s`` for a task that reports ``tokens`` (work done since the task started), else nothing."""
+
+    def render(self, task: Task) -> Text:
+        tokens, elapsed = task.fields.get("tokens"), task.elapsed
+        if not tokens or not elapsed:
+            return Text("")
+        return Text(f"{tokens / elapsed:,.0f} tok/s", style="progress.data.speed")
+
+
 class JobProgress:
     """One rich ``Progress`` for a job; ``console=None`` shows nothing."""
 
     def __init__(self, console: Console | None):
         self._progress = (
-            Progress(TextColumn("{task.description}"), BarColumn(), _Amount(), TimeRemainingColumn(),
+            Progress(TextColumn("{task.description}"), BarColumn(), _Amount(), _Rate(), TimeRemainingColumn(),
                      console=console, transient=True)
             if console is not None
             else None
@@ -42,8 +52,9 @@ class JobProgress:
         if self._progress is not None:
             self._progress.stop()
 
-    def items(self, description: str, total: int | None) -> _Counter:
-        return _Counter(self._progress, description, total)
+    def items(self, description: str, total: int | None, completed: int = 0) -> _Counter:
+        """A counter of items; ``completed`` were done before (a resumed job: they do not count toward the ETA)."""
+        return _Counter(self._progress, description, total, completed)
 
     def download_bar(self, description: str) -> type | None:
         """A tqdm-compatible class for ``huggingface_hub``'s ``tqdm_class``, reporting bytes to this progress."""
@@ -53,13 +64,14 @@ class JobProgress:
 
 
 class _Counter:
-    def __init__(self, progress: Progress | None, description: str, total: int | None):
+    def __init__(self, progress: Progress | None, description: str, total: int | None, completed: int = 0):
         self._progress = progress
-        self._task = progress.add_task(description, total=total) if progress is not None else None
+        self._task = progress.add_task(description, total=total, completed=completed) if progress is not None else None
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, **fields: Any) -> None:
+        """``n`` more items done; ``tokens=`` (the total since the task started) also shows a tokens/s rate."""
         if self._progress is not None and self._task is not None:
-            self._progress.advance(self._task, n)
+            self._progress.update(self._task, advance=n, **fields)
 
     def finish(self, total: int) -> None:
         if self._progress is not None and self._task is not None:
