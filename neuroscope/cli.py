@@ -41,6 +41,13 @@ class SAEDType(str, Enum):
     bfloat16 = "bfloat16"
 
 
+class FilterMode(str, Enum):
+    none = "none"
+    frequency = "frequency"
+    surprise = "surprise"
+    combined = "combined"
+
+
 class DType(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
@@ -92,6 +99,18 @@ def serve_cmd(
         SAEDType, typer.Option(help="SAE weights in memory; bfloat16 halves them, encode still sums in float32.")
     ] = SAEDType.float32,
     labels_path: Annotated[Optional[Path], typer.Option(help="JSON file of feature index -> label.")] = None,
+    feature_filter: Annotated[
+        FilterMode, typer.Option(help="From calibration: frequency hides always-on features, surprise ranks by "
+                                      "how unusual an activation is, combined does both; none ranks raw.")
+    ] = FilterMode.combined,
+    filter_threshold: Annotated[
+        float, typer.Option(help="frequency / combined: hide features firing on more than this fraction of tokens.",
+                            min=0.0, max=1.0)
+    ] = 0.5,
+    calibration_path: Annotated[
+        Optional[Path], typer.Option(help="Calibration JSON (default: the one calibrated for this model / SAE / "
+                                          "layer / norm, if any).")
+    ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Serve the built-in offline demo model (random weights).")] = False,
     max_tokens: Annotated[
         int, typer.Option(help="Completion length when a request does not set max_tokens.", min=1)
@@ -121,6 +140,9 @@ def serve_cmd(
         sae_input_norm=sae_input_norm.value,
         sae_dtype=sae_dtype.value,
         labels_path=str(labels_path) if labels_path else None,
+        feature_filter=feature_filter.value,
+        filter_threshold=filter_threshold,
+        calibration_path=str(calibration_path) if calibration_path else None,
         demo=demo,
         max_tokens=max_tokens,
         demo_fallback=defaults and not demo,

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from neuroscope.sae import INPUT_NORMS, SAE_DTYPES
 
+FILTER_MODES = ("none", "frequency", "surprise", "combined")  # neuroscope.filters.MODES
+
 DEFAULT_MODEL = "google/gemma-2-2b-it"
 DEFAULT_SAE = "google/gemma-scope-2b-pt-res"
 DEFAULT_SAE_PATH = "layer_20/width_16k/average_l0_71/params.npz"
@@ -32,6 +34,11 @@ class ServeConfig:
     max_tokens: int = 1024  # default completion length when a request names none
     # when the default model/SAE cannot be fetched (offline, gated without a token), serve the demo instead
     demo_fallback: bool = False
+    # serve-time feature filter from calibration statistics (neuroscope/filters.py): none, frequency, surprise,
+    # combined; without calibration the filter is none (with a warning)
+    feature_filter: str = "combined"
+    filter_threshold: float = 0.5  # frequency: features firing on more than this fraction of tokens are hidden
+    calibration_path: str | None = None  # default: the calibration file of this model / SAE / layer / norm
 
     def validate(self) -> None:
         for name, port in (("--port", self.port), ("--features-port", self.features_port)):
@@ -49,3 +56,7 @@ class ServeConfig:
             raise ValueError(f"--sae-dtype must be float32 or bfloat16, got {self.sae_dtype!r}")
         if self.sae_input_norm not in INPUT_NORMS:
             raise ValueError(f"--sae-input-norm must be none or rms, got {self.sae_input_norm!r}")
+        if self.feature_filter not in FILTER_MODES:
+            raise ValueError(f"--feature-filter must be one of {', '.join(FILTER_MODES)}, got {self.feature_filter!r}")
+        if not 0.0 <= self.filter_threshold <= 1.0:
+            raise ValueError(f"--filter-threshold must be between 0 and 1, got {self.filter_threshold}")

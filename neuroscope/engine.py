@@ -18,6 +18,7 @@ from typing import Any
 
 from neuroscope import decode
 from neuroscope.feature_hub import FeatureHub
+from neuroscope.filters import ActiveFilter
 from neuroscope.labels import Labels
 from neuroscope.protocol import Backend, GenerationParams, ModelInfo, Step
 from neuroscope.text import Detokenizer, StopMatcher
@@ -62,8 +63,11 @@ class Done:
 class Engine:
     """Owns the backend on its own thread; ``submit`` queues a job and returns its output queue."""
 
-    def __init__(self, backend: Backend, info: ModelInfo, hub: FeatureHub, labels: Labels, *, layer: int):
+    def __init__(self, backend: Backend, info: ModelInfo, hub: FeatureHub, labels: Labels, *, layer: int,
+                 feature_filter: ActiveFilter | None = None):
         self.backend = backend
+        # the filter the backend applies before top-k; when calibrated, events report surprise and filtered_count
+        self.feature_filter = feature_filter
         self.info = info
         self.hub = hub
         self.labels = labels
@@ -208,6 +212,22 @@ class Engine:
                 {"index": int(i), "label": labels[int(i)], "activation": round(float(v), 6)}
                 for i, v in zip(step.feature_ids, step.feature_values)
             ],
+        } | self._filter_fields(step)
+
+    def _filter_fields(self, step: Step) -> dict[str, Any]:
+        """Under a calibrated filter: how many fired features the mask hid (counted on the device), and each
+        reported feature's ``surprise`` (its raw activation times ``-log10(rate) / max`` from calibration)."""
+        flt = self.feature_filter
+        if flt is None or flt.surprise is None:
+            return {}
+        labels = self.labels
+        return {
+            "top_features": [
+                {"index": int(i), "label": labels[int(i)], "activation": round(float(v), 6),
+                 "surprise": round(float(v) * float(flt.surprise[int(i)]), 6)}
+                for i, v in zip(step.feature_ids, step.feature_values)
+            ],
+            "filtered_count": step.filtered,
         }
 
     def _finish(self, job: Job, reason: str, error: str | None = None) -> None:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from neuroscope.calibration import Calibration
+from neuroscope.config import FILTER_MODES as MODES
 from neuroscope.protocol import FeatureFilter
-
-MODES = ("none", "frequency", "surprise", "combined")
 DEFAULT_MODE = "combined"
 DEFAULT_THRESHOLD = 0.5
 
@@ -32,6 +31,9 @@ class ActiveFilter:
     threshold: float
     feature_filter: FeatureFilter
     calibration: str | None = None  # the file it came from
+    # per feature ``-log10(rate_i) / max_i`` whenever a calibration is in force (any mode but none): the
+    # events' ``surprise`` is the raw activation times this
+    surprise: np.ndarray | None = None
 
     @property
     def scale(self) -> np.ndarray | None:
@@ -66,5 +68,6 @@ def build(mode: str, cal: Calibration | None, threshold: float = DEFAULT_THRESHO
     if mode == "none" or cal is None:
         return ActiveFilter("none", threshold, FeatureFilter(), None)
     mask = frequency_mask(cal, threshold) if mode in ("frequency", "combined") else None
-    scale = surprise_scale(cal) if mode in ("surprise", "combined") else None
-    return ActiveFilter(mode, threshold, FeatureFilter(mask=mask, scale=scale), str(cal.path))
+    surprise = surprise_scale(cal)
+    scale = surprise if mode in ("surprise", "combined") else None
+    return ActiveFilter(mode, threshold, FeatureFilter(mask=mask, scale=scale), str(cal.path), surprise)

@@ -6,8 +6,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from neuroscope import fixtures, registry
+from neuroscope import calibration, filters, fixtures, paths, registry
+from neuroscope.calibration import CalibrationError
 from neuroscope.config import ServeConfig
+from neuroscope.filters import ActiveFilter
 from neuroscope.hf import hub_reachable
 from neuroscope.labels import LabelError, Labels
 from neuroscope.protocol import Backend, BackendError, ModelInfo, ModelSpec
@@ -31,6 +33,8 @@ class Runtime:
     sae_id: str
     demo: bool
     fallback_reason: str | None = None
+    feature_filter: ActiveFilter | None = None  # the filter in force (set on the backend)
+    filter_warning: str | None = None  # why it is none although one was asked (no calibration found)
 
 
 def demo_config(config: ServeConfig) -> ServeConfig:
@@ -55,14 +59,48 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
         status("building the demo checkpoint (first run only)")
         config = demo_config(config)
     try:
-        return _load(config, backend_cls, status)
+        rt = _load(config, backend_cls, status)
     except (SAEError, BackendError, LabelError) as exc:
         if not config.demo_fallback or config.demo:
             raise StartupError(str(exc)) from None
         status(f"falling back to the built-in demo model: {exc}")
         rt = _load(demo_config(config), backend_cls, status)
         rt.fallback_reason = str(exc)
-        return rt
+    try:
+        rt.feature_filter, rt.filter_warning = resolve_filter(rt.config, rt.sae.d_sae, demo=rt.demo)
+        rt.backend.set_feature_filter(rt.feature_filter.feature_filter)
+    except (CalibrationError, OSError, ValueError) as exc:
+        rt.backend.close()
+        raise StartupError(str(exc)) from None
+    return rt
+
+
+def resolve_filter(config: ServeConfig, d_sae: int, *, demo: bool = False) -> tuple[ActiveFilter, str | None]:
+    """The filter ``config`` asks for, from its calibration: ``--calibration-path`` (which must exist, parse and
+    match the served model / SAE / layer / norm / width, else :class:`CalibrationError` naming what differs), or
+    the file calibrated for this configuration in the cache. With none found, filter ``none`` and a warning."""
+    ns = calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
+                                   config.sae_layer, config.sae_input_norm, demo=demo)
+    expected = calibration.identity(ns, d_sae)
+    mode, threshold = config.feature_filter, config.filter_threshold
+    if config.calibration_path:
+        cal = calibration.load(config.calibration_path)
+        cal.check_identity(expected)
+        return filters.build(mode, cal, threshold), None
+    if mode == "none":
+        return filters.build("none", None, threshold), None
+    unfiltered = "features are ranked by raw activation, with no filter"
+    path = paths.calibration_file(ns)
+    if not path.is_file():
+        return filters.build("none", None, threshold), (
+            f"no calibration for this model, SAE, layer and input norm (looked for {path}): {unfiltered}. "
+            "Run `neuroscope calibrate run` with the same model and SAE options, or pass --calibration-path.")
+    try:
+        cal = calibration.load(path)
+        cal.check_identity(expected)
+    except CalibrationError as exc:
+        return filters.build("none", None, threshold), f"{exc}: {unfiltered}"
+    return filters.build(mode, cal, threshold), None
 
 
 def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -13,10 +14,25 @@ from neuroscope.runtime import Runtime, StartupError, load_runtime
 from neuroscope.server.app import Bound, NeuroscopeServer, run_until_signalled
 
 
+def _filter_rows(rt: Runtime) -> list[tuple[str, str]]:
+    flt = rt.feature_filter
+    if flt is None or flt.mode == "none":
+        rows = [("filter", "none (features ranked by raw activation)")]
+        if flt is not None and flt.calibration:
+            rows.append(("calibration", escape(flt.calibration)))
+        if rt.filter_warning:
+            rows.append(("", f"[yellow]warning: {escape(rt.filter_warning)}[/]"))
+        return rows
+    hide = f"hides features firing on more than {100 * flt.threshold:g} % of tokens"
+    what = {"frequency": hide, "surprise": "ranks features by surprise",
+            "combined": f"{hide}, ranks the rest by surprise"}
+    return [("filter", f"{flt.mode} ({what[flt.mode]})"), ("calibration", escape(str(flt.calibration)))]
+
+
 def _panel(rt: Runtime, bound: Bound) -> Panel:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold cyan", justify="right")
-    t.add_column()
+    t.add_column(overflow="fold")
     info, cfg = rt.info, rt.config
     t.add_row("model", info.model_id + ("  [yellow](built-in demo)[/]" if rt.demo else ""))
     t.add_row("SAE", f"{rt.sae_id}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU, {cfg.sae_dtype})")
@@ -24,6 +40,8 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
     t.add_row("backend", f"{rt.backend.name} on {info.device}, {info.dtype}")
     t.add_row("top-k", str(cfg.top_k))
     t.add_row("labels", f"{rt.labels.source} ({rt.labels.named} named, the rest feature_<i>)")
+    for name, value in _filter_rows(rt):
+        t.add_row(name, value)
     t.add_row("chat", f"{bound.chat_url}/chat/completions")
     t.add_row("features", bound.features_url)
     if rt.demo:
@@ -49,6 +67,7 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
         port=rt.config.port,
         features_port=rt.config.features_port,
         default_max_tokens=rt.config.max_tokens,
+        feature_filter=rt.feature_filter,
     )
 
     def ready(bound: Bound) -> None:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from neuroscope.engine import Engine
 from neuroscope.feature_hub import FeatureHub
+from neuroscope.filters import ActiveFilter
 from neuroscope.labels import Labels
 from neuroscope.protocol import Backend, ModelInfo
 from neuroscope.server.chat import make_chat_app
@@ -57,9 +58,10 @@ class NeuroscopeServer:
         features_port: int = 8081,
         default_max_tokens: int = 1024,
         queue_size: int = 1024,
+        feature_filter: ActiveFilter | None = None,  # already set on the backend; events report it
     ):
         self.hub = FeatureHub(queue_size)
-        self.engine = Engine(backend, info, self.hub, labels, layer=layer)
+        self.engine = Engine(backend, info, self.hub, labels, layer=layer, feature_filter=feature_filter)
         self.state = ServerState(self.engine, self.hub, labels, info.model_id, backend_name, sae_id, default_max_tokens)
         self.host, self.port, self.features_port = host, port, features_port
         self._runners: list[web.AppRunner] = []

@@ -39,8 +39,8 @@ class FlakyBackend:
         return record
 
     @staticmethod
-    def _record(i):  # [token, l0, 2 ids, 2 values]
-        return np.array([40 + i, 2, i % 7, 3, 2.0, 1.0], dtype=np.float32)
+    def _record(i):  # [token, l0, filtered, 2 ids, 2 values]
+        return np.array([40 + i, 2, 0, i % 7, 3, 2.0, 1.0], dtype=np.float32)
 
     def close(self):
         pass

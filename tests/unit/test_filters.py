@@ -46,8 +46,15 @@ ACTS = np.array([0.0, 3.0, 1.5, 6.0, 0.4, 2.0, 0.2, 0.0], dtype=np.float32)
 
 def test_none_is_the_identity():
     f = filters.build("none", _cal())
-    assert f.feature_filter.is_identity and f.mode == "none"
+    assert f.feature_filter.is_identity and f.mode == "none" and f.surprise is None
     assert filters.build("combined", None).mode == "none"  # no calibration: no filter
+
+
+@pytest.mark.parametrize("mode", ["frequency", "surprise", "combined"])
+def test_every_calibrated_mode_reports_surprise(mode):
+    f = filters.build(mode, _cal())
+    np.testing.assert_allclose(ACTS * f.surprise, _reference_surprise(ACTS), rtol=1e-6)
+    assert f.calibration == "cal.json"
 
 
 def test_frequency_excludes_features_above_the_threshold():
