@@ -32,11 +32,23 @@ class TorchSAE:
         self._mask: torch.Tensor | None = None
         self._scale: torch.Tensor | None = None
         self.device = device
+        self.set_filter(FeatureFilter())  # the identity
 
     def set_filter(self, flt: FeatureFilter) -> None:
+        """Precompute what :meth:`pack` applies, so that a filter adds as few ops to a step as possible: the
+        score is ``acts * scale + penalty`` (one ``addcmul``; ``penalty`` is -inf where the mask excludes a
+        feature), and L0 and the masked count come from one product ``fired @ [1, excluded]``."""
         flt.validate(self.d_sae)
         self._mask = None if flt.mask is None else torch.from_numpy(flt.mask.astype(bool)).to(self.device)
         self._scale = None if flt.scale is None else torch.from_numpy(flt.scale.astype("float32")).to(self.device)
+        excluded = torch.zeros(self.d_sae, dtype=torch.float32, device=self.device)
+        self._penalty = None
+        if self._mask is not None:
+            excluded = (~self._mask).float()
+            self._penalty = torch.zeros_like(excluded).masked_fill(~self._mask, float("-inf"))
+        self._counts = torch.stack([torch.ones_like(excluded), excluded], dim=1)  # (d_sae, 2)
+        # a masked feature can only win when fewer than k features are allowed: only then zero such winners
+        self._zero_masked_winners = self._mask is not None and int(self._mask.sum()) < self.k
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
@@ -55,17 +67,19 @@ class TorchSAE:
 
     def pack(self, acts: torch.Tensor) -> torch.Tensor:
         """JumpReLU activations (n, d_sae) -> their packed records (n, 2 + 2k): filter, top-k, counts."""
-        fired = acts > 0
-        l0 = fired.sum(dim=-1, keepdim=True)
-        # fired but excluded by the mask: counted here, on the device, in the same step
-        filtered = torch.zeros_like(l0) if self._mask is None else (fired & ~self._mask).sum(dim=-1, keepdim=True)
-        scores = acts
-        if self._scale is not None:
-            scores = scores * self._scale
-        if self._mask is not None:
-            scores = scores.masked_fill(~self._mask, float("-inf"))
-        _, ids = torch.topk(scores, self.k, dim=-1)
+        # [l0, filtered]: what fired, and what fired but the mask excludes, in one product on the device
+        head = (acts > 0).float() @ self._counts
+        scale, penalty = self._scale, self._penalty
+        if scale is not None and penalty is not None:
+            scores = torch.addcmul(penalty, acts, scale)
+        elif scale is not None:
+            scores = acts * scale
+        elif penalty is not None:
+            scores = acts + penalty
+        else:
+            scores = acts
+        top, ids = torch.topk(scores, self.k, dim=-1)
         vals = acts.gather(-1, ids)
-        if self._mask is not None:  # a masked-out feature never counts as a winner
-            vals = vals.masked_fill(~self._mask.gather(0, ids.flatten()).view_as(ids), 0.0)
-        return torch.cat([l0.float(), filtered.float(), ids.float(), vals], dim=-1)
+        if self._zero_masked_winners:  # a masked-out feature never counts as a winner
+            vals = vals.masked_fill(top == float("-inf"), 0.0)
+        return torch.cat([head, ids.float(), vals], dim=-1)
