@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 def main(
     smoke: Annotated[bool, typer.Option(help="Seconds-long run at tiny shapes (the test suite runs it).")] = False,
     full: Annotated[bool, typer.Option(help="Big shapes: d_sae 16384 and 65536, a Gemma-2-2B-shaped model.")] = False,
-    shape: Annotated[Optional[str], typer.Option(help="Decode model: tiny or gemma-2-2b (random weights).")] = None,
+    shape: Annotated[Optional[str], typer.Option(help="Model for decode and corpus: tiny or gemma-2-2b.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Decode a real model (hub id in the cache, or a dir).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="Model dtype: float32, bfloat16, float16.")] = None,
     layer: Annotated[Optional[int], typer.Option(help="SAE layer for --model (default: 3/4 of the depth).")] = None,
@@ -34,6 +34,7 @@ def main(
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: one per core).", min=1)] = None,
     no_sae: Annotated[bool, typer.Option("--no-sae", help="Skip the SAE micro-benchmark.")] = False,
     no_decode: Annotated[bool, typer.Option("--no-decode", help="Skip the decode benchmark.")] = False,
+    no_corpus: Annotated[bool, typer.Option("--no-corpus", help="Skip the corpus-pass benchmark.")] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON record goes.")] = RESULTS,
     cache: Annotated[Optional[Path], typer.Option(help="Where benchmark checkpoints are built.")] = None,
 ) -> None:
@@ -56,7 +57,9 @@ def main(
     if no_sae:
         suite.sae_shapes = []
     if no_decode:
-        suite.decode_shape, suite.model = None, None
+        suite.decode = False
+    if no_corpus:
+        suite.corpus = False
     try:
         run(suite, out_dir=out, cache=cache or bench_dir())
     except BackendError as exc:

@@ -1,9 +1,12 @@
-"""Decode benchmark: ms/token for the same model and prompt in three modes, measured in one run.
+"""Decode benchmark: ms/token for the same model and prompt in four modes, measured in one run.
 
 - ``bare``: the framework with no Neuroscope at all (transformers ``generate``, greedy; mlx-lm
   ``generate_step``, the token loop under its ``generate``/``stream_generate``);
 - ``capture-off``: Neuroscope's backend with ``backend.capture = False`` (plain decoding through our loop);
-- ``instrumented``: Neuroscope's backend as the server runs it (residual capture + SAE encode + top-k).
+- ``instrumented``: Neuroscope's backend as the server runs it (residual capture + SAE encode + top-k), no
+  feature filter (``--feature-filter none``);
+- ``filtered``: the same with the ``combined`` filter of a synthetic calibration (a frequency mask and the
+  surprise scale applied on the device before top-k, the masked count in the record): the serve default.
 
 Each run generates ``n`` tokens after a warm-up; modes are interleaved repeat by repeat so drift on a shared
 machine hits all three alike. ms/token is the time from the first generated token to the last over ``n - 1``.
@@ -24,7 +27,7 @@ from benchmarks.timing import summarize_ms
 from neuroscope.decode import generate
 from neuroscope.protocol import GenerationParams, ModelSpec
 
-MODES = ("bare", "capture-off", "instrumented")
+MODES = ("bare", "capture-off", "instrumented", "filtered")
 MIN_REPEATS = 3
 
 Runner = Callable[[list[int], int], list[float]]  # (prompt ids, n) -> a timestamp per generated token
@@ -109,24 +112,44 @@ class MlxBare:
 
 
 # ----------------------------------------------------------------------------------------------- Neuroscope
+def synthetic_filter(d_sae: int, seed: int = 0):
+    """The ``combined`` filter of a made-up calibration (firing rates spread over [0, 1], some above the 0.5
+    threshold): its cost on the device does not depend on the values."""
+    from neuroscope.calibration import Calibration
+    from neuroscope.filters import build
+
+    rng = np.random.default_rng(seed)
+    rate = (rng.random(d_sae) ** 3).tolist()
+    data = {"d_sae": d_sae, "tokens": 100_000, "features": {"firing_rate": rate, "max": (1 + rng.random(d_sae) * 9)
+                                                             .tolist(), "mean": [0.0] * d_sae, "std": [0.0] * d_sae}}
+    return build("combined", Calibration(path="synthetic", data=data)).feature_filter  # type: ignore[arg-type]
+
+
 class Ours:
-    """A Neuroscope backend through the registry, toggled between capture on and off."""
+    """A Neuroscope backend through the registry, toggled between capture on and off, filter on and off."""
 
     def __init__(self, name: str, bm: BenchModel, k: int):
         from neuroscope import registry
+        from neuroscope.protocol import FeatureFilter
 
         self.backend = registry.resolve(name)()
         self.info = self.backend.load(ModelSpec(str(bm.path), dtype=bm.dtype), bm.sae, bm.layer, top_k=k)
+        self.none = FeatureFilter()
+        self.combined = synthetic_filter(bm.sae.d_sae)
 
-    def runner(self, capture: bool) -> Runner:
+    def runner(self, capture: bool, filtered: bool = False) -> Runner:
         def run(ids: list[int], n: int) -> list[float]:
             self.backend.capture = capture
-            stamps, l0s = [], []
+            self.backend.set_feature_filter(self.combined if filtered else self.none)
+            stamps, l0s, hidden = [], [], 0
             for step in generate(self.backend, ids, GenerationParams(max_tokens=n, temperature=0.0)):
                 stamps.append(time.perf_counter())
                 l0s.append(step.l0)
+                hidden += step.filtered
             if capture and not any(l0s):
                 raise AssertionError("instrumented decode reported no firing feature on any token")
+            if filtered and not hidden:
+                raise AssertionError("the combined filter hid no feature on any token")
             return stamps
 
         return run
@@ -184,7 +207,7 @@ def run_backend(
     budget_s: float | None = None,
     log=print,
 ) -> dict:
-    """All three modes for one backend name ("torch-cpu", "torch-cuda", "mlx"); missing modes say why."""
+    """All four modes for one backend name ("torch-cpu", "torch-cuda", "mlx"); missing modes say why."""
     ids = _prompt(bm)
     bare = TorchBare(bm, "cuda" if name == "torch-cuda" else "cpu") if name.startswith("torch") else MlxBare(bm)
     runners: dict[str, Runner] = {"bare": bare}
@@ -195,8 +218,9 @@ def run_backend(
         ours = Ours(name, bm, k)
         runners["capture-off"] = ours.runner(False)
         runners["instrumented"] = ours.runner(True)
+        runners["filtered"] = ours.runner(True, filtered=True)
     else:
-        skipped = {"capture-off": why, "instrumented": why}
+        skipped = {"capture-off": why, "instrumented": why, "filtered": why}
         log(f"[decode] {name}: measuring the bare framework only: {why}")
     try:
         modes = _measure(runners, ids, n, repeats, warmup_tokens, budget_s)
@@ -242,6 +266,11 @@ def run_backend(
         # the same share from the median single-token interval: less sensitive to bursts of other work
         off_t, inst_t = modes["capture-off"]["per_token_median_ms"], modes["instrumented"]["per_token_median_ms"]
         rec["sae_share_of_step_token_median"] = (inst_t - off_t) / inst_t
+        filt_r = np.array(modes["filtered"]["ms_per_token_by_repeat"])
+        # the combined filter against none: the target is within 1 %
+        rec["filtered_vs_instrumented"] = float(np.median(filt_r / inst_r))
+        rec["filtered_vs_instrumented_token_median"] = (
+            modes["filtered"]["per_token_median_ms"] / modes["instrumented"]["per_token_median_ms"])
     return rec
 
 

@@ -52,18 +52,32 @@ def sae_table(rows: list[dict]) -> Table:
 
 def decode_table(rows: list[dict]) -> Table:
     t = Table(title="Decode: ms/token (tokens/s) per mode")
-    for c in ("backend", "model", "dtype", "bare", "capture off", "instrumented", "instr / bare", "SAE share",
-              "roofline"):
+    for c in ("backend", "model", "dtype", "bare", "capture off", "instrumented", "filtered", "instr / bare",
+              "SAE share", "filter / none", "roofline"):
         t.add_column(c, justify="left" if c in ("backend", "model", "dtype") else "right")
     for r in rows:
         cells = []
-        for m in ("bare", "capture-off", "instrumented"):
+        for m in ("bare", "capture-off", "instrumented", "filtered"):
             d = r["modes"].get(m)
             cells.append("skipped" if d is None else f"{_f(d['ms_per_token'])} ({d['tokens_per_s']:.0f})")
-        ratio = r.get("instrumented_vs_bare")
+        ratio, filt = r.get("instrumented_vs_bare"), r.get("filtered_vs_instrumented")
         t.add_row(
             r["backend"], r["model"], r["dtype"], *cells,
-            "-" if ratio is None else f"{ratio:.3f}", _pct(r.get("sae_share_of_step")), _f(r["roofline_ms"]),
+            "-" if ratio is None else f"{ratio:.3f}", _pct(r.get("sae_share_of_step")),
+            "-" if filt is None else f"{filt:.3f}", _f(r["roofline_ms"]),
+        )
+    return t
+
+
+def corpus_table(rows: list[dict]) -> Table:
+    t = Table(title="Corpus pass: tokens/s, block-N forward + SAE + statistics vs the bare forward")
+    for c in ("backend", "model", "dtype", "d_sae", "batches", "bare forward", "corpus pass", "SAE + stats"):
+        t.add_column(c, justify="left" if c in ("backend", "model", "dtype") else "right")
+    for r in rows:
+        t.add_row(
+            r["backend"], r["model"], r["dtype"], str(r["d_sae"]), f"{r['batches']} x {r['batch_size']} x "
+            f"{r['max_tokens']}", f"{r['modes']['bare-forward']['tokens_per_s']:,.0f}",
+            f"{r['modes']['corpus-pass']['tokens_per_s']:,.0f}", _pct(r["sae_stats_overhead"]),
         )
     return t
 
@@ -74,6 +88,8 @@ def print_all(console: Console, record: dict) -> None:
         console.print(sae_table(record["sae"]))
     if record["decode"]:
         console.print(decode_table(record["decode"]))
+    if record.get("corpus"):
+        console.print(corpus_table(record["corpus"]))
     for note in record["notes"]:
         console.print(f"[dim]note:[/dim] {note}")
 
@@ -102,6 +118,7 @@ def new_record(suite: str, machine: dict, config: dict) -> dict:
         "bandwidth": [],
         "sae": [],
         "decode": [],
+        "corpus": [],
         "skipped": [],
         "notes": [],
     }

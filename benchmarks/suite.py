@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmarks import bandwidth, decode_bench, machine, models, report, sae_bench, targets
+from benchmarks import bandwidth, corpus_bench, decode_bench, machine, models, report, sae_bench, targets
 from neuroscope import fixtures
 
 GEMMA_D_MODEL = fixtures.SHAPES["gemma-2-2b"].hidden_size
@@ -20,6 +20,7 @@ MLX_CPU_BIG_ITERS = 10  # mlx[cpu] uses a reference BLAS: big shapes get a few i
 BUSY_CORES = 0.2  # other processes' average use above which a run is flagged as contended
 BIG_MODEL_PARAMS = 100_000_000  # above this a model counts as big for a CPU
 CPU_BIG_MODEL_TOKENS, CPU_BIG_MODEL_REPEATS = 16, 2  # a 2B-parameter model on a CPU: ~seconds per token
+CPU_BIG_CORPUS = (2, 2, 128)  # batch size, batches, tokens per sample for a 2B-parameter model on a CPU
 
 
 @dataclass
@@ -39,6 +40,12 @@ class Suite:
     warmup_tokens: int = 8
     decode_budget_s: float | None = 90.0  # per backend: repeats stop (after 3) once this is spent
     top_k: int = 10  # the server's default --top-k
+    decode: bool = True  # the decode benchmark (on the model below)
+    corpus: bool = True  # the corpus-pass benchmark (on the same model)
+    corpus_batch_size: int = 8
+    corpus_max_tokens: int = 256  # calibrate run's default --max-tokens-per-sample
+    corpus_batches: int = 6
+    corpus_repeats: int = 5
     model: str | None = None
     dtype: str | None = None
     layer: int | None = None
@@ -52,12 +59,14 @@ SUITES = {
     "smoke": Suite(
         "smoke", [(TINY.hidden_size, TINY.d_sae)], "tiny", sae_iters=5, sae_warmup=1, sae_budget_s=0.2,
         bw_cpu_bytes=16 * 2**20, bw_gpu_bytes=64 * 2**20, bw_reps=2, tokens=4, repeats=1, warmup_tokens=2,
+        corpus_batch_size=2, corpus_max_tokens=32, corpus_batches=2, corpus_repeats=1,
     ),
     "default": Suite(
         "default", [(TINY.hidden_size, TINY.d_sae), (GEMMA_D_MODEL, 16384)], "tiny", tokens=64, repeats=25
     ),
     "full": Suite(
-        "full", [(GEMMA_D_MODEL, 16384), (GEMMA_D_MODEL, 65536)], "gemma-2-2b", repeats=3, decode_budget_s=None
+        "full", [(GEMMA_D_MODEL, 16384), (GEMMA_D_MODEL, 65536)], "gemma-2-2b", repeats=3, decode_budget_s=None,
+        corpus_batches=4, corpus_repeats=3,
     ),
 }
 
@@ -110,10 +119,10 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
         del sae
         gc.collect()
 
-    if decode_names:
+    if decode_names and (suite.decode or suite.corpus):
         bm = _model(suite, cache, log)
         big = bm.approx_params > BIG_MODEL_PARAMS
-        for name in decode_names:
+        for name in decode_names if suite.decode else []:
             on_cpu = targets.device_of(name) == "cpu"
             tokens, repeats = suite.tokens, suite.repeats
             if big and on_cpu and name == "mlx":
@@ -123,7 +132,8 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
             if big and on_cpu and (tokens > CPU_BIG_MODEL_TOKENS or repeats > CPU_BIG_MODEL_REPEATS):
                 tokens, repeats = min(tokens, CPU_BIG_MODEL_TOKENS), min(repeats, CPU_BIG_MODEL_REPEATS)
                 _note(rec, log, f"decode {name} {bm.label} on the CPU: capped at {tokens} tokens x {repeats} repeats")
-            log(f"decode: {name} {bm.label} {bm.dtype}, {tokens} tokens x {repeats} repeats x 3 modes")
+            log(f"decode: {name} {bm.label} {bm.dtype}, {tokens} tokens x {repeats} repeats x "
+                f"{len(decode_bench.MODES)} modes")
             with machine.OtherLoad() as other:
                 row = decode_bench.run_backend(
                     name, bm, bws, n=tokens, repeats=repeats, warmup_tokens=suite.warmup_tokens, k=suite.top_k,
@@ -134,6 +144,31 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
                 _note(rec, log, f"decode {name}: {row['repeats']} of {repeats} repeats fitted in the "
                                 f"{suite.decode_budget_s:.0f} s budget")
             rec["decode"].append(row)
+
+        if suite.corpus:
+            for name in decode_names:
+                ours, why = targets.neuroscope_backend_status(name)
+                if not ours:
+                    rec["skipped"].append({"backend": name, "corpus": True, "reason": why})
+                    continue
+                on_cpu = targets.device_of(name) == "cpu"
+                if big and on_cpu and name == "mlx":
+                    rec["skipped"].append({"backend": name, "model": bm.label, "corpus": True,
+                                           "reason": "mlx[cpu] reference BLAS"})
+                    continue
+                bs, batches, max_tokens = suite.corpus_batch_size, suite.corpus_batches, suite.corpus_max_tokens
+                if big and on_cpu:
+                    bs, batches, max_tokens = min(bs, CPU_BIG_CORPUS[0]), min(batches, CPU_BIG_CORPUS[1]), min(
+                        max_tokens, CPU_BIG_CORPUS[2])
+                    _note(rec, log, f"corpus {name} {bm.label} on the CPU: capped at {batches} batches of {bs} x "
+                                    f"{max_tokens} tokens")
+                log(f"corpus pass: {name} {bm.label}, {batches} batches of {bs} x {max_tokens} tokens x "
+                    f"{suite.corpus_repeats} repeats x 2 modes")
+                with machine.OtherLoad() as other:
+                    row = corpus_bench.run_backend(name, bm, batch_size=bs, max_tokens=max_tokens, batches=batches,
+                                                   repeats=suite.corpus_repeats, log=log)
+                row["other_processes_cores"] = other.cores
+                rec["corpus"].append(row)
 
     whole.__exit__(None, None, None)
     rec["machine"]["load_average_end"] = machine.load_average()

@@ -35,7 +35,7 @@ def record(tmp_path_factory):
     assert result.exit_code == 0, result.output + repr(result.exception)
     files = list(out.glob("*.json"))
     assert len(files) == 1, files
-    assert "SAE encode + top-k" in result.output and "Decode" in result.output
+    assert "SAE encode + top-k" in result.output and "Decode" in result.output and "Corpus pass" in result.output
     return json.loads(files[0].read_text())
 
 
@@ -81,7 +81,7 @@ def test_every_usable_backend_was_benchmarked_or_skipped_with_a_reason(record):
             assert skipped.get(name)
 
 
-def test_decode_rows_compare_three_modes(record):
+def test_decode_rows_compare_four_modes(record):
     expected = [n for n in ("torch-cpu", "torch-cuda", "mlx") if framework_status(n)[0]]
     if not expected:
         pytest.skip("neither torch nor mlx is installed: no decode benchmark")
@@ -89,7 +89,7 @@ def test_decode_rows_compare_three_modes(record):
     for r in record["decode"]:
         assert r["model"] == "tiny" and r["new_tokens"] >= 2 and r["prompt_tokens"] > 0
         ours, _ = neuroscope_backend_status(r["backend"])
-        modes = ("bare", "capture-off", "instrumented") if ours else ("bare",)
+        modes = ("bare", "capture-off", "instrumented", "filtered") if ours else ("bare",)
         assert tuple(r["modes"]) == modes
         for mode in modes:
             d = r["modes"][mode]
@@ -100,5 +100,21 @@ def test_decode_rows_compare_three_modes(record):
             assert _measured(r[key])
         if ours:
             assert _measured(r["instrumented_vs_bare"]) and math.isfinite(r["sae_share_of_step"])
+            assert _measured(r["filtered_vs_instrumented"]) and _measured(r["filtered_vs_instrumented_token_median"])
         else:
-            assert set(r["skipped_modes"]) == {"capture-off", "instrumented"}
+            assert set(r["skipped_modes"]) == {"capture-off", "instrumented", "filtered"}
+
+
+def test_corpus_rows_compare_the_corpus_pass_with_a_bare_forward(record):
+    expected = [n for n in ("torch-cpu", "torch-cuda", "mlx") if neuroscope_backend_status(n)[0]]
+    if not expected:
+        pytest.skip("no Neuroscope backend here: no corpus-pass benchmark")
+    assert [r["backend"] for r in record["corpus"]] == expected
+    for r in record["corpus"]:
+        assert r["model"] == "tiny" and r["d_sae"] > 0 and r["tokens"] > 0 and r["batches"] >= 1
+        assert tuple(r["modes"]) == ("bare-forward", "corpus-pass")
+        for d in r["modes"].values():
+            assert _measured(d["tokens_per_s"]) and _measured(d["seconds"])
+            assert len(d["s_by_repeat"]) == r["repeats"] and all(_measured(x) for x in d["s_by_repeat"])
+            assert d["tokens_per_s"] == pytest.approx(r["tokens"] / d["seconds"])
+        assert math.isfinite(r["sae_stats_overhead"]) and r["sae_stats_overhead"] > -1
