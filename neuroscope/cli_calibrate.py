@@ -87,7 +87,9 @@ def run_cmd(
     output: Annotated[
         Optional[Path], typer.Option(help="Where to write the calibration JSON (default: the cache, namespaced).")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Start over even if a finished or partial run exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start over even if a finished or partial run exists.")
+    ] = False,
     labels_path: Annotated[Optional[Path], typer.Option(help="JSON label map, for the summary.")] = None,
 ) -> None:
     """Run the corpus pass and write the calibration statistics (resumes a killed run)."""
