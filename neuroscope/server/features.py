@@ -8,16 +8,16 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from neuroscope.feature_hub import HISTORY_REQUESTS
-from neuroscope.server.errors import APIError
+from neuroscope.server import access
+from neuroscope.server.errors import APIError, openai_errors
 from neuroscope.server.state import STATE
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
-CORS = {"Access-Control-Allow-Origin": "*"}
 
 
 def _json_error(status: int, message: str, param: str | None = None) -> web.Response:
-    return APIError(message, status=status, param=param).response(headers=CORS)
+    return APIError(message, status=status, param=param).response()
 
 
 async def feature_stream(request: web.Request) -> web.StreamResponse:
@@ -36,7 +36,7 @@ async def feature_stream(request: web.Request) -> web.StreamResponse:
                                 f"{HISTORY_REQUESTS} requests", "request_id")
     sub = st.hub.subscribe(request_id=request_id, include_prompt=include in _TRUE)
     try:
-        async with sse_response(request, headers=CORS) as resp:
+        async with sse_response(request) as resp:
             st.streams.add(resp)
             while resp.is_connected():
                 event = await sub.get()
@@ -56,7 +56,7 @@ async def labels(request: web.Request) -> web.Response:
     st = request.app[STATE]
     lab = st.labels
     return web.json_response(
-        {"source": lab.source, "count": len(lab), "named": lab.named, "labels": lab.as_dict()}, headers=CORS
+        {"source": lab.source, "count": len(lab), "named": lab.named, "labels": lab.as_dict()}
     )
 
 
@@ -64,8 +64,7 @@ async def health(request: web.Request) -> web.Response:
     hub = request.app[STATE].hub
     return web.json_response(
         {"status": "ok", "subscribers": hub.subscribers, "published": hub.published, "dropped": hub.dropped,
-         "streams": hub.stats()},
-        headers=CORS,
+         "streams": hub.stats()}
     )
 
 
@@ -75,8 +74,9 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def make_features_app(state) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[openai_errors])
     app[STATE] = state
+    access.install(app, state.access, query_key=True)
     app.router.add_get("/v1/features/stream", feature_stream)
     app.router.add_get("/v1/features/labels", labels)
     app.router.add_get("/health", health)
