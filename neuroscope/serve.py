@@ -47,6 +47,7 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
     t.add_row("labels", f"{rt.labels.source} ({rt.labels.named} named, the rest feature_<i>)")
     t.add_row("chat", f"{bound.chat_url}/chat/completions")
     t.add_row("features", bound.features_url)
+    t.add_row("viewer", bound.viewer_url)
     t.add_row("access", _access_row(cfg))
     if rt.demo:
         t.add_row("", "[yellow]The demo model and SAE have random weights: varied but meaningless text and features.[/]")
@@ -81,7 +82,8 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
         if warning:
             console.print(f"[bold red]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         console.print(
-            f"[bold green]ready[/] chat: {bound.chat_url}  features: {bound.features_url}  (Ctrl-C to stop)",
+            f"[bold green]ready[/] chat: {bound.chat_url}  features: {bound.features_url}  viewer: {bound.viewer_url}"
+            "  (Ctrl-C to stop)",
             highlight=False,
             soft_wrap=True,
         )

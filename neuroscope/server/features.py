@@ -1,4 +1,4 @@
-"""Port 8081: the live feature stream (SSE) and the label map."""
+"""Port 8081: the live feature stream (SSE), the label map, what is served (info) and the viewer page."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import json
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from neuroscope import __version__
 from neuroscope.feature_hub import HISTORY_REQUESTS
 from neuroscope.server import access
 from neuroscope.server.errors import APIError, openai_errors
 from neuroscope.server.state import STATE
+from neuroscope.server.viewer import add_viewer_routes
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -68,17 +70,42 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def info(request: web.Request) -> web.Response:
+    """What is served, and where the chat API is: the viewer learns the chat address from here. It is the
+    address the browser used for this port (the Host header) with the chat port, never a hard-coded one."""
+    st = request.app[STATE]
+    here = request.url.with_query(None)
+    return web.json_response(
+        {
+            "model": st.model_id,
+            "backend": st.backend_name,
+            "sae": st.sae_id,
+            "layer": st.engine.layer,
+            "d_sae": len(st.labels),
+            "top_k": st.top_k,
+            "labels": {"source": st.labels.source, "named": st.labels.named},
+            "chat_url": str(here.with_port(st.chat_port).with_path("/v1")),
+            "stream_url": str(here.with_path("/v1/features/stream")),
+            "default_max_tokens": st.default_max_tokens,
+            "api_key_required": st.access.api_key is not None,
+            "version": __version__,
+        }
+    )
+
+
 async def not_found(request: web.Request) -> web.Response:
     return _json_error(404, f"no route {request.method} {request.path} on this port "
-                            "(GET /v1/features/stream, GET /v1/features/labels)")
+                            "(GET / for the viewer, GET /v1/features/stream, /v1/features/labels, /v1/features/info)")
 
 
 def make_features_app(state) -> web.Application:
     app = web.Application(middlewares=[openai_errors])
     app[STATE] = state
-    access.install(app, state.access, query_key=True)
+    public = add_viewer_routes(app)
+    access.install(app, state.access, public_paths=public, query_key=True)
     app.router.add_get("/v1/features/stream", feature_stream)
     app.router.add_get("/v1/features/labels", labels)
+    app.router.add_get("/v1/features/info", info)
     app.router.add_get("/health", health)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -139,6 +139,8 @@ def test_on_a_public_bind_the_viewer_origin_may_call_the_chat_port(tiny_fixture)
         assert r.status_code == 204 and r.headers["access-control-allow-origin"] == viewer
         r = httpx.options(url, headers={**host, "Origin": "http://192.0.2.7:9", "Access-Control-Request-Method": "POST"})
         assert r.status_code == 403
+        info = httpx.get(f"{srv.features}/v1/features/info", headers={"Host": f"192.0.2.7:{srv.bound.features_port}"})
+        assert info.json()["chat_url"] == f"http://192.0.2.7:{srv.bound.chat_port}/v1"
     finally:
         srv.stop()
 
@@ -199,12 +201,12 @@ def test_openai_client_with_and_without_the_key(keyed_server):
 
 def test_features_port_takes_the_key_as_header_or_query(keyed_server):
     srv = keyed_server
-    for path in ("/v1/features/stream", "/v1/features/labels"):
+    for path in ("/v1/features/stream", "/v1/features/labels", "/v1/features/info"):
         assert_openai_error(httpx.get(srv.features + path), 401, "invalid_api_key")
         assert httpx.get(f"{srv.features}{path}?api_key=wrong").status_code == 401
     assert httpx.get(f"{srv.features}/v1/features/labels?api_key={KEY}").json()["count"] == 256
-    labels = httpx.get(f"{srv.features}/v1/features/labels", headers={"Authorization": f"Bearer {KEY}"})
-    assert labels.status_code == 200
+    info = httpx.get(f"{srv.features}/v1/features/info", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert info["api_key_required"] is True
     # an EventSource cannot send headers: the query parameter opens the stream
     reader = SSEReader(f"{srv.features}/v1/features/stream?api_key={KEY}").start()
     srv.wait_subscribers(1)
@@ -215,7 +217,10 @@ def test_features_port_takes_the_key_as_header_or_query(keyed_server):
     assert reader.error is None
 
 
-def test_health_needs_no_key(keyed_server):
+def test_health_and_the_viewer_page_need_no_key(keyed_server):
     srv = keyed_server
     assert httpx.get(f"{srv.chat}/health").json()["status"] == "ok"
     assert httpx.get(f"{srv.features}/health").json()["status"] == "ok"
+    page = httpx.get(f"{srv.features}/")
+    assert page.status_code == 200 and "<title>Neuroscope</title>" in page.text  # so it can ask for the key
+    assert httpx.get(f"{srv.features}/favicon.svg").status_code == 200
