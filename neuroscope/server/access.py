@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from neuroscope.server.errors import APIError
-from neuroscope.server.origins import OriginPolicy, is_loopback_host, parse_origin
+from neuroscope.server.origins import OriginPolicy, host_of, is_loopback_host, parse_origin
 
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 EXPOSED_HEADERS = "X-Request-Id"
@@ -39,14 +39,15 @@ class Access:
         if self.viewer_port is None or is_loopback_host(self.bind_host):
             return False
         parsed = parse_origin(origin)
-        return parsed is not None and parsed[1] == (request.url.host or "").lower() and parsed[2] == self.viewer_port
+        return parsed is not None and parsed[1] == host_of(request.host) and parsed[2] == self.viewer_port
 
     def key_matches(self, presented: str | None) -> bool:
         if self.api_key is None:
             return True
         if not presented:
             return False
-        return hmac.compare_digest(presented.encode("utf-8"), self.api_key.encode("utf-8"))
+        # surrogateescape: a header that is not UTF-8 comes back as the bytes sent, and simply does not match
+        return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self.api_key.encode("utf-8"))
 
 
 def _bearer(request: web.Request) -> str | None:

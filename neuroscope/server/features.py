@@ -6,11 +6,13 @@ import json
 
 from aiohttp import web
 from aiohttp_sse import sse_response
+from yarl import URL
 
 from neuroscope import __version__
 from neuroscope.feature_hub import HISTORY_REQUESTS
 from neuroscope.server import access
 from neuroscope.server.errors import APIError, openai_errors
+from neuroscope.server.origins import host_of
 from neuroscope.server.state import STATE
 from neuroscope.server.viewer import add_viewer_routes
 
@@ -74,7 +76,12 @@ async def info(request: web.Request) -> web.Response:
     """What is served, and where the chat API is: the viewer learns the chat address from here. It is the
     address the browser used for this port (the Host header) with the chat port, never a hard-coded one."""
     st = request.app[STATE]
-    here = request.url.with_query(None)
+    host = host_of(request.host)
+    if host is None:  # a malformed Host header: the address this server listens on
+        host = st.access.bind_host.strip("[]")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    chat = URL.build(scheme=request.scheme, host=host, port=st.chat_port, path="/v1")
+    stream = URL.build(scheme=request.scheme, host=host, port=st.features_port, path="/v1/features/stream")
     return web.json_response(
         {
             "model": st.model_id,
@@ -84,8 +91,8 @@ async def info(request: web.Request) -> web.Response:
             "d_sae": len(st.labels),
             "top_k": st.top_k,
             "labels": {"source": st.labels.source, "named": st.labels.named},
-            "chat_url": str(here.with_port(st.chat_port).with_path("/v1")),
-            "stream_url": str(here.with_path("/v1/features/stream")),
+            "chat_url": str(chat),
+            "stream_url": str(stream),
             "default_max_tokens": st.default_max_tokens,
             "api_key_required": st.access.api_key is not None,
             "version": __version__,

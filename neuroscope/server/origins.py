@@ -7,12 +7,14 @@ An origin pattern is ``*`` (any origin), ``scheme://host``, ``scheme://host:port
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 LOOPBACK_PATTERNS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
 ANY_PORT = -1
+_HOST = re.compile(r"[a-z0-9._~%:-]+")  # a DNS name, an IPv4 address or an IPv6 one (brackets removed)
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,15 @@ def parse_origin(value: str) -> tuple[str, str, int] | None:
     except ValueError:
         return None
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/") or parts.query \
-            or parts.fragment or parts.username or parts.password:
+            or parts.fragment or parts.username or parts.password or not _HOST.fullmatch(parts.hostname.lower()):
         return None
     return parts.scheme, parts.hostname.lower(), port if port is not None else DEFAULT_PORTS[parts.scheme]
+
+
+def host_of(authority: str) -> str | None:
+    """The host name in a ``Host`` header (``name[:port]``), lower case, IPv6 without brackets; None if malformed."""
+    parsed = parse_origin(f"http://{authority}")
+    return parsed[1] if parsed else None
 
 
 def parse_pattern(value: str) -> OriginPattern:

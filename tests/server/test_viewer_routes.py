@@ -27,6 +27,21 @@ def test_chat_url_follows_the_address_the_browser_used(server, host):
     assert info["chat_url"] == f"http://{host}:{server.bound.chat_port}/v1"
 
 
+@pytest.mark.parametrize("host", [b"x:notaport", b"a b", b"\xff\xfe", b"localhost:1:2", b"user@evil:5", b""])
+def test_a_malformed_host_header_gets_the_listening_address(server, host):
+    import json
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.bound.features_port)) as s:
+        s.sendall(b"GET /v1/features/info HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(body)["chat_url"] == f"http://127.0.0.1:{server.bound.chat_port}/v1"
+
+
 def test_the_page_and_its_files(server):
     page = httpx.get(f"{server.features}/")
     assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"

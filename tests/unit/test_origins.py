@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from neuroscope.server.origins import OriginPolicy, is_loopback_host, parse_allowed_origins, parse_origin
+from neuroscope.server.origins import OriginPolicy, host_of, is_loopback_host, parse_allowed_origins, parse_origin
 
 
 def test_origin_header_parsing():
@@ -12,8 +12,14 @@ def test_origin_header_parsing():
     assert parse_origin("https://Example.COM") == ("https", "example.com", 443)
     assert parse_origin("http://[::1]:8081") == ("http", "::1", 8081)
     for bad in ("null", "", "file://", "http://", "ftp://a.example", "http://a.example/path", "http://u@a.example",
-                "http://a.example:99999", "javascript:alert(1)"):
+                "http://a.example:99999", "javascript:alert(1)", "http://a b.example", "http://a\u00e9.example"):
         assert parse_origin(bad) is None, bad
+
+
+def test_host_header_parsing():
+    assert host_of("LocalHost:8081") == "localhost" and host_of("[::1]:80") == "::1" and host_of("a.example") == "a.example"
+    for bad in ("", "a b", "x:notaport", "x:1:2", "user@x", "[::1", "x/y"):
+        assert host_of(bad) is None, bad
 
 
 @pytest.mark.parametrize("origin,allowed", [
