@@ -86,7 +86,6 @@ async function loadInfo() {
   const sae = `${info.sae} · layer ${info.layer} · ${info.d_sae} features` + (info.top_k ? ` · top-${info.top_k}` : "");
   $("model-info").textContent = `${info.model} · ${info.backend} · ${sae}`;
   $("model-info").title = `chat API: ${info.chat_url}\nlabels: ${info.labels.source}`;
-  $("max-tokens").max = String(info.default_max_tokens);
   live.open($("include-prompt").checked);
 }
 
@@ -135,7 +134,7 @@ convEl.addEventListener("click", (e) => {
 document.addEventListener("click", (e) => {
   const target = e.target instanceof Element ? e.target : null;
   const feat = target && target.closest("[data-feature-index]");
-  if (feat && !feat.classList.contains("tok")) return select(Number(feat.dataset.featureIndex));
+  if (feat) return select(Number(feat.dataset.featureIndex));
   if (target && target.closest("#feature-clear")) return select(conv.selected);
   const ref = target && target.closest(".tokref");
   if (ref) {
@@ -230,7 +229,8 @@ async function send(text) {
     const result = await chat(body, turn, includePrompt);
     messages = [...body.messages, { role: "assistant", content: result.text }];
   } catch (err) {
-    const message = err instanceof HTTPError ? err.message : `cannot reach the chat API at ${info.chat_url}: ${err}`;
+    const message = err instanceof HTTPError ? err.message
+      : `cannot reach the chat API at ${info.chat_url} (${err.message}): is the server up, and is this page's origin allowed?`;
     turn.fail(message);
     showError(message);
   }

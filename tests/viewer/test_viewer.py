@@ -151,3 +151,19 @@ def test_an_end_of_sequence_token_with_no_text_is_a_marker(viewer_server, open_p
     }""")
     assert html == [["tok", "Hi"], ["tok special", "EOS"], ["tok empty", ""]]
     assert p.errors == []
+
+
+def test_a_refused_chat_shows_the_server_error(viewer_server, open_page):
+    from playwright.sync_api import expect
+
+    p = open_page(f"{viewer_server.features}/")
+    expect(p.page.locator("#connection")).to_have_attribute("data-state", "connected")
+    p.page.fill("#max-tokens", "100000")  # beyond the tiny model's 1024 positions: the chat API says 400
+    p.page.fill("#chat-input", "hello")
+    p.page.press("#chat-input", "Enter")
+    expect(p.page.locator("#error-bar")).to_be_visible()
+    expect(p.page.locator("#error-text")).to_contain_text("maximum context length is 1024 tokens")
+    expect(p.page.locator(".turn .turn-error")).to_contain_text("maximum context length")
+    expect(p.page.locator(".turn .turn-status")).to_have_text("failed")
+    # the page keeps working: the next chat goes through
+    assert chat(p.page, "hello", max_tokens=3)
