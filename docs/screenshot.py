@@ -31,7 +31,8 @@ def main() -> None:
         else:
             raise SystemExit("the server did not start")
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless=new", "--no-sandbox", "--disable-gpu"])
+            args = ["--headless=new", "--no-sandbox", "--disable-gpu"]
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=args)
             page = browser.new_page(viewport={"width": 1280, "height": 760})
             page.goto(m.group(1))
             expect(page.locator("#connection")).to_have_attribute("data-state", "connected")

@@ -83,7 +83,8 @@ async function loadInfo() {
       }
     }
   }
-  const sae = `${info.sae} · layer ${info.layer} · ${info.d_sae} features` + (info.top_k ? ` · top-${info.top_k}` : "");
+  const topk = info.top_k ? ` · top-${info.top_k}` : "";
+  const sae = `${info.sae} · layer ${info.layer} · ${info.d_sae} features${topk}`;
   $("model-info").textContent = `${info.model} · ${info.backend} · ${sae}`;
   $("model-info").title = `chat API: ${info.chat_url}\nlabels: ${info.labels.source}`;
   live.open($("include-prompt").checked);
@@ -230,7 +231,8 @@ async function send(text) {
     messages = [...body.messages, { role: "assistant", content: result.text }];
   } catch (err) {
     const message = err instanceof HTTPError ? err.message
-      : `cannot reach the chat API at ${info.chat_url} (${err.message}): is the server up, and is this page's origin allowed?`;
+      : `cannot reach the chat API at ${info.chat_url} (${err.message}): `
+        + "is the server up, and is this page's origin allowed?";
     turn.fail(message);
     showError(message);
   }

@@ -42,7 +42,9 @@ export function renderToken(container, tok, { pinned, selected }) {
   head.append(el("span", "token-text", text), el("span", "muted", describe(tok) + (pinned ? " · pinned" : "")));
   const list = el("ol", "feature-list");
   const scale = tok.top || 0;
-  for (const f of tok.features) list.append(featureRow(f.index, f.label, f.activation, scale, null, f.index === selected));
+  for (const f of tok.features) {
+    list.append(featureRow(f.index, f.label, f.activation, scale, null, f.index === selected));
+  }
   container.replaceChildren(head, tok.features.length ? list : el("p", "muted", "No feature fired."));
 }
 
@@ -60,7 +62,8 @@ export function renderFeature(panel, conv, info) {
   const fact = (k, v) => facts.append(el("dt", "", k), el("dd", "", v));
   fact("label source", info && info.labels ? info.labels.source : "");
   fact("in replies", stats
-    ? `in the top-k of ${stats.count} of ${conv.generated} tokens; max ${act(stats.max)}, mean ${act(stats.sum / stats.count)}`
+    ? `in the top-k of ${stats.count} of ${conv.generated} tokens; `
+      + `max ${act(stats.max)}, mean ${act(stats.sum / stats.count)}`
     : `in the top-k of none of ${conv.generated} tokens`);
   const strongest = conv.tokensOf(f).slice(0, 8);
   const list = el("ol", "token-list");
@@ -82,7 +85,8 @@ export function renderTop(list, empty, conv, n = 12) {
   const top = conv.topFeatures(n);
   const scale = top.length ? top[0].sum : 0;
   list.replaceChildren(
-    ...top.map((s) => featureRow(s.index, s.label, s.sum, scale, `${fmt(s.sum)} ×${s.count}`, s.index === conv.selected)),
+    ...top.map((s) => featureRow(s.index, s.label, s.sum, scale, `${fmt(s.sum)} ×${s.count}`,
+      s.index === conv.selected)),
   );
   empty.hidden = top.length > 0;
 }

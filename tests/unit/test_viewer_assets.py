@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_viewer_file_is_served_and_installed():
-    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["neuroscope.viewer"]
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = setuptools["package-data"]["neuroscope.viewer"]
     installed = {g.removeprefix("*") for g in globs}
     assert installed == set(CONTENT_TYPES)
     files = [f.name for f in resources.files("neuroscope.viewer").iterdir() if f.is_file() and f.name != "__init__.py"]

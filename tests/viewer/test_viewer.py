@@ -71,7 +71,8 @@ def test_clicking_a_feature_highlights_it_everywhere(viewer_server, open_page):
     expect(detail.locator(".flabel-big")).to_have_text(feature["label"])
     expect(detail).to_contain_text(f"in the top-k of {len(having)} of 24 tokens")
     # shaded by that feature now: the strongest of its tokens is fully opaque, a token without it is faint
-    acts = {e["token_index"]: f["activation"] for e in having for f in e["top_features"] if f["index"] == feature["index"]}
+    acts = {e["token_index"]: f["activation"]
+            for e in having for f in e["top_features"] if f["index"] == feature["index"]}
     strongest = max(acts, key=acts.get)
     assert alpha(p.page, token(p.page, rid, strongest)) == pytest.approx(1.0, abs=0.003)
     others = [e["token_index"] for e in events if e["token_index"] not in acts]
@@ -144,7 +145,8 @@ def test_an_end_of_sequence_token_with_no_text_is_a_marker(viewer_server, open_p
         const conv = new Conversation(document.createElement("div"));
         const turn = conv.addTurn("hi", false);
         const f = [{ index: 3, label: "x", activation: 2.5 }];
-        conv.add(turn, { request_id: "r", token_index: 0, token: "Hi", prompt: false, special: false, top_features: f });
+        conv.add(turn, { request_id: "r", token_index: 0, token: "Hi", prompt: false, special: false,
+                         top_features: f });
         conv.add(turn, { request_id: "r", token_index: 1, token: "", prompt: false, special: true, top_features: f });
         conv.add(turn, { request_id: "r", token_index: 2, token: "", prompt: false, top_features: [] });
         return [...turn.reply.children].map((e) => [e.className, e.textContent]);
