@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from neuroscope.sae import INPUT_NORMS, SAE_DTYPES
+from neuroscope.server.origins import parse_allowed_origins
 
 DEFAULT_MODEL = "google/gemma-2-2b-it"
 DEFAULT_SAE = "google/gemma-scope-2b-pt-res"
@@ -32,6 +33,10 @@ class ServeConfig:
     max_tokens: int = 1024  # default completion length when a request names none
     # when the default model/SAE cannot be fetched (offline, gated without a token), serve the demo instead
     demo_fallback: bool = False
+    # browser origins allowed besides loopback ("*" for any); loopback origins always are
+    allowed_origins: tuple[str, ...] = ()
+    # when set, every endpoint but /health requires it (Authorization: Bearer, or ?api_key= on the features port)
+    api_key: str | None = field(default=None, repr=False)
 
     def validate(self) -> None:
         for name, port in (("--port", self.port), ("--features-port", self.features_port)):
@@ -49,3 +54,9 @@ class ServeConfig:
             raise ValueError(f"--sae-dtype must be float32 or bfloat16, got {self.sae_dtype!r}")
         if self.sae_input_norm not in INPUT_NORMS:
             raise ValueError(f"--sae-input-norm must be none or rms, got {self.sae_input_norm!r}")
+        parse_allowed_origins(self.allowed_origins)
+        if self.api_key is not None:
+            if not self.api_key:
+                raise ValueError("--api-key (or NEUROSCOPE_API_KEY) must not be empty")
+            if not all(33 <= ord(c) <= 126 for c in self.api_key):
+                raise ValueError("--api-key (or NEUROSCOPE_API_KEY) must be printable ASCII without spaces")
