@@ -100,6 +100,7 @@ class TorchSteer:
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         """``h`` (1, L, d_model) block output -> the steered block output, same shape and dtype."""
-        a = self._sae._jumprelu(h[0], self.W_enc, self.b_enc, self.threshold)  # (L, m), of the unsteered h
-        delta = (self.values - self.clamp * a) @ self.W_dec  # (L, d_model) float32
-        return (h.float() + delta).to(h.dtype)
+        x = h[0]
+        a = self._sae._jumprelu(x, self.W_enc, self.b_enc, self.threshold)  # (L, m), of the unsteered h
+        coef = torch.addcmul(self.values, self.clamp, a, value=-1.0)  # values - clamp * a
+        return torch.addmm(x.float(), coef, self.W_dec).to(h.dtype)[None]  # h + coef @ W_dec[ids]
