@@ -74,7 +74,8 @@ def steer_rows(sae, features, resid: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def steered_greedy(model_dir, sae, layer: int, prompt_ids: list[int], features, positions: str, n: int):
+def steered_greedy(model_dir, sae, layer: int, prompt_ids: list[int], features, positions: str, n: int,
+                   dtype: str = "float32"):
     """Greedy decoding by transformers' Gemma-2, the whole sequence recomputed for every token (no cache),
     with a forward hook on ``model.model.layers[layer]`` that steers its output by :func:`steer_rows` at every
     position (``positions="all"``) or at positions >= the prompt length (``"generated"``).
@@ -82,7 +83,7 @@ def steered_greedy(model_dir, sae, layer: int, prompt_ids: list[int], features, 
     Returns (the n generated token ids, the steered block output at every position of prompt + tokens)."""
     import torch
 
-    model = hf_model(str(model_dir))
+    model = hf_model(str(model_dir), dtype)
     start = 0 if positions == "all" else len(prompt_ids)
     kept: dict[str, np.ndarray] = {}
 
