@@ -123,7 +123,7 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
             if big and on_cpu and (tokens > CPU_BIG_MODEL_TOKENS or repeats > CPU_BIG_MODEL_REPEATS):
                 tokens, repeats = min(tokens, CPU_BIG_MODEL_TOKENS), min(repeats, CPU_BIG_MODEL_REPEATS)
                 _note(rec, log, f"decode {name} {bm.label} on the CPU: capped at {tokens} tokens x {repeats} repeats")
-            log(f"decode: {name} {bm.label} {bm.dtype}, {tokens} tokens x {repeats} repeats x 3 modes")
+            log(f"decode: {name} {bm.label} {bm.dtype}, {tokens} tokens x {repeats} repeats x {len(decode_bench.MODES)} modes")
             with machine.OtherLoad() as other:
                 row = decode_bench.run_backend(
                     name, bm, bws, n=tokens, repeats=repeats, warmup_tokens=suite.warmup_tokens, k=suite.top_k,

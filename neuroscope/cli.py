@@ -167,6 +167,11 @@ def backends_cmd() -> None:
     Console().print(table)
 
 
+from neuroscope import cli_steer  # noqa: E402  (the steer command lives in its own module)
+
+cli_steer.register(app)
+
+
 def main() -> None:
     from dotenv import load_dotenv
 

@@ -66,7 +66,7 @@ def _plan(st: ServerState, req: ChatRequest) -> Job:
     else:
         max_tokens = req.max_tokens
     params = GenerationParams(
-        max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed
+        max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed, steering=req.steering
     )
     return Job(prompt_ids=prompt_ids, params=params, stop=req.stop)
 
@@ -85,7 +85,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    req = parse_chat_request(body, served_model=st.model_id)
+    req = parse_chat_request(body, served_model=st.model_id, d_sae=st.labels.d_sae)
     job = _plan(st, req)
     st.hub.open_request(job.request_id)
     out = st.engine.submit(job)
