@@ -44,6 +44,7 @@ class _Request:
     key: Any
     temperature: float
     top_p: float
+    steer: Any = None  # this request's MLXSteer (fixed-shape arrays), applied in every decode step
 
 
 class MLXBackend:
@@ -148,8 +149,10 @@ class MLXBackend:
             raise BackendError("backend is not loaded")
         model, capture = self.model, self.capture
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        steer = self.sae.steerer(params.steering, self.layer) if params.steering is not None else None
         state = _Request(model.make_cache(), None, mx.random.key(seed & 0xFFFF_FFFF_FFFF_FFFF),  # unsigned 64-bit
-                         params.temperature, params.top_p)
+                         params.temperature, params.top_p, steer)
+        prompt_steer = steer if steer is not None and steer.positions == "all" else None
         want_prompt = params.prompt_features and capture
         stream = _generation_stream()
         ids = mx.array(prompt_ids, dtype=mx.int32)[None]
@@ -158,12 +161,12 @@ class MLXBackend:
         while ids.shape[1] > chunk:
             with mx.stream(stream):
                 out = model(ids[:, :chunk], state.cache, capture_layer=self.layer if want_prompt else None,
-                            last_only=True)
+                            last_only=True, steer=prompt_steer)
                 if want_prompt:
                     kept.append(out[1][0])
                 mx.eval([c.state for c in state.cache] + kept)
             ids = ids[:, chunk:]
-        record, hidden = self._step(state, ids)
+        record, hidden = self._step(state, ids, prompt_steer)
         prompt_records = None
         if want_prompt:
             with mx.stream(stream):
@@ -171,7 +174,7 @@ class MLXBackend:
         return Prefilled(state, record, prompt_records)
 
     def decode_step(self, state: _Request):
-        record, _ = self._step(state, state.token[None])
+        record, _ = self._step(state, state.token[None], state.steer)
         return record
 
     def to_host(self, record) -> np.ndarray:
@@ -186,9 +189,10 @@ class MLXBackend:
 
         return corpus_pass(self.model, self.sae, self.layer, batch, _generation_stream(), records=records)
 
-    def _step(self, state: _Request, tokens):
-        """Graph for one forward over ``tokens`` (1, L): sample the next token, pack its record, queue both with
-        one ``mx.async_eval``. Returns the record and block N's output at every position of ``tokens``."""
+    def _step(self, state: _Request, tokens, steer):
+        """Graph for one forward over ``tokens`` (1, L), block N's output rewritten by ``steer`` when given:
+        sample the next token, pack its record, queue both with one ``mx.async_eval``. Returns the record and
+        block N's output at every position of ``tokens``."""
         import mlx.core as mx
 
         capture = self.capture
@@ -196,7 +200,8 @@ class MLXBackend:
             sub = None
             if state.temperature > 0:  # greedy decoding needs no randomness (and no key split per token)
                 state.key, sub = mx.random.split(state.key)
-            out = self.model(tokens, state.cache, capture_layer=self.layer if capture else None, last_only=True)
+            out = self.model(tokens, state.cache, capture_layer=self.layer if capture else None, last_only=True,
+                             steer=steer)
             logits, hidden = out if capture else (out, None)
             state.token = _sample(logits[:, -1, :], state.temperature, state.top_p, sub)
             if capture:

@@ -161,8 +161,10 @@ class GemmaModel(nn.Module):
         self.layers = [TransformerBlock(args, args.is_sliding(i)) for i in range(args.num_hidden_layers)]
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def __call__(self, inputs: mx.array, cache=None, capture_layer: int | None = None):
-        """Final-norm hidden states, and the output of block ``capture_layer`` (None when not asked)."""
+    def __call__(self, inputs: mx.array, cache=None, capture_layer: int | None = None, steer=None):
+        """Final-norm hidden states, and the output of block ``capture_layer`` (None when not asked).
+        ``steer`` (feature steering) rewrites block ``steer.layer``'s output before it flows on or is
+        captured."""
         h = self.embed_tokens(inputs)
         h = h * mx.array(self.args.hidden_size**0.5, dtype=h.dtype)  # Gemma scales in the activation dtype
         cache = cache if cache is not None else [None] * len(self.layers)
@@ -173,6 +175,8 @@ class GemmaModel(nn.Module):
         captured = None
         for i, (layer, c) in enumerate(zip(self.layers, cache)):
             h = layer(h, local_mask if layer.sliding else global_mask, c)
+            if steer is not None and i == steer.layer:
+                h = steer(h)
             if i == capture_layer:
                 captured = h
         return self.norm(h), captured
@@ -199,12 +203,14 @@ class Model(nn.Module):
         self.model_type = args.model_type
         self.model = GemmaModel(args)
 
-    def __call__(self, inputs: mx.array, cache=None, *, capture_layer: int | None = None, last_only=False):
+    def __call__(self, inputs: mx.array, cache=None, *, capture_layer: int | None = None, last_only=False,
+                 steer=None):
         """Logits (soft-capped); with ``capture_layer`` a pair ``(logits, block output)``.
 
-        ``last_only`` projects only the last position onto the vocabulary (prefill needs no more).
+        ``last_only`` projects only the last position onto the vocabulary (prefill needs no more); ``steer``
+        rewrites block ``steer.layer``'s output (feature steering).
         """
-        h, captured = self.model(inputs, cache, capture_layer)
+        h, captured = self.model(inputs, cache, capture_layer, steer)
         if last_only:
             h = h[:, -1:, :]
         logits = _softcap(self.model.embed_tokens.as_linear(h), self.args.final_logit_softcapping)

@@ -13,7 +13,7 @@ import functools
 import mlx.core as mx
 import numpy as np
 
-from neuroscope.protocol import FeatureFilter
+from neuroscope.protocol import FeatureFilter, Steering
 from neuroscope.sae import RMS_EPS, SAEWeights, check_encoder_options
 
 SAE_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
@@ -38,11 +38,14 @@ class MLXSAE:
         self.W_enc = mx.array(np.ascontiguousarray(sae.W_enc, dtype=np.float32)).astype(wdt)  # (d_model, d_sae)
         self.b_enc = mx.array(np.asarray(sae.b_enc, dtype=np.float32)).astype(wdt).astype(mx.float32)
         self.threshold = mx.array(np.asarray(sae.threshold, dtype=np.float32))  # thresholds stay float32
+        # the decoder, for steering: (d_sae, d_model) in the SAE dtype (bf16 rounds each direction by ~0.4 %)
+        self.W_dec = mx.array(np.ascontiguousarray(sae.W_dec, dtype=np.float32)).astype(wdt)
         self._scale = mx.ones((self.d_sae,), dtype=mx.float32)
         self._mask = mx.ones((self.d_sae,), dtype=mx.bool_)
-        mx.eval(self.W_enc, self.b_enc, self.threshold, self._scale, self._mask)
+        mx.eval(self.W_enc, self.b_enc, self.threshold, self.W_dec, self._scale, self._mask)
         self._encode = mx.compile(self._encode_impl)
         self._topk = mx.compile(self._topk_impl)
+        self._steer = mx.compile(self._steer_impl)
 
     def set_filter(self, flt: FeatureFilter) -> None:
         """Identity by default; otherwise a per-feature ranking scale and an exclusion mask."""
@@ -79,6 +82,11 @@ class MLXSAE:
         vals = mx.where(mx.take(mask, ids), vals, mx.zeros_like(vals))  # a masked feature never wins
         return mx.concatenate([l0, filtered, ids.astype(mx.float32), vals], axis=-1)
 
+    def _steer_impl(self, h, W, b, thr, W_dec, values, clamp) -> mx.array:
+        a = self._encode_impl(h, W, b, thr)  # (..., m): the steered features' activations of the unsteered h
+        delta = (values - clamp * a) @ W_dec  # (..., d_model) float32
+        return (h.astype(mx.float32) + delta).astype(h.dtype)
+
     # ------------------------------------------------------------------------------------------ public
     def encode(self, x: mx.array) -> mx.array:
         """JumpReLU activations (n, d_sae) float32 of residuals ``x`` (n, d_model), lazily."""
@@ -99,3 +107,33 @@ class MLXSAE:
         Ids travel as float32 (exact below 2**24) so a token's whole record is one small array.
         """
         return self._topk(x, self.W_enc, self.b_enc, self.threshold, self._scale, self._mask)
+
+    def steerer(self, steering: Steering, layer: int) -> "MLXSteer":
+        """A request's steering as fixed-shape arrays, built (and evaluated) once per request."""
+        steering.check(self.d_sae)
+        return MLXSteer(self, steering, layer)
+
+
+class MLXSteer:
+    """Steering of one request at block ``layer``'s output (the semantics of ``backends/torch_sae.py``'s
+    ``TorchSteer``): the m steered features' encoder columns, biases, thresholds and decoder rows (float32),
+    values and clamp flags, gathered once; per position ``h + (values - clamp * a) @ W_dec[ids]`` with ``a``
+    the JumpReLU activations of the unsteered ``h``. Lazy and compiled, part of the token's one graph."""
+
+    def __init__(self, sae: MLXSAE, steering: Steering, layer: int):
+        ids_np, values, clamp = steering.arrays()
+        ids = mx.array(ids_np.astype(np.int32))
+        self.layer = layer
+        self.positions = steering.positions
+        self._fn = sae._steer
+        self.W_enc = mx.take(sae.W_enc, ids, axis=1)  # (d_model, m), the SAE dtype
+        self.b_enc = mx.take(sae.b_enc, ids)
+        self.threshold = mx.take(sae.threshold, ids)
+        self.W_dec = mx.take(sae.W_dec, ids, axis=0).astype(mx.float32)  # (m, d_model)
+        self.values = mx.array(values)
+        self.clamp = mx.array(clamp)
+        mx.eval(self.W_enc, self.b_enc, self.threshold, self.W_dec, self.values, self.clamp)
+
+    def __call__(self, h: mx.array) -> mx.array:
+        """``h`` (B, L, d_model) block output -> the steered block output, same shape and dtype (lazily)."""
+        return self._fn(h, self.W_enc, self.b_enc, self.threshold, self.W_dec, self.values, self.clamp)

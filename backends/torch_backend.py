@@ -1,9 +1,10 @@
 """The torch backend (CUDA and CPU): our own Gemma-2 (``backends/torch_gemma2.py``), SAE top-k on the device.
 
 Per token one fixed-shape step: the forward at a tensor position into a static KV cache (block N's output is
-returned by the model, no hooks), sampling, and SAE encode + filter + top-k, packed into one small record
-``[token, l0, filtered, k ids, k values]``. The decode loop (:mod:`neuroscope.decode`) queues the next step
-before it copies a record to the host, so on CUDA the host work for token t overlaps the device work for t+1.
+returned by the model, no hooks; a steered request's steering rewrites it in the same forward), sampling, and
+SAE encode + filter + top-k, packed into one small record ``[token, l0, filtered, k ids, k values]``. The
+decode loop (:mod:`neuroscope.decode`) queues the next step before it copies a record to the host, so on CUDA
+the host work for token t overlaps the device work for token t+1.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from backends.torch_gemma2 import Gemma2, KVCache, cache_size
-from backends.torch_sae import SAE_DTYPES, TorchSAE
+from backends.torch_sae import SAE_DTYPES, TorchSAE, TorchSteer
 from backends.torch_sampling import sample
 from neuroscope import checkpoint
 from neuroscope.loading import model_load_error
@@ -46,6 +47,7 @@ class _Request:
     generator: torch.Generator
     temperature: float
     top_p: float
+    steer: TorchSteer | None = None  # this request's steering (device tensors), applied in every decode step
 
 
 class _TorchBackend:
@@ -127,21 +129,23 @@ class _TorchBackend:
         gen = torch.Generator(device=device)
         gen.manual_seed(params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
         n = len(prompt_ids)
+        steer = self.sae.steerer(params.steering, self.layer) if params.steering is not None else None
         cache = model.new_cache(cache_size(n + params.max_tokens))
         want_prompt = params.prompt_features and capture
         logits, hidden = model.prefill(
             torch.tensor(prompt_ids, dtype=torch.long, device=device), cache,
             capture=self.layer if capture else None, all_positions=want_prompt, chunk=self.prefill_chunk,
+            steer=steer if steer is not None and steer.positions == "all" else None,
         )
         token = sample(logits, params.temperature, params.top_p, gen)
-        state = _Request(cache, token, torch.tensor([n], device=device), gen, params.temperature, params.top_p)
+        state = _Request(cache, token, torch.tensor([n], device=device), gen, params.temperature, params.top_p, steer)
         record = self._pack(token, hidden[-1:] if capture else None)
         return Prefilled(state, record, self.sae.topk(hidden) if want_prompt else None)
 
     @torch.inference_mode()
     def decode_step(self, state: _Request) -> torch.Tensor:
         logits, hidden = self.model.step(
-            state.token, state.position, state.cache, capture=self.layer if self.capture else None
+            state.token, state.position, state.cache, capture=self.layer if self.capture else None, steer=state.steer
         )
         state.position = state.position + 1
         state.token = sample(logits, state.temperature, state.top_p, state.generator)

@@ -14,13 +14,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 SLIDING = "sliding_attention"
+
+
+class Steer(Protocol):
+    """Rewrites block ``layer``'s output (1, L, d) in the forward pass (feature steering)."""
+
+    layer: int
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -262,7 +270,8 @@ class Gemma2(nn.Module):
         local = seen & (k_pos[None, :] > q_pos[:, None] - window) if window is not None else seen
         return seen, local
 
-    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, n_keys: int, capture: int | None):
+    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, n_keys: int, capture: int | None,
+             steer: Steer | None = None):
         emb = self.model.embed_tokens(tokens)[None]  # (1, L, d)
         h = emb * torch.tensor(self.cfg.hidden_size**0.5, dtype=emb.dtype)  # Gemma scales in the activation dtype
         cos, sin = self._rope(positions, h.dtype)
@@ -270,6 +279,8 @@ class Gemma2(nn.Module):
         captured = None
         for i, layer in enumerate(self.model.layers):
             h = layer(h, cos, sin, local_mask if layer.sliding else global_mask, cache.keys[i], cache.values[i], positions)
+            if steer is not None and i == steer.layer:  # the steered output flows on and is what is captured
+                h = steer(h)
             if i == capture:
                 captured = h[0]
         return h, captured
@@ -279,26 +290,29 @@ class Gemma2(nn.Module):
         return _softcap(F.linear(h, self.model.embed_tokens.weight), self.cfg.final_logit_softcapping)
 
     def prefill(
-        self, ids: torch.Tensor, cache: KVCache, *, capture: int | None, all_positions: bool, chunk: int = 2048
+        self, ids: torch.Tensor, cache: KVCache, *, capture: int | None, all_positions: bool, chunk: int = 2048,
+        steer: Steer | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``ids`` (n,) from position 0 -> logits (1, vocab) of the last position and block ``capture``'s
-        output at every position (n, d) with ``all_positions``, else at the last one (1, d)."""
+        output at every position (n, d) with ``all_positions``, else at the last one (1, d). ``steer``
+        rewrites block ``steer.layer``'s output at every position."""
         n = ids.shape[0]
         kept: list[torch.Tensor] = []
         h = captured = None
         for start in range(0, n, chunk):
             end = min(n, start + chunk)
             positions = torch.arange(start, end, device=ids.device)
-            h, captured = self._run(ids[start:end], positions, cache, end, capture)
+            h, captured = self._run(ids[start:end], positions, cache, end, capture, steer)
             if all_positions and captured is not None:
                 kept.append(captured)
         if captured is not None:
             captured = torch.cat(kept) if all_positions else captured[-1:]
         return self._logits(h[:, -1]), captured
 
-    def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache, *, capture: int | None):
+    def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache, *, capture: int | None,
+             steer: Steer | None = None):
         """One token (1,) at ``position`` (1,), a tensor: every shape is fixed, whatever the position."""
-        h, captured = self._run(token, position, cache, cache.size, capture)
+        h, captured = self._run(token, position, cache, cache.size, capture, steer)
         return self._logits(h[:, -1]), captured
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from neuroscope.protocol import FeatureFilter
+from neuroscope.protocol import FeatureFilter, Steering
 from neuroscope.sae import RMS_EPS, SAEWeights, check_encoder_options
 
 
@@ -29,6 +29,8 @@ class TorchSAE:
         self.W_enc = to(sae.W_enc).to(SAE_DTYPES[dtype]).contiguous()  # (d_model, d_sae)
         self.b_enc = to(sae.b_enc).to(SAE_DTYPES[dtype]).float()  # rounded like the weights, kept float32
         self.threshold = to(sae.threshold)
+        # the decoder, for steering: (d_sae, d_model) in the SAE dtype (bf16 rounds each direction by ~0.4 %)
+        self.W_dec = to(sae.W_dec).to(SAE_DTYPES[dtype]).contiguous()
         self._mask: torch.Tensor | None = None
         self._scale: torch.Tensor | None = None
         self.device = device
@@ -51,14 +53,23 @@ class TorchSAE:
         self._zero_masked_winners = self._mask is not None and int(self._mask.sum()) < self.k
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._jumprelu(x, self.W_enc, self.b_enc, self.threshold)
+
+    def _jumprelu(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+        """JumpReLU of ``x`` (n, d_model) through encoder columns ``W`` (d_model, m), in float32."""
         x = x.float()
         if self.input_norm == "rms":
             x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + RMS_EPS)
-        if self.W_enc.dtype == torch.float32:
-            pre = torch.addmm(self.b_enc, x, self.W_enc)
+        if W.dtype == torch.float32:
+            pre = torch.addmm(b, x, W)
         else:
-            pre = (x.to(self.W_enc.dtype) @ self.W_enc).float() + self.b_enc
-        return torch.relu(pre) * (pre > self.threshold)  # JumpReLU: relu(pre) where pre clears the threshold
+            pre = (x.to(W.dtype) @ W).float() + b
+        return torch.relu(pre) * (pre > thr)  # JumpReLU: relu(pre) where pre clears the threshold
+
+    def steerer(self, steering: Steering, layer: int) -> "TorchSteer":
+        """A request's steering as fixed-shape device tensors, built once per request."""
+        steering.check(self.d_sae)
+        return TorchSteer(self, steering, layer)
 
     def topk(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (n, d_model) -> packed float32 (n, 2 + 2k): [l0, filtered, ids..., values...] (ids exact below
@@ -83,3 +94,34 @@ class TorchSAE:
         if self._zero_masked_winners:  # a masked-out feature never counts as a winner
             vals = vals.masked_fill(top == float("-inf"), 0.0)
         return torch.cat([head, ids.float(), vals], dim=-1)
+
+
+class TorchSteer:
+    """Steering of one request at block ``layer``'s output, as fixed-shape device tensors.
+
+    Built once per request from the m steered features: their encoder columns ``W_enc[:, ids]``, biases and
+    thresholds (to read their JumpReLU activations ``a`` of the unsteered residual), their decoder rows
+    ``W_dec[ids]`` in float32, the values and a clamp flag per feature. Per position the residual becomes
+    ``h + (values - clamp * a) @ W_dec[ids]``: ``add`` adds ``value * W_dec[i]``, ``clamp`` / ``ablate`` add
+    ``(value - a_i) * W_dec[i]``. The same few small ops whatever the data, so a step keeps one shape."""
+
+    def __init__(self, sae: TorchSAE, steering: Steering, layer: int):
+        ids_np, values, clamp = steering.arrays()
+        device = sae.device
+        ids = torch.from_numpy(ids_np).to(device)
+        self.layer = layer
+        self.positions = steering.positions
+        self._sae = sae
+        self.W_enc = sae.W_enc.index_select(1, ids).contiguous()  # (d_model, m), the SAE dtype
+        self.b_enc = sae.b_enc.index_select(0, ids)
+        self.threshold = sae.threshold.index_select(0, ids)
+        self.W_dec = sae.W_dec.index_select(0, ids).float()  # (m, d_model)
+        self.values = torch.from_numpy(values).to(device)
+        self.clamp = torch.from_numpy(clamp).to(device)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        """``h`` (1, L, d_model) block output -> the steered block output, same shape and dtype."""
+        x = h[0]
+        a = self._sae._jumprelu(x, self.W_enc, self.b_enc, self.threshold)  # (L, m), of the unsteered h
+        coef = torch.addcmul(self.values, self.clamp, a, value=-1.0)  # values - clamp * a
+        return torch.addmm(x.float(), coef, self.W_dec).to(h.dtype)[None]  # h + coef @ W_dec[ids]

@@ -5,4 +5,4 @@ Run ``python -m benchmarks --help`` (or ``just bench`` / ``just bench-full``). E
 writes one JSON record under ``benchmarks/results/``; see ``benchmarks/README.md`` for how to read them.
 """
 
-SCHEMA = "neuroscope-bench/2"  # 2: the filtered decode mode and the corpus rows
+SCHEMA = "neuroscope-bench/2"  # 2: the filtered and steered decode modes, the corpus rows

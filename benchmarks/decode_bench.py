@@ -1,4 +1,4 @@
-"""Decode benchmark: ms/token for the same model and prompt in four modes, measured in one run.
+"""Decode benchmark: ms/token for the same model and prompt in six modes, measured in one run.
 
 - ``bare``: the framework with no Neuroscope at all (transformers ``generate``, greedy; mlx-lm
   ``generate_step``, the token loop under its ``generate``/``stream_generate``);
@@ -6,10 +6,12 @@
 - ``instrumented``: Neuroscope's backend as the server runs it (residual capture + SAE encode + top-k), no
   feature filter (``--feature-filter none``);
 - ``filtered``: the same with the ``combined`` filter of a synthetic calibration (a frequency mask and the
-  surprise scale applied on the device before top-k, the masked count in the record): the serve default.
+  surprise scale applied on the device before top-k, the masked count in the record): the serve default;
+- ``steered-1`` / ``steered-16``: instrumented, with 1 and 16 steered features (add and clamp alternating;
+  the cost does not depend on the mode: every feature's activation is read and its delta applied).
 
 Each run generates ``n`` tokens after a warm-up; modes are interleaved repeat by repeat so drift on a shared
-machine hits all three alike. ms/token is the time from the first generated token to the last over ``n - 1``.
+machine hits them all alike. ms/token is the time from the first generated token to the last over ``n - 1``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from benchmarks.bandwidth import Bandwidth
 from benchmarks.models import BenchModel
 from benchmarks.timing import summarize_ms
 from neuroscope.decode import generate
-from neuroscope.protocol import GenerationParams, ModelSpec
+from neuroscope.protocol import GenerationParams, ModelSpec, SteerFeature, Steering
 
-MODES = ("bare", "capture-off", "instrumented", "filtered")
+MODES = ("bare", "capture-off", "instrumented", "filtered", "steered-1", "steered-16")
+STEERED = {"steered-1": 1, "steered-16": 16}
 MIN_REPEATS = 3
 
 Runner = Callable[[list[int], int], list[float]]  # (prompt ids, n) -> a timestamp per generated token
@@ -137,12 +140,13 @@ class Ours:
         self.none = FeatureFilter()
         self.combined = synthetic_filter(bm.sae.d_sae)
 
-    def runner(self, capture: bool, filtered: bool = False) -> Runner:
+    def runner(self, capture: bool, steering: Steering | None = None, filtered: bool = False) -> Runner:
         def run(ids: list[int], n: int) -> list[float]:
             self.backend.capture = capture
             self.backend.set_feature_filter(self.combined if filtered else self.none)
             stamps, l0s, hidden = [], [], 0
-            for step in generate(self.backend, ids, GenerationParams(max_tokens=n, temperature=0.0)):
+            params = GenerationParams(max_tokens=n, temperature=0.0, steering=steering)
+            for step in generate(self.backend, ids, params):
                 stamps.append(time.perf_counter())
                 l0s.append(step.l0)
                 hidden += step.filtered
@@ -156,6 +160,14 @@ class Ours:
 
     def close(self):
         self.backend.close()
+
+
+def bench_steering(m: int, d_sae: int) -> Steering:
+    """m features spread over the SAE, add and clamp alternating, values of the size a user would pick."""
+    step = max(1, d_sae // m)
+    return Steering(tuple(
+        SteerFeature(i * step, "add", 4.0) if i % 2 == 0 else SteerFeature(i * step, "clamp", 2.0) for i in range(m)
+    ))
 
 
 # ----------------------------------------------------------------------------------------------- measurement
@@ -207,7 +219,7 @@ def run_backend(
     budget_s: float | None = None,
     log=print,
 ) -> dict:
-    """All four modes for one backend name ("torch-cpu", "torch-cuda", "mlx"); missing modes say why."""
+    """Every mode for one backend name ("torch-cpu", "torch-cuda", "mlx"); missing modes say why."""
     ids = _prompt(bm)
     bare = TorchBare(bm, "cuda" if name == "torch-cuda" else "cpu") if name.startswith("torch") else MlxBare(bm)
     runners: dict[str, Runner] = {"bare": bare}
@@ -219,8 +231,10 @@ def run_backend(
         runners["capture-off"] = ours.runner(False)
         runners["instrumented"] = ours.runner(True)
         runners["filtered"] = ours.runner(True, filtered=True)
+        for mode, m in STEERED.items():
+            runners[mode] = ours.runner(True, bench_steering(m, bm.sae.d_sae))
     else:
-        skipped = {"capture-off": why, "instrumented": why, "filtered": why}
+        skipped = {mode: why for mode in MODES if mode != "bare"}
         log(f"[decode] {name}: measuring the bare framework only: {why}")
     try:
         modes = _measure(runners, ids, n, repeats, warmup_tokens, budget_s)
@@ -269,8 +283,12 @@ def run_backend(
         filt_r = np.array(modes["filtered"]["ms_per_token_by_repeat"])
         # the combined filter against none: the target is within 1 %
         rec["filtered_vs_instrumented"] = float(np.median(filt_r / inst_r))
-        rec["filtered_vs_instrumented_token_median"] = (
-            modes["filtered"]["per_token_median_ms"] / modes["instrumented"]["per_token_median_ms"])
+        rec["filtered_vs_instrumented_token_median"] = modes["filtered"]["per_token_median_ms"] / inst_t
+        for mode, m in STEERED.items():
+            steer_r = np.array(modes[mode]["ms_per_token_by_repeat"])
+            rec[f"steered_{m}_vs_instrumented"] = float(np.median(steer_r / inst_r))
+            rec[f"steered_{m}_overhead_ms"] = float(np.median(steer_r - inst_r))
+            rec[f"steered_{m}_vs_instrumented_token_median"] = modes[mode]["per_token_median_ms"] / inst_t
     return rec
 
 

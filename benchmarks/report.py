@@ -82,12 +82,31 @@ def corpus_table(rows: list[dict]) -> Table:
     return t
 
 
+def steering_table(rows: list[dict]) -> Table:
+    t = Table(title="Decode with steering: ms/token, and against instrumented (median of per-repeat ratios)")
+    for c in ("backend", "model", "dtype", "instrumented", "1 steered", "16 steered", "1 / instr", "16 / instr",
+              "16 / instr (token median)"):
+        t.add_column(c, justify="left" if c in ("backend", "model", "dtype") else "right")
+    for r in rows:
+        if "steered_16_vs_instrumented" not in r:
+            continue
+        ms = lambda m: _f(r["modes"][m]["ms_per_token"])  # noqa: E731
+        t.add_row(
+            r["backend"], r["model"], r["dtype"], ms("instrumented"), ms("steered-1"), ms("steered-16"),
+            f"{r['steered_1_vs_instrumented']:.3f}", f"{r['steered_16_vs_instrumented']:.3f}",
+            f"{r['steered_16_vs_instrumented_token_median']:.3f}",
+        )
+    return t
+
+
 def print_all(console: Console, record: dict) -> None:
     console.print(bandwidth_table(record["bandwidth"]))
     if record["sae"]:
         console.print(sae_table(record["sae"]))
     if record["decode"]:
         console.print(decode_table(record["decode"]))
+        if any("steered_16_vs_instrumented" in r for r in record["decode"]):
+            console.print(steering_table(record["decode"]))
     if record.get("corpus"):
         console.print(corpus_table(record["corpus"]))
     for note in record["notes"]:

@@ -14,6 +14,7 @@ from neuroscope import __version__
 from neuroscope.cli_calibrate import app as calibrate_app
 from neuroscope.cli_corpus import app as corpus_app
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
+from neuroscope.server.origins import split_origins
 
 app = typer.Typer(
     name="neuroscope",
@@ -115,6 +116,14 @@ def serve_cmd(
     max_tokens: Annotated[
         int, typer.Option(help="Completion length when a request does not set max_tokens.", min=1)
     ] = 1024,
+    allowed_origins: Annotated[
+        str, typer.Option(help="Browser origins allowed besides loopback: a comma list of scheme://host[:port|:*], "
+                               "or * for any.")
+    ] = "",
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="NEUROSCOPE_API_KEY", show_default=False,
+                                    help="Require this key (Authorization: Bearer) on every endpoint but /health.")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "warning",
 ) -> None:
     """Serve chat on --port and the live feature stream on --features-port."""
@@ -146,6 +155,8 @@ def serve_cmd(
         demo=demo,
         max_tokens=max_tokens,
         demo_fallback=defaults and not demo,
+        allowed_origins=split_origins(allowed_origins),
+        api_key=api_key,
     )
     try:
         config.validate()
@@ -182,6 +193,10 @@ def backends_cmd() -> None:
 
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(calibrate_app, name="calibrate")
+
+from neuroscope import cli_steer  # noqa: E402  (the steer command lives in its own module)
+
+cli_steer.register(app)
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from neuroscope.sae import INPUT_NORMS, SAE_DTYPES
+from neuroscope.server.origins import parse_allowed_origins
 
 FILTER_MODES = ("none", "frequency", "surprise", "combined")  # neuroscope.filters.MODES
 
@@ -39,6 +40,10 @@ class ServeConfig:
     feature_filter: str = "combined"
     filter_threshold: float = 0.5  # frequency: features firing on more than this fraction of tokens are hidden
     calibration_path: str | None = None  # default: the calibration file of this model / SAE / layer / norm
+    # browser origins allowed besides loopback ("*" for any); loopback origins always are
+    allowed_origins: tuple[str, ...] = ()
+    # when set, every endpoint but /health requires it (Authorization: Bearer, or ?api_key= on the features port)
+    api_key: str | None = field(default=None, repr=False)
 
     def validate(self) -> None:
         for name, port in (("--port", self.port), ("--features-port", self.features_port)):
@@ -60,3 +65,9 @@ class ServeConfig:
             raise ValueError(f"--feature-filter must be one of {', '.join(FILTER_MODES)}, got {self.feature_filter!r}")
         if not 0.0 <= self.filter_threshold <= 1.0:
             raise ValueError(f"--filter-threshold must be between 0 and 1, got {self.filter_threshold}")
+        parse_allowed_origins(self.allowed_origins)
+        if self.api_key is not None:
+            if not self.api_key:
+                raise ValueError("--api-key (or NEUROSCOPE_API_KEY) must not be empty")
+            if not all(33 <= ord(c) <= 126 for c in self.api_key):
+                raise ValueError("--api-key (or NEUROSCOPE_API_KEY) must be printable ASCII without spaces")

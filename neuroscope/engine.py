@@ -198,6 +198,7 @@ class Engine:
     def _event(self, job: Job, step: Step, token_text: str) -> dict[str, Any]:
         labels = self.labels
         index = step.position if step.prompt else job.completion_tokens
+        steering = job.params.steering
         return {
             "request_id": job.request_id,
             "token_index": index,
@@ -208,6 +209,8 @@ class Engine:
             "special": step.token_id in self.special_ids,
             "layer": self.layer,
             "l0": step.l0,
+            # whether this position's residual (the one these features read) was steered
+            "steered": steering is not None and steering.steers(step.position, len(job.prompt_ids)),
             "top_features": [
                 {"index": int(i), "label": labels[int(i)], "activation": round(float(v), 6)}
                 for i, v in zip(step.feature_ids, step.feature_values)
@@ -254,6 +257,7 @@ class Engine:
                 "tokens": done.completion_tokens,
                 "prompt_tokens": done.prompt_tokens,
                 "finish_reason": done.finish_reason,
+                "steering": None if job.params.steering is None else job.params.steering.to_json(),
                 **({"error": done.error} if done.error else {}),
             },
         )

@@ -15,6 +15,7 @@ batch layout (padding, which positions count) and everything after the reduction
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -66,6 +67,82 @@ class FeatureFilter:
                 raise ValueError(f"feature filter {name} has shape {arr.shape}, the SAE has {d_sae} features")
 
 
+SteerMode = Literal["add", "clamp", "ablate"]
+SteerPositions = Literal["all", "generated"]
+STEER_MODES: tuple[str, ...] = ("add", "clamp", "ablate")
+STEER_POSITIONS: tuple[str, ...] = ("all", "generated")
+MAX_STEER_FEATURES = 64
+MAX_STEER_VALUE = 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class SteerFeature:
+    """One steered SAE feature. ``add``: ``h + value * W_dec[index]``; ``clamp``: the feature's activation is
+    set to ``value``, ``h + (value - a) * W_dec[index]`` with ``a`` its JumpReLU activation of the unsteered
+    ``h``; ``ablate``: clamp to 0 (``value`` is 0)."""
+
+    index: int
+    mode: SteerMode
+    value: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Steering:
+    """Per-request steering at the SAE layer (block N's output). Deltas of several features add up, each
+    computed from the unsteered residual. ``positions="all"`` steers every prompt and generated position;
+    ``"generated"`` only the positions computed by decode steps (position >= prompt length), so the prefill,
+    its KV cache and the first generated token stay unsteered."""
+
+    features: tuple[SteerFeature, ...]
+    positions: SteerPositions = "all"
+
+    def check(self, d_sae: int) -> None:
+        """Raise ValueError when the spec is not one a backend may run (the server and the CLI validate
+        earlier, with messages naming the field; this guards the backend boundary)."""
+        if not self.features:
+            raise ValueError("steering needs at least one feature")
+        if len(self.features) > MAX_STEER_FEATURES:
+            raise ValueError(f"at most {MAX_STEER_FEATURES} steered features, got {len(self.features)}")
+        if self.positions not in STEER_POSITIONS:
+            raise ValueError(f"steering positions must be one of {', '.join(STEER_POSITIONS)}, got {self.positions!r}")
+        seen: set[int] = set()
+        for f in self.features:
+            if not 0 <= f.index < d_sae:
+                raise ValueError(f"steered feature {f.index} is out of range: the SAE has {d_sae} features")
+            if f.index in seen:
+                raise ValueError(f"feature {f.index} is steered twice")
+            seen.add(f.index)
+            if f.mode not in STEER_MODES:
+                raise ValueError(f"unknown steering mode {f.mode!r}")
+            if not math.isfinite(f.value) or abs(f.value) > MAX_STEER_VALUE:
+                raise ValueError(f"steering value {f.value} is not finite or above {MAX_STEER_VALUE:g} in size")
+            if f.mode == "ablate" and f.value != 0.0:
+                raise ValueError("ablate takes no value (it clamps to 0)")
+
+    def steers(self, position: int, prompt_len: int) -> bool:
+        """Whether the residual at ``position`` is steered (for a request whose prompt has ``prompt_len``
+        tokens)."""
+        return self.positions == "all" or position >= prompt_len
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fixed-shape inputs for a backend: ids (m,) int64, values (m,) float32 and clamp (m,) float32
+        (1 for clamp / ablate, 0 for add), so that the per-position coefficient of feature i is
+        ``values[i] - clamp[i] * a_i``."""
+        ids = np.array([f.index for f in self.features], dtype=np.int64)
+        values = np.array([0.0 if f.mode == "ablate" else f.value for f in self.features], dtype=np.float32)
+        clamp = np.array([0.0 if f.mode == "add" else 1.0 for f in self.features], dtype=np.float32)
+        return ids, values, clamp
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "features": [
+                {"index": f.index, "mode": f.mode, **({} if f.mode == "ablate" else {"value": f.value})}
+                for f in self.features
+            ],
+            "positions": self.positions,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationParams:
     max_tokens: int
@@ -74,6 +151,7 @@ class GenerationParams:
     seed: int | None = None
     eos_token_ids: frozenset[int] = frozenset()
     prompt_features: bool = False  # also yield one Step per prompt token (from the prefill)
+    steering: Steering | None = None  # per-request feature steering at the SAE layer; None: the plain graph
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +262,15 @@ class Backend(Protocol):
 
     def prefill(self, prompt_ids: list[int], params: GenerationParams) -> Prefilled:
         """Run the prompt (filling a fresh per-request cache), sample the first token and queue its record;
-        with ``params.prompt_features`` also the records of every prompt position (one batched encode)."""
+        with ``params.prompt_features`` also the records of every prompt position (one batched encode).
+        ``params.steering`` becomes fixed-shape device inputs held by the returned state (nothing on the
+        backend), applied to block N's output of the prefill when its positions are ``"all"``."""
         ...
 
     def decode_step(self, state: Any) -> Any:
-        """Queue one fixed-shape step on the last sampled token: forward, block-N capture, SAE encode + filter +
-        top-k, sampling. Returns the new token's record without waiting for it."""
+        """Queue one fixed-shape step on the last sampled token: forward (block N's output steered when the
+        request is), block-N capture, SAE encode + filter + top-k, sampling. Returns the new token's record
+        without waiting for it."""
         ...
 
     def to_host(self, record: Any) -> np.ndarray:

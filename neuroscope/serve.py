@@ -11,7 +11,27 @@ from rich.table import Table
 
 from neuroscope.config import ServeConfig
 from neuroscope.runtime import Runtime, StartupError, load_runtime
+from neuroscope.server.access import Access
 from neuroscope.server.app import Bound, NeuroscopeServer, run_until_signalled
+from neuroscope.server.origins import OriginPolicy, is_loopback_host
+
+
+def exposure_warning(config: ServeConfig) -> str | None:
+    """A bind address other than loopback without an API key lets anyone on the network use the server."""
+    if config.api_key is not None or is_loopback_host(config.host):
+        return None
+    return (f"--host {config.host} makes both ports reachable from the network and no API key is set: anyone who "
+            "can reach them can chat with the model and read the feature stream. Set an API key with --api-key "
+            "(or the NEUROSCOPE_API_KEY environment variable).")
+
+
+def _access_row(cfg: ServeConfig) -> str:
+    key = "API key required" if cfg.api_key is not None else "no API key"
+    if "*" in cfg.allowed_origins:
+        origins = "any origin"
+    else:
+        origins = ", ".join(("loopback", *cfg.allowed_origins))
+    return f"{key}; browser origins: {origins}"
 
 
 def _filter_rows(rt: Runtime) -> list[tuple[str, str]]:
@@ -44,6 +64,8 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
         t.add_row(name, value)
     t.add_row("chat", f"{bound.chat_url}/chat/completions")
     t.add_row("features", bound.features_url)
+    t.add_row("viewer", bound.viewer_url)
+    t.add_row("access", _access_row(cfg))
     if rt.demo:
         t.add_row("", "[yellow]The demo model and SAE have random weights: varied but meaningless text and features.[/]")
     if rt.fallback_reason:
@@ -67,13 +89,19 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
         port=rt.config.port,
         features_port=rt.config.features_port,
         default_max_tokens=rt.config.max_tokens,
+        top_k=rt.config.top_k,
+        access=Access(OriginPolicy.from_list(rt.config.allowed_origins), rt.config.api_key, rt.config.host),
         feature_filter=rt.feature_filter,
     )
 
     def ready(bound: Bound) -> None:
         console.print(_panel(rt, bound))
+        warning = exposure_warning(rt.config)
+        if warning:
+            console.print(f"[bold red]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         console.print(
-            f"[bold green]ready[/] chat: {bound.chat_url}  features: {bound.features_url}  (Ctrl-C to stop)",
+            f"[bold green]ready[/] chat: {bound.chat_url}  features: {bound.features_url}  viewer: {bound.viewer_url}"
+            "  (Ctrl-C to stop)",
             highlight=False,
             soft_wrap=True,
         )

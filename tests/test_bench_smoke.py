@@ -36,6 +36,8 @@ def record(tmp_path_factory):
     files = list(out.glob("*.json"))
     assert len(files) == 1, files
     assert "SAE encode + top-k" in result.output and "Decode" in result.output and "Corpus pass" in result.output
+    if any(neuroscope_backend_status(n)[0] for n in ("torch-cpu", "torch-cuda", "mlx")):
+        assert "Decode with steering" in result.output
     return json.loads(files[0].read_text())
 
 
@@ -81,7 +83,7 @@ def test_every_usable_backend_was_benchmarked_or_skipped_with_a_reason(record):
             assert skipped.get(name)
 
 
-def test_decode_rows_compare_four_modes(record):
+def test_decode_rows_compare_every_mode(record):
     expected = [n for n in ("torch-cpu", "torch-cuda", "mlx") if framework_status(n)[0]]
     if not expected:
         pytest.skip("neither torch nor mlx is installed: no decode benchmark")
@@ -89,7 +91,7 @@ def test_decode_rows_compare_four_modes(record):
     for r in record["decode"]:
         assert r["model"] == "tiny" and r["new_tokens"] >= 2 and r["prompt_tokens"] > 0
         ours, _ = neuroscope_backend_status(r["backend"])
-        modes = ("bare", "capture-off", "instrumented", "filtered") if ours else ("bare",)
+        modes = ("bare", "capture-off", "instrumented", "filtered", "steered-1", "steered-16") if ours else ("bare",)
         assert tuple(r["modes"]) == modes
         for mode in modes:
             d = r["modes"][mode]
@@ -101,8 +103,12 @@ def test_decode_rows_compare_four_modes(record):
         if ours:
             assert _measured(r["instrumented_vs_bare"]) and math.isfinite(r["sae_share_of_step"])
             assert _measured(r["filtered_vs_instrumented"]) and _measured(r["filtered_vs_instrumented_token_median"])
+            for m in (1, 16):
+                assert _measured(r[f"steered_{m}_vs_instrumented"])
+                assert _measured(r[f"steered_{m}_vs_instrumented_token_median"])
+                assert math.isfinite(r[f"steered_{m}_overhead_ms"])
         else:
-            assert set(r["skipped_modes"]) == {"capture-off", "instrumented", "filtered"}
+            assert set(r["skipped_modes"]) == {"capture-off", "instrumented", "filtered", "steered-1", "steered-16"}
 
 
 def test_corpus_rows_compare_the_corpus_pass_with_a_bare_forward(record):

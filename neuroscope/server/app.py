@@ -13,6 +13,7 @@ from neuroscope.feature_hub import FeatureHub
 from neuroscope.filters import ActiveFilter
 from neuroscope.labels import Labels
 from neuroscope.protocol import Backend, ModelInfo
+from neuroscope.server.access import Access
 from neuroscope.server.chat import make_chat_app
 from neuroscope.server.features import make_features_app
 from neuroscope.server.state import ServerState
@@ -30,6 +31,10 @@ class Bound:
     @property
     def features_url(self) -> str:
         return f"http://{_url_host(self.host)}:{self.features_port}/v1/features/stream"
+
+    @property
+    def viewer_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.features_port}/"
 
 
 def _url_host(host: str) -> str:
@@ -58,11 +63,15 @@ class NeuroscopeServer:
         features_port: int = 8081,
         default_max_tokens: int = 1024,
         queue_size: int = 1024,
+        top_k: int | None = None,
+        access: Access | None = None,
         feature_filter: ActiveFilter | None = None,  # already set on the backend; events report it
     ):
         self.hub = FeatureHub(queue_size)
         self.engine = Engine(backend, info, self.hub, labels, layer=layer, feature_filter=feature_filter)
-        self.state = ServerState(self.engine, self.hub, labels, info.model_id, backend_name, sae_id, default_max_tokens)
+        self.access = access or Access(bind_host=host)
+        self.state = ServerState(self.engine, self.hub, labels, info.model_id, backend_name, sae_id, default_max_tokens,
+                                 top_k=top_k, access=self.access)
         self.host, self.port, self.features_port = host, port, features_port
         self._runners: list[web.AppRunner] = []
         self._stack = contextlib.AsyncExitStack()
@@ -79,6 +88,8 @@ class NeuroscopeServer:
                 self._runners.append(runner)
                 await web.TCPSite(runner, self.host, port).start()
                 ports.append(runner.addresses[0][1])  # the real port when 0 was asked
+            self.state.chat_port, self.state.features_port = ports
+            self.access.viewer_port = self.state.features_port
             return Bound(self.host, *ports)
         except BaseException:
             await self._stack.__aexit__(None, None, None)

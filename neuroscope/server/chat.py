@@ -10,6 +10,7 @@ from aiohttp_sse import sse_response
 
 from neuroscope.engine import Chunk, Done, Job
 from neuroscope.protocol import GenerationParams
+from neuroscope.server import access
 from neuroscope.server.errors import APIError, openai_errors
 from neuroscope.server.prompt import render_prompt
 from neuroscope.server.schema import ChatRequest, parse_chat_request
@@ -65,18 +66,26 @@ def _plan(st: ServerState, req: ChatRequest) -> Job:
     else:
         max_tokens = req.max_tokens
     params = GenerationParams(
-        max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed
+        max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed, steering=req.steering
     )
     return Job(prompt_ids=prompt_ids, params=params, stop=req.stop)
 
 
+def _unsupported_media_type(got: str | None) -> APIError:
+    said = f"it was sent as {got!r}" if got else "it was sent without a Content-Type"
+    return APIError(f"the request body must be JSON sent with 'Content-Type: application/json'; {said}",
+                    status=415, code="unsupported_media_type")
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
+    if request.content_type != "application/json":  # a cross-site form or text/plain POST cannot make us generate
+        raise _unsupported_media_type(request.headers.get("Content-Type"))
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    req = parse_chat_request(body, served_model=st.model_id)
+    req = parse_chat_request(body, served_model=st.model_id, d_sae=st.labels.d_sae)
     job = _plan(st, req)
     st.hub.open_request(job.request_id)
     out = st.engine.submit(job)
@@ -185,6 +194,7 @@ async def not_found(request: web.Request) -> web.Response:
 def make_chat_app(state: ServerState) -> web.Application:
     app = web.Application(middlewares=[openai_errors], client_max_size=MAX_BODY)
     app[STATE] = state
+    access.install(app, state.access)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)

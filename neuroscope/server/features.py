@@ -1,4 +1,4 @@
-"""Port 8081: the live feature stream (SSE) and the label map."""
+"""Port 8081: the live feature stream (SSE), the label map, what is served (info) and the viewer page."""
 
 from __future__ import annotations
 
@@ -6,18 +6,22 @@ import json
 
 from aiohttp import web
 from aiohttp_sse import sse_response
+from yarl import URL
 
+from neuroscope import __version__
 from neuroscope.feature_hub import HISTORY_REQUESTS
-from neuroscope.server.errors import APIError
+from neuroscope.server import access
+from neuroscope.server.errors import APIError, openai_errors
+from neuroscope.server.origins import host_of
 from neuroscope.server.state import STATE
+from neuroscope.server.viewer import add_viewer_routes
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
-CORS = {"Access-Control-Allow-Origin": "*"}
 
 
 def _json_error(status: int, message: str, param: str | None = None) -> web.Response:
-    return APIError(message, status=status, param=param).response(headers=CORS)
+    return APIError(message, status=status, param=param).response()
 
 
 async def feature_stream(request: web.Request) -> web.StreamResponse:
@@ -36,7 +40,7 @@ async def feature_stream(request: web.Request) -> web.StreamResponse:
                                 f"{HISTORY_REQUESTS} requests", "request_id")
     sub = st.hub.subscribe(request_id=request_id, include_prompt=include in _TRUE)
     try:
-        async with sse_response(request, headers=CORS) as resp:
+        async with sse_response(request) as resp:
             st.streams.add(resp)
             while resp.is_connected():
                 event = await sub.get()
@@ -56,7 +60,7 @@ async def labels(request: web.Request) -> web.Response:
     st = request.app[STATE]
     lab = st.labels
     return web.json_response(
-        {"source": lab.source, "count": len(lab), "named": lab.named, "labels": lab.as_dict()}, headers=CORS
+        {"source": lab.source, "count": len(lab), "named": lab.named, "labels": lab.as_dict()}
     )
 
 
@@ -64,21 +68,51 @@ async def health(request: web.Request) -> web.Response:
     hub = request.app[STATE].hub
     return web.json_response(
         {"status": "ok", "subscribers": hub.subscribers, "published": hub.published, "dropped": hub.dropped,
-         "streams": hub.stats()},
-        headers=CORS,
+         "streams": hub.stats()}
+    )
+
+
+async def info(request: web.Request) -> web.Response:
+    """What is served, and where the chat API is: the viewer learns the chat address from here. It is the
+    address the browser used for this port (the Host header) with the chat port, never a hard-coded one."""
+    st = request.app[STATE]
+    host = host_of(request.host)
+    if host is None:  # a malformed Host header: the address this server listens on
+        host = st.access.bind_host.strip("[]")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    chat = URL.build(scheme=request.scheme, host=host, port=st.chat_port, path="/v1")
+    stream = URL.build(scheme=request.scheme, host=host, port=st.features_port, path="/v1/features/stream")
+    return web.json_response(
+        {
+            "model": st.model_id,
+            "backend": st.backend_name,
+            "sae": st.sae_id,
+            "layer": st.engine.layer,
+            "d_sae": len(st.labels),
+            "top_k": st.top_k,
+            "labels": {"source": st.labels.source, "named": st.labels.named},
+            "chat_url": str(chat),
+            "stream_url": str(stream),
+            "default_max_tokens": st.default_max_tokens,
+            "api_key_required": st.access.api_key is not None,
+            "version": __version__,
+        }
     )
 
 
 async def not_found(request: web.Request) -> web.Response:
     return _json_error(404, f"no route {request.method} {request.path} on this port "
-                            "(GET /v1/features/stream, GET /v1/features/labels)")
+                            "(GET / for the viewer, GET /v1/features/stream, /v1/features/labels, /v1/features/info)")
 
 
 def make_features_app(state) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[openai_errors])
     app[STATE] = state
+    public = add_viewer_routes(app)
+    access.install(app, state.access, public_paths=public, query_key=True)
     app.router.add_get("/v1/features/stream", feature_stream)
     app.router.add_get("/v1/features/labels", labels)
+    app.router.add_get("/v1/features/info", info)
     app.router.add_get("/health", health)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

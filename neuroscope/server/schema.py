@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuroscope.protocol import Steering
 from neuroscope.server.errors import APIError
+from neuroscope.steering import SteeringError, parse_steering
 
 ROLES = ("system", "developer", "user", "assistant")
 UNSUPPORTED_ROLES = ("tool", "function")
@@ -28,6 +30,7 @@ class ChatRequest:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
+    steering: Steering | None = None
 
 
 def _bad(message: str, param: str | None = None, code: str | None = "invalid_value", status: int = 400) -> APIError:
@@ -86,7 +89,19 @@ def _content(msg: dict, i: int) -> str:
     raise _bad(f"'{param}' must be a string or a list of content parts", param, "invalid_type")
 
 
-def parse_chat_request(body: Any, *, served_model: str) -> ChatRequest:
+def _steering(body: dict, d_sae: int | None) -> Steering | None:
+    if body.get("steering") is None:
+        return None
+    if d_sae is None:
+        raise _bad("'steering' is not supported by this server", "steering", "unsupported_parameter")
+    try:
+        return parse_steering(body["steering"], d_sae)
+    except SteeringError as exc:
+        raise _bad(exc.message, exc.param, exc.code) from None
+
+
+def parse_chat_request(body: Any, *, served_model: str, d_sae: int | None = None) -> ChatRequest:
+    """``d_sae``: the SAE's width, which bounds a steered feature's index (None: steering is refused)."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object", None, "invalid_type")
     model = body.get("model", served_model)
@@ -166,6 +181,7 @@ def parse_chat_request(body: Any, *, served_model: str) -> ChatRequest:
         stop=stops,
         stream=stream,
         include_usage=include_usage,
+        steering=_steering(body, d_sae),
     )
 
 

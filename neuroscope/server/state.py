@@ -10,6 +10,7 @@ from aiohttp import web
 from neuroscope.engine import Engine
 from neuroscope.feature_hub import FeatureHub
 from neuroscope.labels import Labels
+from neuroscope.server.access import Access
 
 
 @dataclass
@@ -21,6 +22,10 @@ class ServerState:
     backend_name: str
     sae_id: str
     default_max_tokens: int = 1024
+    top_k: int | None = None
+    access: Access = field(default_factory=Access)
+    chat_port: int = 0  # the bound ports, set once both are listening
+    features_port: int = 0
     streams: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # open SSE responses, stopped on shutdown
 
 

@@ -35,6 +35,36 @@ def test_bfloat16_model_float32_sae(tiny_fixture):
     assert step.l0 == int((acts > 0).sum())
 
 
+def test_steering_a_bfloat16_model(tiny_fixture):
+    """bf16 residual: the delta is computed in float32 and the steered residual rounded back to bf16, as
+    transformers' bf16 Gemma-2 does with the same rule applied by a hook."""
+    from neuroscope.protocol import SteerFeature, Steering
+    from tests.support.reference import steered_greedy
+
+    sae = load_npz(tiny_fixture.sae_path)
+    backend = TorchCPUBackend()
+    info = backend.load(ModelSpec(str(tiny_fixture.model_dir), dtype="bfloat16"), sae, tiny_fixture.sae_layer, top_k=8)
+    tok = info.tokenizer
+    ids = tok.encode(
+        tok.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False,
+    )
+    spec = Steering((SteerFeature(193, "add", 8.0), SteerFeature(2, "clamp", 3.0)))
+    try:
+        steps = list(generate(backend, ids, GenerationParams(max_tokens=1, prompt_features=True, steering=spec)))
+        plain = list(generate(backend, ids, GenerationParams(max_tokens=1, prompt_features=True)))
+    finally:
+        backend.close()
+    _, resid = steered_greedy(tiny_fixture.model_dir, sae, tiny_fixture.sae_layer, ids,
+                              [(193, "add", 8.0), (2, "clamp", 3.0)], "all", 1, dtype="bfloat16")
+    acts = encode_reference(sae, resid)
+    for step in steps:
+        # bf16 rounding of the residual: a feature within a hair of its threshold may flip, values agree to ~1 %
+        np.testing.assert_allclose(step.feature_values, acts[step.position][step.feature_ids], rtol=2e-2, atol=5e-2)
+    shows = lambda run: sum(193 in s.feature_ids for s in run)  # noqa: E731
+    assert shows(steps) >= len(steps) * 3 // 4 and shows(steps) > 2 * shows(plain)
+
+
 def test_unknown_dtype_is_refused(tiny_fixture):
     with pytest.raises(BackendError, match="unknown dtype 'float8'"):
         TorchCPUBackend().load(ModelSpec(str(tiny_fixture.model_dir), dtype="float8"), load_npz(tiny_fixture.sae_path), 2, top_k=4)

@@ -16,7 +16,7 @@ from neuroscope.runtime import StartupError
 
 SERVE_OPTIONS = [
     "--model", "--sae", "--sae-path", "--sae-local-path", "--sae-layer", "--top-k", "--port", "--features-port",
-    "--backend", "--host", "--dtype", "--sae-input-norm", "--labels-path", "--demo",
+    "--backend", "--host", "--dtype", "--sae-input-norm", "--labels-path", "--demo", "--allowed-origins", "--api-key",
 ]
 
 
@@ -172,13 +172,43 @@ def test_every_option_reaches_the_config(runner, captured, tmp_path):
         "--model", "/m", "--sae", "o/s", "--sae-path", "p.npz", "--sae-local-path", str(tmp_path / "sae.npz"),
         "--sae-layer", "3", "--top-k", "7", "--port", "1234", "--features-port", "1235", "--backend", "torch-cpu",
         "--host", "0.0.0.0", "--dtype", "bfloat16", "--sae-input-norm", "rms", "--labels-path",
-        str(tmp_path / "l.json"), "--max-tokens", "64",
+        str(tmp_path / "l.json"), "--max-tokens", "64", "--allowed-origins", "https://a.example, http://b.example:*",
+        "--api-key", "k3y",
     )
     assert cfg == ServeConfig(
         model="/m", sae="o/s", sae_path="p.npz", sae_local_path=str(tmp_path / "sae.npz"), sae_layer=3, top_k=7,
         host="0.0.0.0", port=1234, features_port=1235, backend="torch-cpu", dtype="bfloat16",
         sae_input_norm="rms", labels_path=str(tmp_path / "l.json"), demo=False, max_tokens=64, demo_fallback=False,
+        allowed_origins=("https://a.example", "http://b.example:*"), api_key="k3y",
     )
+
+
+def test_api_key_from_the_environment(runner, captured, monkeypatch):
+    monkeypatch.setenv("NEUROSCOPE_API_KEY", "from-env")
+    cfg = invoke_serve(runner, captured)
+    assert cfg.api_key == "from-env"
+    assert "from-env" not in repr(cfg)  # a config printed in a log or traceback does not show the key
+
+
+def test_no_api_key_and_loopback_origins_by_default(runner, captured, monkeypatch):
+    monkeypatch.delenv("NEUROSCOPE_API_KEY", raising=False)
+    cfg = invoke_serve(runner, captured)
+    assert cfg.api_key is None and cfg.allowed_origins == ()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--allowed-origins", "example.com"], "'example.com' is not an origin"),
+    (["--allowed-origins", "ftp://example.com"], "'ftp://example.com' is not an origin"),
+    (["--allowed-origins", "http://example.com/app"], "is not an origin"),
+    (["--allowed-origins", "http://example.com:99999"], "is not an origin"),
+    (["--api-key", ""], "must not be empty"),
+    (["--api-key", "two words"], "without spaces"),
+])
+def test_bad_access_flags_exit_2(runner, captured, args, message):
+    result = runner.invoke(cli.app, ["serve", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert captured == []
 
 
 def test_startup_error_exits_1_with_the_message(runner, monkeypatch):

@@ -35,7 +35,9 @@ def test_one_event_per_token_in_order_concatenating_to_the_text(openai_client, s
     acts = [f["activation"] for f in first["top_features"]]
     assert acts == sorted(acts, reverse=True)
     (done,) = reader.of(r.id, "generation_complete")
-    assert done == {"request_id": r.id, "tokens": 40, "prompt_tokens": r.usage.prompt_tokens, "finish_reason": "length"}
+    assert done == {"request_id": r.id, "tokens": 40, "prompt_tokens": r.usage.prompt_tokens, "finish_reason": "length",
+                    "steering": None}
+    assert all(e["steered"] is False for e in events)
     # the complete event follows the last token event
     names = [(e, d["request_id"]) for e, d in reader.events if d["request_id"] == r.id]
     assert names[-1] == ("generation_complete", r.id)

@@ -16,8 +16,10 @@ import pytest
 from tests.support.server import SSEReader
 
 
-def _start(tmp_path, *extra, demo=True):
-    env = {**os.environ, "NEUROSCOPE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+def _start(tmp_path, *extra, demo=True, env_extra=None):
+    env = {**os.environ, "NEUROSCOPE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200",
+           **(env_extra or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None: unset
     proc = subprocess.Popen(
         [sys.executable, "-m", "neuroscope", "serve", *(["--demo"] if demo else []), "--backend", "torch-cpu",
          "--port", "0", "--features-port", "0", *extra],
@@ -93,6 +95,40 @@ def test_default_serve_offline_falls_back_to_the_demo(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{chat}/v1/models").json()["data"][0]["id"] == "neuroscope-demo"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_public_host_without_a_key_warns(tmp_path):
+    proc, lines, chat, _ = _start(tmp_path, "--host", "0.0.0.0", env_extra={"NEUROSCOPE_API_KEY": None})
+    try:
+        text = "".join(lines)
+        warning = [line for line in lines if line.startswith("warning:")]
+        assert len(warning) == 1, text
+        assert "--host 0.0.0.0" in warning[0] and "--api-key" in warning[0] and "NEUROSCOPE_API_KEY" in warning[0]
+        assert "no API key" in text  # the panel's access row
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_public_host_with_a_key_from_the_environment(tmp_path):
+    key = "proc-secret-4242"
+    proc, lines, chat, feat = _start(tmp_path, "--host", "0.0.0.0", "--log-level", "debug",
+                                     env_extra={"NEUROSCOPE_API_KEY": key})
+    try:
+        body = {"model": "neuroscope-demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        url = f"http://127.0.0.1:{chat}/v1/chat/completions"
+        assert httpx.post(url, json=body, timeout=60).status_code == 401
+        assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{feat}/v1/features/labels?api_key={key}").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        text = "".join(lines)
+        # no exposure warning line (the panel may still warn inside it, e.g. that no calibration was found)
+        assert not [line for line in lines if line.startswith("warning:")] and "API key required" in text
+        assert key not in text  # not in the panel, not in the (debug) logs
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -105,7 +105,8 @@ def test_stop_string_in_a_stream(openai_client, server):
     assert shown.startswith(cut + stop), f"the feature stream must show the stop string {stop!r}: {shown!r}"
     assert stop not in shown[: -len(tokens[-1]["token"])], "the last token event is the one that completed it"
     assert events[-1] == ("generation_complete", {"request_id": chunks[0].id, "tokens": usage.completion_tokens,
-                                                  "prompt_tokens": usage.prompt_tokens, "finish_reason": "stop"})
+                                                  "prompt_tokens": usage.prompt_tokens, "finish_reason": "stop",
+                                                  "steering": None})
 
 
 # ---------------------------------------------------------------------------------------------- EOS
@@ -163,7 +164,7 @@ def test_eos_ends_a_generation_through_the_server(openai_client, server, eos_cas
         assert last["token_id"] in (1, 5) and last["top_features"], "the EOS step's features are published"
         assert events[-1] == ("generation_complete", {"request_id": rid, "tokens": n,
                                                       "prompt_tokens": r.usage.prompt_tokens,
-                                                      "finish_reason": "stop"})
+                                                      "finish_reason": "stop", "steering": None})
 
 
 # ---------------------------------------------------------------------------------------------- top_p

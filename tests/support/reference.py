@@ -55,3 +55,54 @@ def assert_topk_matches(step, acts: np.ndarray, k: int, tol: float = 1e-4) -> No
 
 def reference_acts(sae, resid: np.ndarray, norm: str = "none") -> np.ndarray:
     return encode_reference(sae, resid, norm)
+
+
+# ---------------------------------------------------------------------------------------------- steering
+def steer_rows(sae, features, resid: np.ndarray) -> np.ndarray:
+    """The steering rule in plain numpy, written from the spec (not from the code under test): for each
+    ``(index, mode, value)``, ``add`` adds ``value * W_dec[index]``; ``clamp`` adds ``(value - a) *
+    W_dec[index]`` and ``ablate`` ``(0 - a) * W_dec[index]``, with ``a`` the feature's JumpReLU activation of
+    the unsteered residual row. Returns the steered rows (n, d_model) float32."""
+    x = np.asarray(resid, dtype=np.float32)
+    out = x.astype(np.float64)
+    for index, mode, value in features:
+        pre = x @ sae.W_enc[:, index].astype(np.float64) + float(sae.b_enc[index])
+        a = np.where(pre > float(sae.threshold[index]), np.maximum(pre, 0.0), 0.0)  # (n,)
+        target = 0.0 if mode == "ablate" else float(value)
+        coef = np.full(len(x), target) if mode == "add" else target - a
+        out += coef[:, None] * sae.W_dec[index].astype(np.float64)[None, :]
+    return out.astype(np.float32)
+
+
+def steered_greedy(model_dir, sae, layer: int, prompt_ids: list[int], features, positions: str, n: int,
+                   dtype: str = "float32"):
+    """Greedy decoding by transformers' Gemma-2, the whole sequence recomputed for every token (no cache),
+    with a forward hook on ``model.model.layers[layer]`` that steers its output by :func:`steer_rows` at every
+    position (``positions="all"``) or at positions >= the prompt length (``"generated"``).
+
+    Returns (the n generated token ids, the steered block output at every position of prompt + tokens)."""
+    import torch
+
+    model = hf_model(str(model_dir), dtype)
+    start = 0 if positions == "all" else len(prompt_ids)
+    kept: dict[str, np.ndarray] = {}
+
+    def hook(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output  # transformers < 5 returns a tuple
+        rows = h[0].detach().float().numpy()
+        steered = rows.copy()
+        steered[start:] = steer_rows(sae, features, rows[start:])
+        kept["h"] = steered
+        new = torch.from_numpy(steered)[None].to(h.dtype)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    handle = model.model.layers[layer].register_forward_hook(hook)
+    try:
+        seq = list(prompt_ids)
+        with torch.inference_mode():
+            for _ in range(n):
+                seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+            model(torch.tensor([seq]))  # the steered residual at every position, the last token's included
+    finally:
+        handle.remove()
+    return seq[len(prompt_ids):], kept["h"]

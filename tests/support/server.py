@@ -11,21 +11,22 @@ from dataclasses import dataclass, field
 import httpx
 
 from neuroscope.labels import Labels
+from neuroscope.server.access import Access
 from neuroscope.server.app import Bound, NeuroscopeServer
 from tests.support.reference import load_backend
 
 
 class RunningServer:
     def __init__(self, backend_name: str, fx, *, top_k: int = 8, queue_size: int = 1024, max_tokens: int = 64,
-                 feature_filter=None):
+                 access: Access | None = None, port: int = 0, features_port: int = 0, feature_filter=None):
         self.backend, self.info, sae = load_backend(backend_name, fx, top_k=top_k)
         if feature_filter is not None:  # an ActiveFilter, set on the backend as the runtime does
             self.backend.set_feature_filter(feature_filter.feature_filter)
         labels = Labels.load(fx.labels_path, sae.d_sae)
         self.server = NeuroscopeServer(
             self.backend, self.info, labels, layer=fx.sae_layer, backend_name=backend_name, sae_id="tiny",
-            host="127.0.0.1", port=0, features_port=0, default_max_tokens=max_tokens, queue_size=queue_size,
-            feature_filter=feature_filter,
+            host="127.0.0.1", port=port, features_port=features_port, default_max_tokens=max_tokens,
+            queue_size=queue_size, top_k=top_k, access=access, feature_filter=feature_filter,
         )
         self.model_id = self.info.model_id
         self.bound: Bound | None = None

@@ -9,6 +9,8 @@ import sys
 MODULES = [
     "neuroscope",
     "neuroscope.cli",
+    "neuroscope.cli_steer",
+    "neuroscope.steering",
     "neuroscope.serve",
     "neuroscope.server.app",
     "neuroscope.engine",

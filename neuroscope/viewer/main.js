@@ -1,0 +1,276 @@
+// The live viewer: chat through the chat API, follow each reply's features by request id, show them.
+
+import { HTTPError, LiveStream, apiKey, fetchInfo, followRequest, setApiKey, streamChat } from "./api.js";
+import { Conversation } from "./conversation.js";
+import { renderFeature, renderToken, renderTop } from "./panels.js";
+
+const $ = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const STATE_TEXT = {
+  connecting: "connecting",
+  connected: "connected",
+  streaming: "streaming",
+  reconnecting: "reconnecting",
+  offline: "server unreachable, retrying",
+  key: "API key needed",
+};
+
+const conv = new Conversation($("conversation"));
+let info = null;
+let messages = []; // the chat history sent with each turn
+let following = new Map(); // open feature streams of replies: stop function -> "streaming" | "reconnecting"
+let liveState = "connecting";
+let pinned = null; // the token whose features stay in the panel
+let shown = null; // the token shown in the panel
+let sidePending = false;
+
+// ------------------------------------------------------------------ connection state and errors
+function showState() {
+  let state = liveState;
+  if (state === "connected" && following.size) {
+    state = [...following.values()].includes("reconnecting") ? "reconnecting" : "streaming";
+  }
+  $("connection").dataset.state = state;
+  $("connection-text").textContent = STATE_TEXT[state];
+}
+
+function setLiveState(state) {
+  liveState = state;
+  showState();
+}
+
+function showError(message) {
+  $("error-text").textContent = message;
+  $("error-bar").hidden = false;
+}
+
+$("error-close").addEventListener("click", () => ($("error-bar").hidden = true));
+
+// ------------------------------------------------------------------ API key
+let keyPrompt = null;
+
+function askKey() {
+  if (keyPrompt) return keyPrompt;
+  setLiveState("key");
+  const dialog = $("key-dialog");
+  $("key-error").hidden = !apiKey();
+  $("key-error").textContent = "That key was not accepted.";
+  $("key-input").value = "";
+  keyPrompt = new Promise((resolve) => {
+    $("key-form").addEventListener("submit", () => {
+      setApiKey($("key-input").value.trim());
+      keyPrompt = null;
+      resolve();
+    }, { once: true });
+  });
+  if (!dialog.open) dialog.showModal();
+  return keyPrompt;
+}
+
+$("key-dialog").addEventListener("cancel", (e) => e.preventDefault()); // nothing works without it
+
+// ------------------------------------------------------------------ server info
+async function loadInfo() {
+  for (;;) {
+    try {
+      info = await fetchInfo();
+      break;
+    } catch (err) {
+      if (err instanceof HTTPError && err.status === 401) await askKey();
+      else {
+        setLiveState("offline");
+        await sleep(2000);
+      }
+    }
+  }
+  const topk = info.top_k ? ` · top-${info.top_k}` : "";
+  const sae = `${info.sae} · layer ${info.layer} · ${info.d_sae} features${topk}`;
+  $("model-info").textContent = `${info.model} · ${info.backend} · ${sae}`;
+  $("model-info").title = `chat API: ${info.chat_url}\nlabels: ${info.labels.source}`;
+  live.open($("include-prompt").checked);
+}
+
+const live = new LiveStream({ onState: setLiveState, onAuth: askKey });
+$("include-prompt").addEventListener("change", (e) => live.open(e.target.checked));
+
+// ------------------------------------------------------------------ side panels
+function showToken(tok) {
+  shown = tok;
+  renderToken($("token-detail"), tok, { pinned: tok === pinned, selected: conv.selected });
+}
+
+function pin(tok) {
+  if (pinned) pinned.el.classList.remove("pinned");
+  pinned = tok;
+  if (tok) tok.el.classList.add("pinned");
+  if (tok) showToken(tok);
+}
+
+function select(feature) {
+  conv.select(conv.selected === feature ? null : feature);
+  if (shown) showToken(shown);
+  renderFeature($("feature-detail"), conv, info);
+  renderTop($("top-features"), $("top-features-empty"), conv);
+}
+
+function refreshSide() {
+  if (sidePending) return;
+  sidePending = true;
+  requestAnimationFrame(() => {
+    sidePending = false;
+    renderTop($("top-features"), $("top-features-empty"), conv);
+    if (conv.selected !== null) renderFeature($("feature-detail"), conv, info);
+  });
+}
+
+const convEl = $("conversation");
+convEl.addEventListener("mouseover", (e) => {
+  const tok = conv.tokenAt(e.target);
+  if (tok && !pinned && tok !== shown) showToken(tok);
+});
+convEl.addEventListener("click", (e) => {
+  const tok = conv.tokenAt(e.target);
+  if (tok) pin(tok === pinned ? null : tok);
+});
+document.addEventListener("click", (e) => {
+  const target = e.target instanceof Element ? e.target : null;
+  const feat = target && target.closest("[data-feature-index]");
+  if (feat) return select(Number(feat.dataset.featureIndex));
+  if (target && target.closest("#feature-clear")) return select(conv.selected);
+  const ref = target && target.closest(".tokref");
+  if (ref) {
+    const tok = conv.tokens.find((t) => t.requestId === ref.dataset.requestId && String(t.index) === ref.dataset.ref
+      && t.prompt === (ref.dataset.prompt === "true"));
+    if (tok) {
+      pin(tok);
+      tok.el.scrollIntoView({ block: "nearest" });
+    }
+  }
+});
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && !$("key-dialog").open) {
+    pin(null);
+    if (conv.selected !== null) select(conv.selected);
+  }
+});
+
+// ------------------------------------------------------------------ chat
+function nearBottom() {
+  return convEl.scrollHeight - convEl.scrollTop - convEl.clientHeight < 80;
+}
+
+function follow(turn, requestId, includePrompt) {
+  let stop = null;
+  const done = () => {
+    following.delete(stop);
+    showState();
+  };
+  stop = followRequest(requestId, {
+    includePrompt,
+    onEvent: (event) => {
+      const stick = nearBottom();
+      if (conv.add(turn, event)) {
+        if (!event.prompt) turn.setStatus(`streaming · ${turn.reply.childElementCount} tokens`);
+        refreshSide();
+        if (stick) convEl.scrollTop = convEl.scrollHeight;
+      }
+    },
+    onComplete: (c) => {
+      turn.setStatus(`${c.tokens} tokens · ${c.finish_reason}`);
+      if (c.error) turn.fail(c.error);
+      done();
+    },
+    onState: (s) => {
+      if (following.has(stop)) following.set(stop, s);
+      showState();
+    },
+    onFail: (message) => {
+      turn.fail(message);
+      turn.showPlainText();
+      showError(message);
+      done();
+    },
+    onAuth: askKey,
+  });
+  following.set(stop, "streaming");
+  showState();
+}
+
+async function chat(body, turn, includePrompt) {
+  for (;;) {
+    try {
+      return await streamChat(info.chat_url, body, {
+        onStart: (requestId) => {
+          turn.requestId = requestId;
+          turn.root.dataset.requestId = requestId;
+          follow(turn, requestId, includePrompt);
+        },
+        onDelta: (text) => (turn.text += text),
+      });
+    } catch (err) {
+      if (err instanceof HTTPError && err.status === 401 && !turn.requestId) await askKey();
+      else throw err;
+    }
+  }
+}
+
+async function send(text) {
+  const includePrompt = $("include-prompt").checked;
+  if (includePrompt) await Promise.race([live.ready, sleep(3000)]); // so the server computes its prompt features
+  const turn = conv.addTurn(text, includePrompt);
+  $("empty-hint").hidden = true;
+  convEl.scrollTop = convEl.scrollHeight;
+  const body = {
+    model: info.model,
+    messages: [...messages, { role: "user", content: text }],
+    max_tokens: Number($("max-tokens").value) || undefined,
+    temperature: Number($("temperature").value),
+  };
+  try {
+    const result = await chat(body, turn, includePrompt);
+    messages = [...body.messages, { role: "assistant", content: result.text }];
+  } catch (err) {
+    const message = err instanceof HTTPError ? err.message
+      : `cannot reach the chat API at ${info.chat_url} (${err.message}): `
+        + "is the server up, and is this page's origin allowed?";
+    turn.fail(message);
+    showError(message);
+  }
+}
+
+$("chat-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const input = $("chat-input");
+  const text = input.value.trim();
+  if (!text || !info || $("send-button").disabled) return;
+  input.value = "";
+  $("send-button").disabled = true;
+  try {
+    await send(text);
+  } finally {
+    $("send-button").disabled = false;
+    input.focus();
+  }
+});
+
+$("chat-input").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $("chat-form").requestSubmit();
+  }
+});
+
+$("clear-button").addEventListener("click", () => {
+  for (const stop of following.keys()) stop();
+  following.clear();
+  messages = [];
+  pinned = shown = null;
+  conv.clear();
+  $("token-detail").textContent = "Hover a token to see its features; click it to keep them here.";
+  renderFeature($("feature-detail"), conv, info);
+  renderTop($("top-features"), $("top-features-empty"), conv);
+  $("empty-hint").hidden = false;
+  showState();
+});
+
+loadInfo();
