@@ -92,6 +92,8 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
         top_k=rt.config.top_k,
         access=Access(OriginPolicy.from_list(rt.config.allowed_origins), rt.config.api_key, rt.config.host),
         feature_filter=rt.feature_filter,
+        filter_warning=rt.filter_warning,
+        sae_input_norm=rt.config.sae_input_norm,
     )
 
     def ready(bound: Bound) -> None:

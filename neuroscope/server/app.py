@@ -66,12 +66,15 @@ class NeuroscopeServer:
         top_k: int | None = None,
         access: Access | None = None,
         feature_filter: ActiveFilter | None = None,  # already set on the backend; events report it
+        filter_warning: str | None = None,
+        sae_input_norm: str = "none",
     ):
         self.hub = FeatureHub(queue_size)
         self.engine = Engine(backend, info, self.hub, labels, layer=layer, feature_filter=feature_filter)
         self.access = access or Access(bind_host=host)
         self.state = ServerState(self.engine, self.hub, labels, info.model_id, backend_name, sae_id, default_max_tokens,
-                                 top_k=top_k, access=self.access)
+                                 top_k=top_k, access=self.access, sae_input_norm=sae_input_norm,
+                                 filter_warning=filter_warning)
         self.host, self.port, self.features_port = host, port, features_port
         self._runners: list[web.AppRunner] = []
         self._stack = contextlib.AsyncExitStack()

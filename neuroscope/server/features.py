@@ -89,7 +89,9 @@ async def info(request: web.Request) -> web.Response:
             "sae": st.sae_id,
             "layer": st.engine.layer,
             "d_sae": len(st.labels),
+            "sae_input_norm": st.sae_input_norm,
             "top_k": st.top_k,
+            "filter": _filter_info(st),
             "labels": {"source": st.labels.source, "named": st.labels.named},
             "chat_url": str(chat),
             "stream_url": str(stream),
@@ -98,6 +100,19 @@ async def info(request: web.Request) -> web.Response:
             "version": __version__,
         }
     )
+
+
+def _filter_info(st) -> dict:
+    """The feature filter in force: mode, threshold (frequency / combined), calibration file, and why none is
+    in force when a calibration was not found."""
+    flt = st.engine.feature_filter
+    mode = flt.mode if flt is not None else "none"
+    return {
+        "mode": mode,
+        "threshold": flt.threshold if flt is not None and mode in ("frequency", "combined") else None,
+        "calibration": flt.calibration if flt is not None else None,
+        "warning": st.filter_warning,
+    }
 
 
 async def not_found(request: web.Request) -> web.Response:

@@ -24,6 +24,8 @@ class ServerState:
     default_max_tokens: int = 1024
     top_k: int | None = None
     access: Access = field(default_factory=Access)
+    sae_input_norm: str = "none"
+    filter_warning: str | None = None  # why no filter is in force although one was asked (no calibration found)
     chat_port: int = 0  # the bound ports, set once both are listening
     features_port: int = 0
     streams: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # open SSE responses, stopped on shutdown

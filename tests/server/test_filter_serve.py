@@ -50,8 +50,12 @@ def test_serve_finds_its_calibration_and_filters(tiny_fixture, calibrated_cache)
                       env={"NEUROSCOPE_CACHE": str(tmp / "cache")})
     try:
         events = _events(srv)
+        info = httpx.get(f"{srv.features}/v1/features/info", timeout=10).json()
     finally:
         assert srv.stop() == 0
+    assert info["filter"] == {"mode": "combined", "threshold": 0.2, "calibration": written, "warning": None}
+    assert (info["layer"], info["d_sae"], info["sae_input_norm"]) == (tiny_fixture.sae_layer, 256, "none")
+    assert info["sae"] == str(tiny_fixture.sae_path) and info["labels"]["source"] == "fallback"
     panel = _panel_rows(srv.output)
     assert "filter combined (hides features firing on more than 20 % of tokens, ranks the rest by surprise)" in panel
     assert f"calibration{written}" in "".join(ch for ch in srv.output if ch not in "│ \n")  # folded or not
@@ -62,11 +66,16 @@ def test_serve_finds_its_calibration_and_filters(tiny_fixture, calibrated_cache)
 
 
 def test_without_calibration_serve_warns_and_does_not_filter(tiny_fixture, tmp_path):
-    srv = start_serve(tmp_path, *_model_args(tiny_fixture), env={"NEUROSCOPE_CACHE": str(tmp_path / "cache")})
+    srv = start_serve(tmp_path, *_model_args(tiny_fixture), "--sae-input-norm", "rms",
+                      env={"NEUROSCOPE_CACHE": str(tmp_path / "cache")})
     try:
         events = _events(srv)
+        info = httpx.get(f"{srv.features}/v1/features/info", timeout=10).json()
     finally:
         assert srv.stop() == 0
+    assert info["sae_input_norm"] == "rms"
+    assert info["filter"]["mode"] == "none" and info["filter"]["calibration"] is None
+    assert info["filter"]["threshold"] is None and "no calibration" in info["filter"]["warning"]
     panel = _panel_rows(srv.output)
     assert "filter none (features ranked by raw activation)" in panel
     assert "warning: no calibration for this model, SAE, layer and input norm" in panel
