@@ -23,6 +23,9 @@ from neuroscope.server.metrics import Metrics
 from neuroscope.server.state import ServerState
 
 log = logging.getLogger("neuroscope.server")
+# after an early answer (408, 413), the rest of an unread body is read and dropped this long before closing, so
+# the client can read the answer; aiohttp's default is 10 s
+LINGER = 2.0
 
 @dataclass
 class Bound:
@@ -99,12 +102,12 @@ class NeuroscopeServer:
         served_model_names: tuple[str, ...] = (),
         max_queue: int = 64,
         idle_timeout: float = 30.0,
-        body_timeout: float = 30.0,
+        body_timeout: float = 20.0,
         shutdown_grace: float = 5.0,
     ):
         """``idle_timeout``: a connection that has not sent a complete request head within this many seconds
         of opening or of its last response is closed (idle keep-alive and slowloris alike); ``body_timeout``:
-        the same for a request's body once its head is in; ``shutdown_grace``: how long shutdown waits for
+        the same for a request's body once its head is in (then ``LINGER`` s more to drop the unread rest); ``shutdown_grace``: how long shutdown waits for
         cancelled requests to be answered."""
         self.hub = FeatureHub(queue_size)
         self.engine = Engine(backend, info, self.hub, labels, layer=layer)
@@ -130,7 +133,8 @@ class NeuroscopeServer:
             ports = []
             for app, port in ((make_chat_app(self.state), self.port), (make_features_app(self.state), self.features_port)):
                 runner = _Runner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0,
-                                 keepalive_timeout=self.idle_timeout, auto_decompress=False)
+                                 keepalive_timeout=self.idle_timeout, auto_decompress=False,
+                                 lingering_time=LINGER)
                 await runner.setup()
                 self._runners.append(runner)
                 await web.TCPSite(runner, self.host, port).start()

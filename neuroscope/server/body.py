@@ -52,9 +52,9 @@ async def read_json(request: web.Request, executor: Executor | None, *, max_size
             raw = await request.read()
     except TimeoutError:
         raise APIError(f"the request body did not arrive within {timeout:g} s", status=408,
-                       code="request_timeout") from None
+                       code="request_timeout", close=True) from None
     except RequestPayloadError as exc:  # e.g. broken chunked framing
-        raise APIError(f"the request body could not be read: {exc}", code="bad_request") from None
+        raise APIError(f"the request body could not be read: {exc}", code="bad_request", close=True) from None
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, decode_json, raw, encoding, max_size)
 

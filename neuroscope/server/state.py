@@ -35,7 +35,7 @@ class ServerState:
     aliases: tuple[str, ...] = ()  # more names the served model answers to (--served-model-name)
     max_queue: int = 64  # requests waiting behind the running one; past it, 429
     retry_after: int = 1  # seconds, in a 429's Retry-After
-    body_timeout: float = 30.0  # a request body must arrive within this many seconds
+    body_timeout: float = 20.0  # a request body must arrive within this many seconds
     executor: Executor | None = None  # parses and tokenizes request bodies off the event loop
     metrics: "Metrics | None" = None
     shutting_down: bool = False
