@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperCommand
+from typer.core import TyperArgument, TyperCommand
 
 from neuroscope import __version__
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
@@ -33,6 +33,9 @@ class ReadableCommand(TyperCommand):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for param in self.params:
+            if isinstance(param, TyperArgument):  # its name column already says what it is
+                param.display_type_rich = lambda ctx: None
+                continue
             if getattr(param, "metavar", "") is not None or not hasattr(param, "type_descriptor"):
                 continue
             d = param.type_descriptor
