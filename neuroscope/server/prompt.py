@@ -49,18 +49,17 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
-_LONGEST: dict[int, int] = {}
+_LONGEST: dict[int, tuple[Any, int]] = {}  # id(tokenizer) -> (the tokenizer, kept so its id is not reused; bytes)
 
 
 def at_least_tokens(tokenizer: Any, n_bytes: int) -> int:
     """A lower bound on how many tokens ``n_bytes`` of UTF-8 text take: no token spells more bytes than the
     vocabulary's longest entry. Lets a prompt that cannot fit be refused without tokenizing it."""
-    key = id(tokenizer)
-    longest = _LONGEST.get(key)
-    if longest is None:
-        vocab = tokenizer.get_vocab()
-        longest = _LONGEST[key] = max((len(t.encode("utf-8", "replace")) for t in vocab), default=1) or 1
-    return -(-n_bytes // longest)
+    cached = _LONGEST.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:
+        longest = max((len(t.encode("utf-8", "replace")) for t in tokenizer.get_vocab()), default=1) or 1
+        cached = _LONGEST[id(tokenizer)] = (tokenizer, longest)
+    return -(-n_bytes // cached[1])
 
 
 def _template(tokenizer: Any, messages: list[dict[str, str]]) -> str:

@@ -305,3 +305,11 @@ def test_a_huge_integer_is_a_400_not_a_crash(key):
     with pytest.raises(APIError) as exc:
         parse(**body(**{key: 10**400}))
     assert exc.value.status == 400 and exc.value.param == key
+
+
+def test_at_least_tokens_is_a_lower_bound(tokenizer):
+    from neuroscope.server.prompt import at_least_tokens
+
+    for text in ("the river bends around the old mill " * 50, "x" * 300, "é€😀" * 40, " " * 200):
+        n = len(tokenizer.encode(text, add_special_tokens=False))
+        assert at_least_tokens(tokenizer, len(text.encode("utf-8"))) <= n
