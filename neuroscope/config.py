@@ -37,6 +37,8 @@ class ServeConfig:
     allowed_origins: tuple[str, ...] = ()
     # when set, every endpoint but /health requires it (Authorization: Bearer, or ?api_key= on the features port)
     api_key: str | None = field(default=None, repr=False)
+    max_queue: int = 64  # requests waiting behind the running one; beyond it 429
+    served_model_names: tuple[str, ...] = ()  # more names a request's "model" may use
 
     def validate(self) -> None:
         for name, port in (("--port", self.port), ("--features-port", self.features_port)):
@@ -54,6 +56,10 @@ class ServeConfig:
             raise ValueError(f"--sae-dtype must be float32 or bfloat16, got {self.sae_dtype!r}")
         if self.sae_input_norm not in INPUT_NORMS:
             raise ValueError(f"--sae-input-norm must be none or rms, got {self.sae_input_norm!r}")
+        if self.max_queue < 0:
+            raise ValueError(f"--max-queue must be >= 0, got {self.max_queue}")
+        if any(not n.strip() for n in self.served_model_names):
+            raise ValueError("--served-model-name must not be empty")
         parse_allowed_origins(self.allowed_origins)
         if self.api_key is not None:
             if not self.api_key:
