@@ -1,4 +1,5 @@
-"""Takes docs/viewer.png: `neuroscope serve --demo`, two turns of chat in the viewer, a token's features pinned.
+"""Takes docs/viewer.png: `neuroscope serve --demo`, two turns of chat in the viewer (the second steered: feature
+193 added by 8), a token's features pinned.
 
     python docs/screenshot.py          (needs playwright and Debian's chromium, as the viewer tests do)
 """
@@ -39,6 +40,10 @@ def main() -> None:
             page.fill("#max-tokens", "72")
             page.fill("#temperature", "0")
             for i, text in enumerate(["Write a haiku about autumn leaves.", "Now one about the sea, please."]):
+                if i == 1:
+                    page.fill("#steer-index", "193")
+                    page.fill("#steer-value", "8")
+                    page.click("#steer-add")
                 page.fill("#chat-input", text)
                 page.press("#chat-input", "Enter")
                 expect(page.locator(".turn-status").nth(i)).to_have_text(re.compile(r"\d+ tokens · "), timeout=60_000)

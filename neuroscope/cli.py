@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand
 
 from neuroscope import __version__
 from neuroscope.cli_calibrate import app as calibrate_app
@@ -24,6 +26,37 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+
+
+class ReadableCommand(TyperCommand):
+    """Help with plain metavars (TEXT, INTEGER, PATH, a|b) instead of typer's type tags (``<str>``, ``<bool>``,
+    ``<int range>``); a flag shows none. Shorter metavars leave the help column room for long defaults."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):  # its name column already says what it is
+                param.display_type_rich = lambda ctx: None
+                continue
+            if getattr(param, "metavar", "") is not None or not hasattr(param, "type_descriptor"):
+                continue
+            d = param.type_descriptor
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+            elif d.is_choice:
+                param.metavar = "CHOICE"  # the help text names the choices
+            elif d.is_path:
+                param.metavar = "PATH"
+            else:
+                param.metavar = {int: "INTEGER", float: "NUMBER", bool: ""}.get(d.annotation, "TEXT")
+            # no "[1<=x<=1000]" column: out-of-range values are refused with the range in the message
+            param._get_number_range_help_str = lambda: None
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
 
 
 def serve(config: ServeConfig) -> int:  # patched in tests; imports the server lazily
@@ -71,11 +104,11 @@ def main_callback(
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-@app.command("serve")
+@app.command("serve", cls=ReadableCommand)
 def serve_cmd(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Hub id or local directory of a Gemma-2 model.")] = DEFAULT_MODEL,
@@ -91,13 +124,15 @@ def serve_cmd(
     backend: Annotated[str, typer.Option(help="auto, mlx, torch-cuda or torch-cpu.")] = "auto",
     host: Annotated[str, typer.Option(help="Address to bind both ports to.")] = "127.0.0.1",
     dtype: Annotated[
-        Optional[DType], typer.Option(help="Model dtype (torch: bfloat16 on CUDA, float32 on CPU; mlx: as stored).")
+        Optional[DType], typer.Option(help="Model dtype: float32, bfloat16 or float16 (default torch: bfloat16 on CUDA, "
+                                    "float32 on CPU; mlx: as stored).")
     ] = None,
     sae_input_norm: Annotated[
         Norm, typer.Option(help="none: the raw residual (Gemma Scope); rms: divide each vector by its RMS.")
     ] = Norm.none,
     sae_dtype: Annotated[
-        SAEDType, typer.Option(help="SAE weights in memory; bfloat16 halves them, encode still sums in float32.")
+        SAEDType, typer.Option(help="SAE weights in memory: float32 or bfloat16 (half the memory; encode still sums in "
+                                    "float32).")
     ] = SAEDType.float32,
     labels_path: Annotated[Optional[Path], typer.Option(help="JSON file of feature index -> label.")] = None,
     feature_filter: Annotated[
@@ -125,15 +160,28 @@ def serve_cmd(
                                     help="Require this key (Authorization: Bearer) on every endpoint but /health.")
     ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "warning",
+    max_queue: Annotated[
+        int, typer.Option(help="Requests that may wait behind the running one; beyond it a request gets 429.", min=0)
+    ] = 64,
+    served_model_name: Annotated[
+        Optional[list[str]], typer.Option(help="Another name the model answers to in requests (repeatable); the "
+                                               "model id and its last path component always work.",
+                                          show_default=False)
+    ] = None,
 ) -> None:
     """Serve chat on --port and the live feature stream on --features-port."""
     from neuroscope.runtime import StartupError
 
     # typer may carry its own click: compare the source by name
-    defaults = all(
-        getattr(ctx.get_parameter_source(p), "name", "DEFAULT") == "DEFAULT"
-        for p in ("model", "sae", "sae_path", "sae_local_path")
-    )
+    def given(p: str) -> bool:
+        return getattr(ctx.get_parameter_source(p), "name", "DEFAULT") != "DEFAULT"
+
+    defaults = not any(given(p) for p in ("model", "sae", "sae_path", "sae_local_path"))
+    if demo:
+        clash = [f"--{p.replace('_', '-')}" for p in ("model", "sae", "sae_path", "sae_local_path", "sae_layer")
+                 if given(p)]
+        if clash:
+            _fail(f"--demo serves the built-in demo model and SAE; it cannot be combined with {', '.join(clash)}", 2)
     config = ServeConfig(
         model=model,
         sae=sae,
@@ -157,6 +205,8 @@ def serve_cmd(
         demo_fallback=defaults and not demo,
         allowed_origins=split_origins(allowed_origins),
         api_key=api_key,
+        max_queue=max_queue,
+        served_model_names=tuple(served_model_name or ()),
     )
     try:
         config.validate()
@@ -175,7 +225,7 @@ def serve_cmd(
     raise typer.Exit(code)
 
 
-@app.command("backends")
+@app.command("backends", cls=ReadableCommand)
 def backends_cmd() -> None:
     """List the backends and whether each is available on this machine."""
     from rich.markup import escape

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 from neuroscope.protocol import Backend, GenerationParams, Steering
@@ -114,7 +115,7 @@ def _print(console: Console, cmp: Comparison, labels, rt, top: int) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold cyan", justify="right")
     head.add_column()
-    head.add_row("model", f"{rt.info.model_id} on {rt.backend.name} ({rt.info.device})"
+    head.add_row("model", escape(f"{rt.info.model_id} on {rt.backend.name} ({rt.info.device})")
                  + ("  [yellow](built-in demo: random weights)[/]" if rt.demo else ""))
     head.add_row("layer", f"output of block {rt.config.sae_layer}; {len(cmp.prompt_ids)} prompt tokens, greedy")
     head.add_row("steering", Text(_describe(cmp.steering)))
@@ -143,7 +144,7 @@ def register(app: typer.Typer) -> None:
     """Add ``steer`` to the ``neuroscope`` app. Its option types are ``serve``'s, imported here (not at the top:
     ``neuroscope.cli`` imports this module); the annotations are evaluated as the function is defined, which
     is why this module does not use postponed annotations."""
-    from neuroscope.cli import DType, Norm, SAEDType, err
+    from neuroscope.cli import DType, Norm, ReadableCommand, SAEDType, err
 
     def _fail(message: str, code: int = 1) -> None:
         from rich.text import Text
@@ -152,7 +153,7 @@ def register(app: typer.Typer) -> None:
         err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
         raise typer.Exit(code)
 
-    @app.command("steer")
+    @app.command("steer", cls=ReadableCommand)
     def steer_cmd(
         ctx: typer.Context,
         prompt: Annotated[str, typer.Argument(help="The user message (the model's chat template is applied).")],
@@ -213,7 +214,7 @@ def register(app: typer.Typer) -> None:
             except SteeringError as exc:
                 _fail(str(exc), 2)
             if rt.fallback_reason:
-                err.print(f"[yellow]using the built-in demo model: {rt.fallback_reason}[/]", highlight=False)
+                err.print(f"[yellow]using the built-in demo model: {escape(rt.fallback_reason)}[/]", highlight=False)
             prompt_ids = chat_prompt(rt.info.tokenizer, prompt)
             room = rt.info.context_length - len(prompt_ids)
             if room < max_tokens:

@@ -44,6 +44,8 @@ class ServeConfig:
     allowed_origins: tuple[str, ...] = ()
     # when set, every endpoint but /health requires it (Authorization: Bearer, or ?api_key= on the features port)
     api_key: str | None = field(default=None, repr=False)
+    max_queue: int = 64  # requests waiting behind the running one; beyond it 429
+    served_model_names: tuple[str, ...] = ()  # more names a request's "model" may use
 
     def validate(self) -> None:
         for name, port in (("--port", self.port), ("--features-port", self.features_port)):
@@ -65,6 +67,10 @@ class ServeConfig:
             raise ValueError(f"--feature-filter must be one of {', '.join(FILTER_MODES)}, got {self.feature_filter!r}")
         if not 0.0 <= self.filter_threshold <= 1.0:
             raise ValueError(f"--filter-threshold must be between 0 and 1, got {self.filter_threshold}")
+        if self.max_queue < 0:
+            raise ValueError(f"--max-queue must be >= 0, got {self.max_queue}")
+        if any(not n.strip() for n in self.served_model_names):
+            raise ValueError("--served-model-name must not be empty")
         parse_allowed_origins(self.allowed_origins)
         if self.api_key is not None:
             if not self.api_key:

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 from neuroscope import decode
 from neuroscope.feature_hub import FeatureHub
@@ -79,6 +79,10 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: Job | None = None
         self.completed = 0
+        self.unfinished = 0  # submitted and not yet completed (loop thread only)
+        # called on the generation thread per generated token with the seconds since the previous one (None for
+        # the first)
+        self.on_token: Callable[[float | None], None] | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> "Engine":
@@ -121,6 +125,7 @@ class Engine:
         if self._thread is None:
             raise RuntimeError("engine is not running")
         job.out = asyncio.Queue()
+        self.unfinished += 1
         self._jobs.put(job)
         return job.out
 
@@ -159,7 +164,9 @@ class Engine:
         prompt_detok = Detokenizer(tok, skip_special_tokens=False)
         stops = StopMatcher(job.stop)
         finish = "length"
+        on_token = self.on_token
         gen = decode.generate(self.backend, job.prompt_ids, params)
+        last: float | None = None  # the first token's time is the prefill's: not a time per token
         try:
             for step in gen:
                 if job.cancelled.is_set():
@@ -177,6 +184,10 @@ class Engine:
                     delta += detok.flush()
                 event = self._event(job, step, delta)
                 job.completion_tokens += 1
+                if on_token is not None:
+                    now = time.perf_counter()
+                    on_token(None if last is None else now - last)
+                    last = now
                 visible = stops.feed(delta)
                 self._post(self._deliver, job, visible, event)
                 if stops.stopped:
@@ -250,6 +261,7 @@ class Engine:
 
     def _complete(self, job: Job, done: Done) -> None:
         self.completed += 1
+        self.unfinished -= 1
         self.hub.publish(
             "generation_complete",
             {

@@ -3,7 +3,7 @@
 Every subscriber has a bounded queue. When it is full the oldest event is dropped and counted, so a stalled
 or vanished consumer cannot slow generation down. All methods run on the event loop thread.
 
-The events of the last few requests are kept, so a consumer that subscribes with ``request_id`` after
+The events of every queued or running request and of the last few finished ones are kept, so a consumer that subscribes with ``request_id`` after
 reading it from a chat response (by then generation has begun) still gets that request's events from the
 start, and its stream ends after that request's ``generation_complete``.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_QUEUE_SIZE = 1024
-HISTORY_REQUESTS = 32  # requests whose events are kept for late subscribers
+HISTORY_REQUESTS = 32  # finished requests whose events are kept for late subscribers (unfinished ones always are)
 HISTORY_EVENTS = 4096  # events kept per request (the oldest go first)
 
 
@@ -78,11 +78,13 @@ class FeatureHub:
         # read from the generation thread (an int read is atomic) to decide whether to encode the prefill
         self.prompt_subscribers = 0
         self._history: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
+        self._open_ids: set[str] = set()  # queued or running: never forgotten until they complete
 
     def open_request(self, request_id: str) -> None:
         """Announce a request as soon as it is queued, so ``?request_id=`` subscribers can wait for it."""
         if request_id not in self._history:
             self._open(request_id)
+        self._open_ids.add(request_id)
 
     def knows(self, request_id: str) -> bool:
         """Whether ``request_id`` is queued, running or among the last few requests."""
@@ -90,9 +92,16 @@ class FeatureHub:
 
     def _open(self, request_id: str) -> collections.deque:
         hist = self._history[request_id] = collections.deque(maxlen=HISTORY_EVENTS)
-        while len(self._history) > HISTORY_REQUESTS:
-            self._history.popitem(last=False)
+        self._evict()
         return hist
+
+    def _evict(self) -> None:
+        """Forget the oldest finished requests beyond ``HISTORY_REQUESTS`` (queued and running ones stay)."""
+        excess = len(self._history) - len(self._open_ids) - HISTORY_REQUESTS
+        if excess <= 0:
+            return
+        for rid in [r for r in self._history if r not in self._open_ids][:excess]:
+            del self._history[rid]
 
     def subscribe(self, *, request_id: str | None = None, include_prompt: bool = False) -> Subscriber:
         size = self.queue_size if request_id is None else max(self.queue_size, HISTORY_EVENTS)
@@ -137,6 +146,9 @@ class FeatureHub:
             if hist is None:
                 hist = self._open(rid)
             hist.append(event)
+            if name == "generation_complete" and rid in self._open_ids:
+                self._open_ids.discard(rid)
+                self._evict()
         for sub in self._subs:
             if sub.wants(event) and sub.offer(event):
                 self._dropped += 1

@@ -54,22 +54,24 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
     t.add_column(style="bold cyan", justify="right")
     t.add_column(overflow="fold")
     info, cfg = rt.info, rt.config
-    t.add_row("model", info.model_id + ("  [yellow](built-in demo)[/]" if rt.demo else ""))
-    t.add_row("SAE", f"{rt.sae_id}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU, {cfg.sae_dtype})")
+    t.add_row("model", escape(info.model_id) + ("  [yellow](built-in demo)[/]" if rt.demo else ""))
+    if cfg.served_model_names:
+        t.add_row("also named", escape(", ".join(cfg.served_model_names)))
+    t.add_row("SAE", f"{escape(rt.sae_id)}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU, {cfg.sae_dtype})")
     t.add_row("layer", f"output of block {cfg.sae_layer} of {info.n_layers}  (input norm: {cfg.sae_input_norm})")
     t.add_row("backend", f"{rt.backend.name} on {info.device}, {info.dtype}")
     t.add_row("top-k", str(cfg.top_k))
-    t.add_row("labels", f"{rt.labels.source} ({rt.labels.named} named, the rest feature_<i>)")
+    t.add_row("labels", f"{escape(rt.labels.source)} ({rt.labels.named} named, the rest feature_<i>)")
     for name, value in _filter_rows(rt):
         t.add_row(name, value)
     t.add_row("chat", f"{bound.chat_url}/chat/completions")
     t.add_row("features", bound.features_url)
     t.add_row("viewer", bound.viewer_url)
-    t.add_row("access", _access_row(cfg))
+    t.add_row("access", escape(_access_row(cfg)))
     if rt.demo:
         t.add_row("", "[yellow]The demo model and SAE have random weights: varied but meaningless text and features.[/]")
     if rt.fallback_reason:
-        t.add_row("", f"[yellow]Serving the demo because the default model could not be loaded: {rt.fallback_reason}[/]")
+        t.add_row("", f"[yellow]Serving the demo because the default model could not be loaded: {escape(rt.fallback_reason)}[/]")
     return Panel(t, title="Neuroscope", border_style="cyan", expand=False)
 
 
@@ -91,6 +93,8 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
         default_max_tokens=rt.config.max_tokens,
         top_k=rt.config.top_k,
         access=Access(OriginPolicy.from_list(rt.config.allowed_origins), rt.config.api_key, rt.config.host),
+        served_model_names=rt.config.served_model_names,
+        max_queue=rt.config.max_queue,
         feature_filter=rt.feature_filter,
         filter_warning=rt.filter_warning,
         sae_input_norm=rt.config.sae_input_norm,

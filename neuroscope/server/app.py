@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from neuroscope.engine import Engine
 from neuroscope.feature_hub import FeatureHub
@@ -15,8 +18,15 @@ from neuroscope.labels import Labels
 from neuroscope.protocol import Backend, ModelInfo
 from neuroscope.server.access import Access
 from neuroscope.server.chat import make_chat_app
+from neuroscope.server.errors import APIError
 from neuroscope.server.features import make_features_app
+from neuroscope.server.metrics import Metrics
 from neuroscope.server.state import ServerState
+
+log = logging.getLogger("neuroscope.server")
+# after an early answer (408, 413), the rest of an unread body is read and dropped this long before closing, so
+# the client can read the answer; aiohttp's default is 10 s
+LINGER = 2.0
 
 @dataclass
 class Bound:
@@ -43,6 +53,31 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+class _JSONErrorHandler(RequestHandler):
+    """Requests aiohttp cannot parse (bad framing, oversized headers, a corrupt body) are answered with an
+    OpenAI-shaped JSON error, logged in one line at debug level instead of a traceback per request."""
+
+    def handle_error(self, request, status=500, exc=None, message=None):
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        log.debug("bad request from %s: %s", request.remote, message or exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already started; cannot send the error")
+        text = (message or str(exc) or "bad request").replace("\n", " ").strip()
+        resp = APIError(f"the request could not be read: {text}", status=status, code="bad_request").response()
+        resp.force_close()
+        return resp
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        kwargs = server._kwargs
+        server.__class__ = type("JSONErrorServer", (web.Server,),
+                                {"__call__": lambda srv: _JSONErrorHandler(srv, loop=srv._loop, **kwargs)})
+        return server
+
+
 class NeuroscopeServer:
     """``async with NeuroscopeServer(...) as bound:`` starts the engine and both ports; leaving stops them.
 
@@ -65,16 +100,31 @@ class NeuroscopeServer:
         queue_size: int = 1024,
         top_k: int | None = None,
         access: Access | None = None,
+        served_model_names: tuple[str, ...] = (),
+        max_queue: int = 64,
+        idle_timeout: float = 30.0,
+        body_timeout: float = 20.0,
+        shutdown_grace: float = 5.0,
         feature_filter: ActiveFilter | None = None,  # already set on the backend; events report it
         filter_warning: str | None = None,
         sae_input_norm: str = "none",
     ):
+        """``idle_timeout``: a connection that has not sent a complete request head within this many seconds
+        of opening or of its last response is closed (idle keep-alive and slowloris alike); ``body_timeout``:
+        the same for a request's body once its head is in (then ``LINGER`` s more to drop the unread rest); ``shutdown_grace``: how long shutdown waits for
+        cancelled requests to be answered."""
         self.hub = FeatureHub(queue_size)
         self.engine = Engine(backend, info, self.hub, labels, layer=layer, feature_filter=feature_filter)
         self.access = access or Access(bind_host=host)
+        self.metrics = Metrics(self.engine, self.hub)
+        self.engine.on_token = self.metrics.token
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="neuroscope-request")
         self.state = ServerState(self.engine, self.hub, labels, info.model_id, backend_name, sae_id, default_max_tokens,
-                                 top_k=top_k, access=self.access, sae_input_norm=sae_input_norm,
+                                 top_k=top_k, access=self.access, aliases=tuple(served_model_names),
+                                 max_queue=max_queue, body_timeout=body_timeout, executor=self._executor,
+                                 metrics=self.metrics, sae_input_norm=sae_input_norm,
                                  filter_warning=filter_warning)
+        self.idle_timeout, self.shutdown_grace = idle_timeout, shutdown_grace
         self.host, self.port, self.features_port = host, port, features_port
         self._runners: list[web.AppRunner] = []
         self._stack = contextlib.AsyncExitStack()
@@ -82,11 +132,14 @@ class NeuroscopeServer:
     async def __aenter__(self) -> Bound:
         await self._stack.__aenter__()
         try:
+            self._stack.callback(self._executor.shutdown, wait=False, cancel_futures=True)
             await self._stack.enter_async_context(self.engine)
             self._stack.push_async_callback(self._shutdown_http)
             ports = []
             for app, port in ((make_chat_app(self.state), self.port), (make_features_app(self.state), self.features_port)):
-                runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+                runner = _Runner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0,
+                                 keepalive_timeout=self.idle_timeout, auto_decompress=False,
+                                 lingering_time=LINGER)
                 await runner.setup()
                 self._runners.append(runner)
                 await web.TCPSite(runner, self.host, port).start()
@@ -102,12 +155,21 @@ class NeuroscopeServer:
         await self._stack.__aexit__(*exc)
 
     async def _shutdown_http(self) -> None:
-        """Close every SSE stream, stop generation, then the runners (the engine is joined after this)."""
+        """Cancel generation and let each request answer it (503 JSON, or an error chunk on a stream; feature
+        subscribers get ``generation_complete`` "cancelled"), then close every SSE stream and the runners (the
+        engine is joined after this)."""
+        self.state.shutting_down = True
+        self.engine.stop_all()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_grace
+        while self.engine.unfinished > 0 and loop.time() < deadline:
+            self.engine.stop_all()  # anything queued meanwhile
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the handlers write their answers
         self.hub.close()
         for job_stream in list(self.state.streams):
             with contextlib.suppress(Exception):
                 job_stream.stop_streaming()
-        self.engine.stop_all()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -14,15 +14,21 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        close: bool = False,
     ):
+        """``close``: close the connection after the answer (the rest of a body that was not read)."""
         super().__init__(message)
         self.message, self.status, self.type, self.param, self.code = message, status, type, param, code
+        self.close = close
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self, headers: dict[str, str] | None = None) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers=headers)
+        resp = web.json_response(self.body(), status=self.status, headers=headers)
+        if self.close:
+            resp.force_close()
+        return resp
 
 
 def error_response(status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None):

@@ -1,4 +1,6 @@
-"""Validation of ``POST /v1/chat/completions`` bodies (OpenAI's schema, the subset this server serves)."""
+"""Validation of ``POST /v1/chat/completions`` and ``POST /v1/completions`` bodies (OpenAI's schema, the subset
+this server serves). Every parameter is either honoured, accepted as harmless (``HARMLESS``) or refused with a
+400 that names it: nothing a client sends is silently ignored."""
 
 from __future__ import annotations
 
@@ -13,15 +15,80 @@ from neuroscope.steering import SteeringError, parse_steering
 ROLES = ("system", "developer", "user", "assistant")
 UNSUPPORTED_ROLES = ("tool", "function")
 MAX_STOP = 4
-# parameters a client may send that this server accepts and ignores (they do not change greedy semantics
-# enough to refuse a request); anything that would silently change the result is refused instead
-IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prediction", "modalities",
-           "reasoning_effort", "frequency_penalty", "presence_penalty", "logit_bias", "response_format"}
+# accepted and without effect on the output: bookkeeping for the client (user, metadata, store, service_tier),
+# a latency hint (prediction), tool-call parallelism when no tools are sent (parallel_tool_calls)
+HARMLESS = frozenset({"user", "metadata", "store", "service_tier", "prediction", "parallel_tool_calls"})
+# parameters of both endpoints that are honoured (validated below)
+COMMON = frozenset({"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options",
+                    "steering", "n"})
+CHAT = COMMON | {"messages", "max_completion_tokens"}
+COMPLETIONS = COMMON | {"prompt"}
+# known OpenAI parameters that are refused unless they hold their neutral value (the value that changes nothing)
+NEUTRAL: dict[str, tuple] = {
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logprobs": (None, False),  # the completions endpoint's integer form: see parse_completion_request
+    "top_logprobs": (None, 0),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "response_format": (None, {"type": "text"}),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+    "echo": (None, False),  # completions
+    "suffix": (None, ""),  # completions
+    "best_of": (None, 1),  # completions
+}
+WHY = {
+    "logit_bias": "not supported by this server",
+    "presence_penalty": "not supported by this server (only 0)",
+    "frequency_penalty": "not supported by this server (only 0)",
+    "logprobs": "not supported by this server",
+    "top_logprobs": "not supported by this server",
+    "tools": "not supported by this server (no tool calling)",
+    "tool_choice": "not supported by this server (no tool calling; only \"none\")",
+    "functions": "not supported by this server (no function calling)",
+    "function_call": "not supported by this server (no function calling; only \"none\")",
+    "audio": "not supported by this server (text only)",
+    "modalities": 'not supported by this server (only ["text"])',
+    "response_format": 'not supported by this server (only {"type": "text"}: no JSON mode or structured output)',
+    "reasoning_effort": "not supported by this server (not a reasoning model)",
+    "web_search_options": "not supported by this server",
+    "echo": "not supported by this server (only false)",
+    "suffix": "not supported by this server (no insertion)",
+    "best_of": "not supported by this server (only 1)",
+}
 
 
-@dataclass
-class ChatRequest:
-    messages: list[dict[str, str]]
+def _neutral(value: Any, allowed: tuple) -> bool:
+    # bool is an int subclass: True must not pass as 1, nor False as 0
+    return any(type(value) is type(a) and value == a for a in allowed if a is not None) or value is None
+
+
+def check_parameters(body: dict, honoured: frozenset) -> None:
+    """Refuse every parameter that is neither honoured, harmless nor at its neutral value, naming it."""
+    for key, value in body.items():
+        if key in honoured or key in HARMLESS:
+            continue
+        if key in NEUTRAL:
+            if not _neutral(value, NEUTRAL[key]) and not (key.endswith("_penalty") and _zero(value)):
+                raise _bad(f"'{key}' is {WHY[key]}", key, "unsupported_parameter")
+            continue
+        raise _bad(f"Unrecognized request argument supplied: {key}", key, "unknown_parameter")
+
+
+def _zero(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0
+
+
+@dataclass(kw_only=True)
+class SamplingRequest:
+    """What both endpoints share."""
+
     model: str
     max_tokens: int | None = None
     temperature: float = 1.0
@@ -31,6 +98,16 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     steering: Steering | None = None
+
+
+@dataclass(kw_only=True)
+class ChatRequest(SamplingRequest):
+    messages: list[dict[str, str]]
+
+
+@dataclass(kw_only=True)
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[int]  # text (tokenized with BOS, special-token strings parsed) or token ids as given
 
 
 def _bad(message: str, param: str | None = None, code: str | None = "invalid_value", status: int = 400) -> APIError:
@@ -100,49 +177,43 @@ def _steering(body: dict, d_sae: int | None) -> Steering | None:
         raise _bad(exc.message, exc.param, exc.code) from None
 
 
-def parse_chat_request(body: Any, *, served_model: str, d_sae: int | None = None) -> ChatRequest:
-    """``d_sae``: the SAE's width, which bounds a steered feature's index (None: steering is refused)."""
-    if not isinstance(body, dict):
-        raise _bad("the request body must be a JSON object", None, "invalid_type")
-    model = body.get("model", served_model)
+def served_names(model_id: str, aliases: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
+    """The names a request's ``model`` may use: the served id, its last path component, the aliases."""
+    names = [model_id, model_id.rstrip("/").rsplit("/", 1)[-1], *aliases]
+    return tuple(dict.fromkeys(n for n in names if n))
+
+
+def _model(body: dict, served_model: str, aliases) -> str:
+    model = body.get("model")
+    if model is None or model == "":
+        return served_model
     if not isinstance(model, str):
         raise _bad("'model' must be a string", "model", "invalid_type")
-    if model != served_model:
+    if model not in served_names(served_model, aliases):
         raise APIError(
             f"The model '{model}' does not exist; this server serves '{served_model}'",
             status=404, param="model", code="model_not_found",
         )
-    messages = body.get("messages")
-    if messages is None:
-        raise _bad("'messages' is required", "messages", "missing_required_parameter")
-    if not isinstance(messages, list):
-        raise _bad("'messages' must be an array", "messages", "invalid_type")
-    if not messages:
-        raise _bad("'messages' must contain at least one message", "messages", "empty_array")
-    parsed = []
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            raise _bad(f"'messages[{i}]' must be an object", f"messages[{i}]", "invalid_type")
-        role = msg.get("role")
-        if not isinstance(role, str):
-            raise _bad(f"'messages[{i}].role' must be a string", f"messages[{i}].role", "invalid_type")
-        if role in UNSUPPORTED_ROLES:
-            raise _bad(f"role {role!r} is not supported by this server (no tool calling)", f"messages[{i}].role", "unsupported_value")
-        if role not in ROLES:
-            raise _bad(f"unknown role {role!r} in messages[{i}]; use one of {', '.join(ROLES)}", f"messages[{i}].role")
-        parsed.append({"role": role, "content": _content(msg, i)})
+    return served_model
+
+
+def _object(body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object", None, "invalid_type")
+    return body
+
+
+def _sampling(body: dict, *, served_model: str, aliases, d_sae: int | None, max_keys: tuple[str, ...]) -> dict:
+    """The fields of :class:`SamplingRequest` (``max_keys``: the names of the length limit, first wins)."""
+    model = _model(body, served_model, aliases)
     n = _int(body, "n")
     if n is not None and n != 1:
         raise _bad("only n=1 is supported", "n", "unsupported_value")
-    for key in ("tools", "functions"):
-        if body.get(key):
-            raise _bad(f"'{key}' is not supported by this server", key, "unsupported_parameter")
-    if body.get("logprobs"):
-        raise _bad("'logprobs' is not supported by this server", "logprobs", "unsupported_parameter")
-    max_tokens = _int(body, "max_completion_tokens")
-    key = "max_completion_tokens"
-    if max_tokens is None:
-        max_tokens, key = _int(body, "max_tokens"), "max_tokens"
+    max_tokens, key = None, max_keys[-1]
+    for key in max_keys:
+        max_tokens = _int(body, key)
+        if max_tokens is not None:
+            break
     if max_tokens is not None and max_tokens < 1:
         raise _bad(f"'{key}' must be at least 1, got {max_tokens}", key)
     stop = body.get("stop")
@@ -171,8 +242,9 @@ def parse_chat_request(body: Any, *, served_model: str, d_sae: int | None = None
             raise _bad("'stream_options.include_usage' must be a boolean", "stream_options.include_usage", "invalid_type")
         include_usage = v
     seed = _int(body, "seed")
-    return ChatRequest(
-        messages=parsed,
+    if seed is not None and not -(2**63) <= seed < 2**64:
+        raise _bad("'seed' must be between -2**63 and 2**64 - 1", "seed")
+    return dict(
         model=model,
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
@@ -183,6 +255,67 @@ def parse_chat_request(body: Any, *, served_model: str, d_sae: int | None = None
         include_usage=include_usage,
         steering=_steering(body, d_sae),
     )
+
+
+def parse_chat_request(body: Any, *, served_model: str, aliases: tuple[str, ...] = (),
+                       d_sae: int | None = None) -> ChatRequest:
+    """``d_sae``: the SAE's width, which bounds a steered feature's index (None: steering is refused).
+    ``aliases``: more names ``model`` may use besides the served id and its last path component."""
+    body = _object(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise _bad("'messages' is required", "messages", "missing_required_parameter")
+    if not isinstance(messages, list):
+        raise _bad("'messages' must be an array", "messages", "invalid_type")
+    if not messages:
+        raise _bad("'messages' must contain at least one message", "messages", "empty_array")
+    parsed = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise _bad(f"'messages[{i}]' must be an object", f"messages[{i}]", "invalid_type")
+        role = msg.get("role")
+        if not isinstance(role, str):
+            raise _bad(f"'messages[{i}].role' must be a string", f"messages[{i}].role", "invalid_type")
+        if role in UNSUPPORTED_ROLES:
+            raise _bad(f"role {role!r} is not supported by this server (no tool calling)", f"messages[{i}].role", "unsupported_value")
+        if role not in ROLES:
+            raise _bad(f"unknown role {role!r} in messages[{i}]; use one of {', '.join(ROLES)}", f"messages[{i}].role")
+        parsed.append({"role": role, "content": _content(msg, i)})
+    fields = _sampling(body, served_model=served_model, aliases=aliases, d_sae=d_sae,
+                       max_keys=("max_completion_tokens", "max_tokens"))
+    check_parameters(body, CHAT)
+    return ChatRequest(messages=parsed, **fields)
+
+
+def parse_completion_request(body: Any, *, served_model: str, aliases: tuple[str, ...] = (),
+                             d_sae: int | None = None, vocab_size: int | None = None) -> CompletionRequest:
+    """``prompt``: a string, or a list holding one string or token ids (``vocab_size`` bounds them)."""
+    body = _object(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _bad("'prompt' is required", "prompt", "missing_required_parameter")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, list):
+        if not prompt:
+            raise _bad("'prompt' must not be empty", "prompt", "empty_array")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise _bad("'prompt' must be a string, an array of token ids, or an array of one of those "
+                       "(batches of several prompts are not supported)", "prompt", "invalid_type")
+        hi = vocab_size if vocab_size is not None else 2**31
+        bad = next((t for t in prompt if not 0 <= t < hi), None)
+        if bad is not None:
+            raise _bad(f"'prompt' holds token id {bad}, outside the vocabulary (0..{hi - 1})", "prompt")
+    elif not isinstance(prompt, str):
+        raise _bad("'prompt' must be a string or an array of token ids", "prompt", "invalid_type")
+    elif not prompt:
+        raise _bad("'prompt' must not be empty", "prompt", "invalid_value")
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not (isinstance(logprobs, int) and not isinstance(logprobs, bool) and logprobs == 0):
+        raise _bad(f"'logprobs' is {WHY['logprobs']}", "logprobs", "unsupported_parameter")
+    fields = _sampling(body, served_model=served_model, aliases=aliases, d_sae=d_sae, max_keys=("max_tokens",))
+    check_parameters({k: v for k, v in body.items() if k != "logprobs"}, COMPLETIONS)
+    return CompletionRequest(prompt=prompt, **fields)
 
 
 def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import weakref
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -11,6 +13,9 @@ from neuroscope.engine import Engine
 from neuroscope.feature_hub import FeatureHub
 from neuroscope.labels import Labels
 from neuroscope.server.access import Access
+
+if TYPE_CHECKING:
+    from neuroscope.server.metrics import Metrics
 
 
 @dataclass
@@ -29,6 +34,13 @@ class ServerState:
     chat_port: int = 0  # the bound ports, set once both are listening
     features_port: int = 0
     streams: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # open SSE responses, stopped on shutdown
+    aliases: tuple[str, ...] = ()  # more names the served model answers to (--served-model-name)
+    max_queue: int = 64  # requests waiting behind the running one; past it, 429
+    retry_after: int = 1  # seconds, in a 429's Retry-After
+    body_timeout: float = 20.0  # a request body must arrive within this many seconds
+    executor: Executor | None = None  # parses and tokenizes request bodies off the event loop
+    metrics: "Metrics | None" = None
+    shutting_down: bool = False
 
 
 STATE = web.AppKey("neuroscope_state", ServerState)

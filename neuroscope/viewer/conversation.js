@@ -2,6 +2,7 @@
 // per-feature figures the side panels read.
 
 import { PICKED_RGB, TOP_RGB, shade } from "./colour.js";
+import { describeSpec } from "./steering.js";
 
 const SPECIAL_TEXT = /^<[^<>\s]+>$/; // <bos>, <start_of_turn>, ... in prompt tokens
 
@@ -13,10 +14,10 @@ function el(tag, className, text) {
 }
 
 class Turn {
-  constructor(userText, includePrompt) {
+  constructor(userText, includePrompt, steering, resent) {
     this.root = el("article", "turn");
     const user = el("div", "msg user");
-    user.append(el("div", "role", "you"), el("div", "text", userText));
+    user.append(el("div", "role", resent ? "you · resent" : "you"), el("div", "text", userText));
     this.prompt = el("details", "prompt");
     this.prompt.open = true;
     this.promptCount = el("span", "muted", "");
@@ -28,7 +29,8 @@ class Turn {
     const reply = el("div", "msg assistant");
     const role = el("div", "role", "model ");
     this.status = el("span", "turn-status", "waiting…");
-    role.append(this.status);
+    this.badge = el("span", "steer-badge");
+    role.append(this.status, this.badge);
     this.reply = el("div", "tokens reply");
     this.error = el("div", "turn-error");
     this.error.hidden = true;
@@ -36,6 +38,14 @@ class Turn {
     this.root.append(user, this.prompt, reply);
     this.requestId = null;
     this.text = "";
+    this.setSteering(steering);
+  }
+
+  // The steering this reply was asked for (and, once complete, what the server says it ran), or null.
+  setSteering(spec) {
+    this.badge.hidden = !spec;
+    this.badge.textContent = spec ? `steered: ${describeSpec(spec)}` : "";
+    this.reply.classList.toggle("steered", Boolean(spec));
   }
 
   setStatus(text) {
@@ -59,6 +69,7 @@ function tokenElement(tok) {
   node.dataset.tokenIndex = String(tok.index);
   node.dataset.requestId = tok.requestId;
   if (tok.prompt) node.dataset.prompt = "true";
+  if (tok.steered) node.classList.add("steered");
   if (tok.special) {
     node.classList.add("special");
     node.textContent = tok.text || "EOS";
@@ -89,8 +100,8 @@ export class Conversation {
     this.selected = null; // the feature highlighted across the conversation
   }
 
-  addTurn(userText, includePrompt) {
-    const turn = new Turn(userText, includePrompt);
+  addTurn(userText, includePrompt, steering = null, resent = false) {
+    const turn = new Turn(userText, includePrompt, steering, resent);
     this.root.append(turn.root);
     return turn;
   }
@@ -107,6 +118,7 @@ export class Conversation {
       index: event.token_index,
       prompt,
       special: event.special === true,
+      steered: event.steered === true, // read from a steered residual
       text: typeof event.token === "string" ? event.token : "",
       position: event.position,
       l0: event.l0,

@@ -3,6 +3,7 @@
 import { HTTPError, LiveStream, apiKey, fetchInfo, followRequest, setApiKey, streamChat } from "./api.js";
 import { Conversation } from "./conversation.js";
 import { renderFeature, renderToken, renderTop } from "./panels.js";
+import { SteeringSet, renderSteering } from "./steering.js";
 
 const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -18,6 +19,9 @@ const STATE_TEXT = {
 const conv = new Conversation($("conversation"));
 let info = null;
 let messages = []; // the chat history sent with each turn
+let last = null; // the last message sent, {text, history}: what Resend sends again
+let busy = false; // a chat request is under way
+const steering = new SteeringSet(); // sent with every request while it holds a feature
 let following = new Map(); // open feature streams of replies: stop function -> "streaming" | "reconnecting"
 let liveState = "connecting";
 let pinned = null; // the token whose features stay in the panel
@@ -83,6 +87,7 @@ async function loadInfo() {
       }
     }
   }
+  $("steer-index").placeholder = `feature 0–${info.d_sae - 1}`;
   const topk = info.top_k ? ` · top-${info.top_k}` : "";
   const sae = `${info.sae} · layer ${info.layer} · ${info.d_sae} features${topk}`;
   $("model-info").textContent = `${info.model} · ${info.backend} · ${sae}`;
@@ -137,6 +142,12 @@ document.addEventListener("click", (e) => {
   const feat = target && target.closest("[data-feature-index]");
   if (feat) return select(Number(feat.dataset.featureIndex));
   if (target && target.closest("#feature-clear")) return select(conv.selected);
+  if (target && target.closest("#feature-steer")) return pickSteered(conv.selected);
+  const unsteer = target && target.closest("[data-steer-remove]");
+  if (unsteer) {
+    steering.remove(Number(unsteer.dataset.steerRemove));
+    return showSteering();
+  }
   const ref = target && target.closest(".tokref");
   if (ref) {
     const tok = conv.tokens.find((t) => t.requestId === ref.dataset.requestId && String(t.index) === ref.dataset.ref
@@ -177,6 +188,7 @@ function follow(turn, requestId, includePrompt) {
     },
     onComplete: (c) => {
       turn.setStatus(`${c.tokens} tokens · ${c.finish_reason}`);
+      if ("steering" in c) turn.setSteering(c.steering); // the spec as the server ran it
       if (c.error) turn.fail(c.error);
       done();
     },
@@ -214,18 +226,23 @@ async function chat(body, turn, includePrompt) {
   }
 }
 
-async function send(text) {
+// Sends `text` after `history` with the current steering; a new turn shows the reply.
+async function send(text, history, resent) {
   const includePrompt = $("include-prompt").checked;
   if (includePrompt) await Promise.race([live.ready, sleep(3000)]); // so the server computes its prompt features
-  const turn = conv.addTurn(text, includePrompt);
+  last = { text, history };
+  const spec = steering.spec();
+  const turn = conv.addTurn(text, includePrompt, spec, resent);
   $("empty-hint").hidden = true;
+  $("error-bar").hidden = true;
   convEl.scrollTop = convEl.scrollHeight;
   const body = {
     model: info.model,
-    messages: [...messages, { role: "user", content: text }],
+    messages: [...history, { role: "user", content: text }],
     max_tokens: Number($("max-tokens").value) || undefined,
     temperature: Number($("temperature").value),
   };
+  if (spec) body.steering = spec;
   try {
     const result = await chat(body, turn, includePrompt);
     messages = [...body.messages, { role: "assistant", content: result.text }];
@@ -238,20 +255,70 @@ async function send(text) {
   }
 }
 
+function setBusy(on) {
+  busy = on;
+  $("send-button").disabled = on;
+  $("resend-button").disabled = on || !last;
+}
+
 $("chat-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const input = $("chat-input");
   const text = input.value.trim();
-  if (!text || !info || $("send-button").disabled) return;
+  if (!text || !info || busy) return;
   input.value = "";
-  $("send-button").disabled = true;
+  setBusy(true);
   try {
-    await send(text);
+    await send(text, messages, false);
   } finally {
-    $("send-button").disabled = false;
+    setBusy(false);
     input.focus();
   }
 });
+
+// Resend: the last message again, after the same history (its reply, if any, is replaced in the history).
+$("resend-button").addEventListener("click", async () => {
+  if (!last || !info || busy) return;
+  setBusy(true);
+  try {
+    await send(last.text, last.history, true);
+  } finally {
+    setBusy(false);
+  }
+});
+
+// ------------------------------------------------------------------ steering
+function showSteering() {
+  renderSteering($("steer-list"), $("steer-none"), steering, (i) => conv.label(i));
+  $("steer-value").hidden = $("steer-mode").value === "ablate"; // ablate takes no value
+}
+
+function pickSteered(feature) {
+  $("steer-index").value = String(feature);
+  $($("steer-mode").value === "ablate" ? "steer-mode" : "steer-value").focus();
+}
+
+function addSteered() {
+  const index = $("steer-index"), value = $("steer-value"), mode = $("steer-mode").value;
+  if (index.value.trim() === "") return index.focus();
+  if (mode !== "ablate" && value.value.trim() === "") return value.focus();
+  // the server checks the rest (range, integer, size) and says what is wrong
+  steering.set(Number(index.value), mode, mode === "ablate" ? undefined : Number(value.value));
+  index.value = "";
+  showSteering();
+}
+
+$("steer-add").addEventListener("click", addSteered);
+for (const id of ["steer-index", "steer-value"]) {
+  $(id).addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      e.preventDefault(); // not the chat form's submit
+      addSteered();
+    }
+  });
+}
+$("steer-mode").addEventListener("change", showSteering);
+$("steer-positions").addEventListener("change", (e) => (steering.positions = e.target.value));
 
 $("chat-input").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
@@ -264,6 +331,8 @@ $("clear-button").addEventListener("click", () => {
   for (const stop of following.keys()) stop();
   following.clear();
   messages = [];
+  last = null;
+  setBusy(busy);
   pinned = shown = null;
   conv.clear();
   $("token-detail").textContent = "Hover a token to see its features; click it to keep them here.";
@@ -273,4 +342,5 @@ $("clear-button").addEventListener("click", () => {
   showState();
 });
 
+showSteering();
 loadInfo();

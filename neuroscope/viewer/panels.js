@@ -32,6 +32,7 @@ function describe(tok) {
   const parts = [`${kind} ${tok.index}`];
   if (tok.position !== undefined) parts.push(`position ${tok.position}`);
   if (tok.l0 !== undefined) parts.push(`L0 ${tok.l0}`);
+  if (tok.steered) parts.push("steered");
   return parts.join(" · ");
 }
 
@@ -57,7 +58,11 @@ export function renderFeature(panel, conv, info) {
   const clear = el("button", "link", "clear");
   clear.type = "button";
   clear.id = "feature-clear";
-  h2.append(clear);
+  const steer = el("button", "link", "steer");
+  steer.type = "button";
+  steer.id = "feature-steer";
+  steer.title = `steer feature ${f} in the next request`;
+  h2.append(steer, clear);
   const facts = el("dl", "facts");
   const fact = (k, v) => facts.append(el("dt", "", k), el("dd", "", v));
   fact("label source", info && info.labels ? info.labels.source : "");

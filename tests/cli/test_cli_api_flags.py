@@ -1,0 +1,95 @@
+"""CLI: --max-queue and --served-model-name, --demo refusing model/SAE flags, messages with brackets printed
+literally, and readable help."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from neuroscope import cli, registry
+from neuroscope.config import ServeConfig
+from neuroscope.runtime import StartupError
+
+
+@pytest.fixture
+def captured(monkeypatch) -> list[ServeConfig]:
+    configs: list[ServeConfig] = []
+    monkeypatch.setattr(cli, "serve", lambda config: configs.append(config) or 0)
+    return configs
+
+
+def test_max_queue_and_served_model_names_reach_the_config(captured):
+    r = CliRunner().invoke(cli.app, ["serve", "--max-queue", "3", "--served-model-name", "gemma-2-2b-it",
+                                     "--served-model-name", "g2"])
+    assert r.exit_code == 0, r.output
+    assert captured[0].max_queue == 3 and captured[0].served_model_names == ("gemma-2-2b-it", "g2")
+
+
+def test_defaults(captured):
+    assert CliRunner().invoke(cli.app, ["serve"]).exit_code == 0
+    assert captured[0].max_queue == 64 and captured[0].served_model_names == ()
+
+
+@pytest.mark.parametrize("args", [["--max-queue", "-1"], ["--served-model-name", " "]])
+def test_bad_values_exit_2(captured, args):
+    r = CliRunner().invoke(cli.app, ["serve", *args])
+    assert r.exit_code == 2 and not captured
+
+
+@pytest.mark.parametrize("flag,value", [("--model", "x/y"), ("--sae", "a/b"), ("--sae-path", "p.npz"),
+                                        ("--sae-local-path", "s.npz"), ("--sae-layer", "3")])
+def test_demo_with_model_or_sae_flags_is_an_error(captured, flag, value):
+    r = CliRunner().invoke(cli.app, ["serve", "--demo", flag, value])
+    assert r.exit_code == 2 and not captured
+    assert "--demo" in r.output and flag in r.output
+
+
+def test_demo_with_other_flags_is_fine(captured):
+    r = CliRunner().invoke(cli.app, ["serve", "--demo", "--port", "9000", "--top-k", "3"])
+    assert r.exit_code == 0 and captured[0].demo
+
+
+def test_error_messages_keep_their_brackets(monkeypatch):
+    def fail(config):
+        raise StartupError("backend 'mlx' is not available; to use it: pip install 'neuroscope[mlx]' [or mlx[cpu]]")
+
+    monkeypatch.setattr(cli, "serve", fail)
+    r = CliRunner().invoke(cli.app, ["serve"])
+    assert r.exit_code == 1
+    assert "pip install 'neuroscope[mlx]' [or mlx[cpu]]" in r.output
+
+
+def test_unavailable_backend_hint_is_printed_intact():
+    missing = [n for n in registry.names() if n not in registry.available()]
+    if not missing:
+        pytest.skip("every backend is available here")
+    name = missing[0]
+    r = CliRunner().invoke(cli.app, ["serve", "--backend", name, "--demo"])
+    assert r.exit_code == 1
+    hint = registry.install_hint(name)
+    assert "[" in hint and hint in " ".join(r.output.split()), r.output
+
+
+def test_backends_table_keeps_brackets():
+    r = CliRunner().invoke(cli.app, ["backends"], terminal_width=200)
+    assert r.exit_code == 0
+    for name in registry.names():
+        if name not in registry.available():
+            quoted = re.findall(r"'[^' ]*\[[^' ]*\]'", registry.install_hint(name))  # e.g. '.[torch]'
+            assert quoted and all(q in r.output for q in quoted), r.output
+
+
+@pytest.mark.parametrize("command", ["serve", "steer", "backends"])
+def test_help_has_no_type_tags_and_full_defaults(command):
+    r = CliRunner().invoke(cli.app, [command, "--help"], terminal_width=120, env={"COLUMNS": "120"})
+    assert r.exit_code == 0
+    assert not re.search(r"<(str|bool|int|float|path|int range|float range)>", r.output), r.output
+    if command == "serve":
+        flat = " ".join(r.output.split())
+        for default in ("layer_20/width_16k/average_l0_71/params.npz", "google/gemma-scope-2b-pt-res",
+                        "google/gemma-2-2b-it"):
+            assert default in r.output, r.output
+        assert "…" not in r.output
+        assert "--max-queue" in flat and "--served-model-name" in flat
