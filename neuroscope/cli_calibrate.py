@@ -51,8 +51,13 @@ InputNorm = Annotated[Norm, typer.Option(help="none: the raw residual (Gemma Sco
 Demo = Annotated[bool, typer.Option("--demo", help="The built-in offline demo model and SAE.")]
 
 
-def _config(model: str, sae: str, sae_path: str, sae_local_path: Path | None, sae_layer: int, norm: Norm,
-            demo: bool, **extra: Any) -> ServeConfig:
+def _config(ctx: typer.Context, model: str, sae: str, sae_path: str, sae_local_path: Path | None, sae_layer: int,
+            norm: Norm, demo: bool, **extra: Any) -> ServeConfig:
+    if demo:  # as `serve --demo`: the demo's own model and SAE, never mixed with others
+        clash = [f"--{p.replace('_', '-')}" for p in ("model", "sae", "sae_path", "sae_local_path", "sae_layer")
+                 if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") != "DEFAULT"]
+        if clash:
+            _fail(f"--demo uses the built-in demo model and SAE; it cannot be combined with {', '.join(clash)}", 2)
     config = ServeConfig(model=model, sae=sae, sae_path=sae_path,
                          sae_local_path=str(sae_local_path) if sae_local_path else None, sae_layer=sae_layer,
                          sae_input_norm=norm.value, demo=demo, **extra)
@@ -65,6 +70,7 @@ def _config(model: str, sae: str, sae_path: str, sae_local_path: Path | None, sa
 
 @app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     model: Model = DEFAULT_MODEL,
     sae: Sae = DEFAULT_SAE,
     sae_path: SaePath = DEFAULT_SAE_PATH,
@@ -93,7 +99,7 @@ def run_cmd(
     labels_path: Annotated[Optional[Path], typer.Option(help="JSON label map, for the summary.")] = None,
 ) -> None:
     """Run the corpus pass and write the calibration statistics (resumes a killed run)."""
-    config = _config(model, sae, sae_path, sae_local_path, sae_layer, sae_input_norm, demo, backend=backend,
+    config = _config(ctx, model, sae, sae_path, sae_local_path, sae_layer, sae_input_norm, demo, backend=backend,
                      dtype=dtype.value if dtype else None, labels_path=str(labels_path) if labels_path else None)
     opts = calibrate.RunOptions(corpus_path=str(corpus_path) if corpus_path else None, samples=samples,
                                 batch_size=batch_size, max_tokens_per_sample=max_tokens_per_sample,
@@ -120,6 +126,7 @@ def run_cmd(
 
 @app.command("show")
 def show_cmd(
+    ctx: typer.Context,
     stats: Annotated[
         Optional[Path], typer.Option(help="A calibration JSON (default: the one for the model/SAE options below).")
     ] = None,
@@ -137,7 +144,7 @@ def show_cmd(
     from neuroscope import calibration, fixtures, paths
     from neuroscope.labels import LabelError, Labels
 
-    config = _config(model, sae, sae_path, sae_local_path, sae_layer, sae_input_norm, demo)
+    config = _config(ctx, model, sae, sae_path, sae_local_path, sae_layer, sae_input_norm, demo)
     if demo:
         fx = fixtures.demo_fixture()
         config.model, config.sae_local_path, config.sae_layer = str(fx.model_dir), str(fx.sae_path), fx.sae_layer

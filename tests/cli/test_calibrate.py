@@ -224,3 +224,17 @@ def test_show_errors_are_one_line(tiny_fixture, cache, tmp_path):
     bad.write_text("{}")
     assert "not a neuroscope-calibration/1 file" in error_line(invoke("show", "--stats", str(bad)))
     assert "not found" in error_line(invoke("show", "--stats", str(tmp_path / "missing.json")))
+
+
+def test_the_demo_is_calibrated_under_its_own_name(corpus_dir, cache):
+    result = invoke("run", "--demo", "--backend", "torch-cpu", "--corpus-path", str(corpus_dir), "--samples", "4",
+                    "--max-tokens-per-sample", "32")
+    assert result.exit_code == 0, result.output
+    files = list((cache / "calibration").rglob("calibration.json"))
+    assert len(files) == 1 and files[0].relative_to(cache / "calibration").parts[0] == "neuroscope-demo"
+    assert json.loads(files[0].read_text())["model"] == "neuroscope-demo"
+    shown = invoke("show", "--demo", "--top", "20")
+    assert shown.exit_code == 0, shown.output
+    assert "random feature" in shown.stdout  # the demo's example labels, where it names a feature
+    clash = invoke("run", "--demo", "--sae-layer", "1", "--corpus-path", str(corpus_dir))
+    assert clash.exit_code == 2 and "cannot be combined with --sae-layer" in clash.output
