@@ -127,10 +127,7 @@ def parquet_files(repo: str, config: str, split: str, *, online: bool) -> list[s
                           f"unreachable; {offline_hint()}")
     from huggingface_hub import HfApi
 
-    try:
-        listed = HfApi().list_repo_files(repo, repo_type="dataset")
-    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
-        raise _hub_failure(exc, f"the file list of {repo}") from None
+    listed = _with_retries(lambda: HfApi().list_repo_files(repo, repo_type="dataset"), f"the file list of {repo}")
     files = sorted(f for f in listed if fnmatch.fnmatchcase(f, f"{config}/{split}-*.parquet"))
     if not files:
         raise CorpusError(f"{repo} has no {config}/{split}-*.parquet files (config/split found: {_configs_in(listed)})")
@@ -143,16 +140,23 @@ def _download(repo: str, filename: str, *, online: bool, progress: JobProgress) 
     extra = {}
     if "tqdm_class" in inspect.signature(hf_hub_download).parameters:  # huggingface_hub >= 1.0
         extra["tqdm_class"] = progress.download_bar(f"download {filename.rsplit('/', 1)[-1]}")
+    return Path(_with_retries(
+        lambda: hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset", local_files_only=not online,
+                                **extra),
+        f"{repo}/{filename}",
+    ))
+
+
+def _with_retries(call, what: str):
+    """``call()``, tried again on 5xx answers (not every huggingface_hub release retries them itself)."""
     for attempt in range(1, DOWNLOAD_TRIES + 1):
         try:
-            return Path(hf_hub_download(
-                repo_id=repo, filename=filename, repo_type="dataset", local_files_only=not online, **extra
-            ))
+            return call()
         except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
             if attempt < DOWNLOAD_TRIES and _transient(exc):
                 time.sleep(RETRY_WAIT_S * attempt)
                 continue
-            raise _hub_failure(exc, f"{repo}/{filename}") from None
+            raise _hub_failure(exc, what) from None
     raise AssertionError("unreachable")
 
 
