@@ -122,6 +122,7 @@ export class Conversation {
       text: typeof event.token === "string" ? event.token : "",
       position: event.position,
       l0: event.l0,
+      filtered: typeof event.filtered_count === "number" ? event.filtered_count : undefined, // under a filter
       features,
       top: features.length ? features[0].activation : 0,
       acts: new Map(features.map((f) => [f.index, f.activation])),

@@ -10,8 +10,8 @@ function el(tag, className, text) {
 const fmt = (x) => (Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2)); // sums
 const act = (x) => x.toFixed(2); // activations, as the stream gives them (to 2 places)
 
-// One clickable feature row: #index, label, a bar (value / scale), the value.
-function featureRow(index, label, value, scale, note, selected) {
+// One clickable feature row: #index, label, a bar (value / scale), the value (and its surprise under a filter).
+function featureRow(index, label, value, scale, note, selected, surprise) {
   const li = el("li");
   const row = el("button", "feat");
   row.type = "button";
@@ -23,6 +23,11 @@ function featureRow(index, label, value, scale, note, selected) {
   bar.append(fill);
   row.append(el("span", "fid", `#${index}`), el("span", "flabel", label), bar, el("span", "fval", note || act(value)));
   row.title = `${label} (feature ${index}): ${value}`;
+  if (typeof surprise === "number") {
+    row.classList.add("with-surprise");
+    row.append(el("span", "fsurprise", surprise.toFixed(2)));
+    row.title += `, surprise ${surprise}`;
+  }
   li.append(row);
   return li;
 }
@@ -33,6 +38,7 @@ function describe(tok) {
   if (tok.position !== undefined) parts.push(`position ${tok.position}`);
   if (tok.l0 !== undefined) parts.push(`L0 ${tok.l0}`);
   if (tok.steered) parts.push("steered");
+  if (tok.filtered !== undefined) parts.push(`${tok.filtered} filtered`); // fired but hidden by the filter
   return parts.join(" · ");
 }
 
@@ -44,7 +50,7 @@ export function renderToken(container, tok, { pinned, selected }) {
   const list = el("ol", "feature-list");
   const scale = tok.top || 0;
   for (const f of tok.features) {
-    list.append(featureRow(f.index, f.label, f.activation, scale, null, f.index === selected));
+    list.append(featureRow(f.index, f.label, f.activation, scale, null, f.index === selected, f.surprise));
   }
   container.replaceChildren(head, tok.features.length ? list : el("p", "muted", "No feature fired."));
 }
