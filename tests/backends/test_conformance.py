@@ -22,13 +22,6 @@ EACH_BACKEND = pytest.mark.parametrize(
 )
 
 
-@pytest.fixture(scope="module", params=BACKENDS or [pytest.param(None, marks=pytest.mark.skip("no backend"))])
-def loaded(request, tiny_fixture):
-    backend, info, sae = load_backend(request.param, tiny_fixture, top_k=K)
-    yield backend, info, sae
-    backend.close()
-
-
 @pytest.fixture(scope="module")
 def prompt_ids(loaded):
     _, info, _ = loaded

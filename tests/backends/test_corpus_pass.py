@@ -30,13 +30,6 @@ TEXTS = [
 MAX_TOKENS = 48
 
 
-@pytest.fixture(scope="module", params=BACKENDS or [pytest.param(None, marks=pytest.mark.skip("no backend"))])
-def loaded(request, tiny_fixture):
-    backend, info, sae = load_backend(request.param, tiny_fixture, top_k=K)
-    yield backend, info, sae
-    backend.close()
-
-
 @pytest.fixture(scope="module")
 def samples(loaded):
     _, info, _ = loaded

@@ -43,13 +43,6 @@ def _steering(features, positions: str) -> Steering:
     )
 
 
-@pytest.fixture(scope="module", params=BACKENDS or [pytest.param(None, marks=pytest.mark.skip("no backend"))])
-def loaded(request, tiny_fixture):
-    backend, info, sae = load_backend(request.param, tiny_fixture, top_k=K)
-    yield backend, info, sae
-    backend.close()
-
-
 @pytest.fixture(scope="module")
 def prompt_ids(tiny_fixture):
     from neuroscope.checkpoint import load_tokenizer
