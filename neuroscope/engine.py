@@ -207,7 +207,6 @@ class Engine:
         self._finish(job, finish)
 
     def _event(self, job: Job, step: Step, token_text: str) -> dict[str, Any]:
-        labels = self.labels
         index = step.position if step.prompt else job.completion_tokens
         steering = job.params.steering
         return {
@@ -222,27 +221,29 @@ class Engine:
             "l0": step.l0,
             # whether this position's residual (the one these features read) was steered
             "steered": steering is not None and steering.steers(step.position, len(job.prompt_ids)),
-            "top_features": [
-                {"index": int(i), "label": labels[int(i)], "activation": round(float(v), 6)}
-                for i, v in zip(step.feature_ids, step.feature_values)
-            ],
+            "top_features": self._features(step),
         } | self._filter_fields(step)
 
+    def _features(self, step: Step) -> list[dict[str, Any]]:
+        """The step's features; under a calibrated filter each also carries its ``surprise`` (the raw activation
+        times ``-log10(rate) / max`` from calibration)."""
+        labels = self.labels
+        flt = self.feature_filter
+        surprise = flt.surprise if flt is not None else None
+        out = []
+        for i, v in zip(step.feature_ids.tolist(), step.feature_values.tolist()):
+            f = {"index": i, "label": labels[i], "activation": round(v, 6)}
+            if surprise is not None:
+                f["surprise"] = round(v * float(surprise[i]), 6)
+            out.append(f)
+        return out
+
     def _filter_fields(self, step: Step) -> dict[str, Any]:
-        """Under a calibrated filter: how many fired features the mask hid (counted on the device), and each
-        reported feature's ``surprise`` (its raw activation times ``-log10(rate) / max`` from calibration)."""
+        """Under a calibrated filter: how many fired features the mask hid (counted on the device)."""
         flt = self.feature_filter
         if flt is None or flt.surprise is None:
             return {}
-        labels = self.labels
-        return {
-            "top_features": [
-                {"index": int(i), "label": labels[int(i)], "activation": round(float(v), 6),
-                 "surprise": round(float(v) * float(flt.surprise[int(i)]), 6)}
-                for i, v in zip(step.feature_ids, step.feature_values)
-            ],
-            "filtered_count": step.filtered,
-        }
+        return {"filtered_count": step.filtered}
 
     def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
         job.finish_reason = reason
