@@ -218,7 +218,10 @@ class MLXBackend:
                 if tail is not None:
                     parts.append(tail)
             record = parts[0] if len(parts) == 1 else mx.concatenate(parts)
-        mx.async_eval(record)
+        if state.logits is not None and state.logits.counts is not None:
+            mx.async_eval(record, state.logits.counts)  # the counts the next step reads, computed with this one
+        else:
+            mx.async_eval(record)
         return record, hidden
 
 
