@@ -45,6 +45,7 @@ class _Request:
     temperature: float
     top_p: float
     steer: Any = None  # this request's MLXSteer (fixed-shape arrays), applied in every decode step
+    logits: Any = None  # this request's _LogitProcessor (bias / penalties / logprobs); None: the plain graph
 
 
 class MLXBackend:
@@ -151,7 +152,8 @@ class MLXBackend:
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         steer = self.sae.steerer(params.steering, self.layer) if params.steering is not None else None
         state = _Request(model.make_cache(), None, mx.random.key(seed & 0xFFFF_FFFF_FFFF_FFFF),  # unsigned 64-bit
-                         params.temperature, params.top_p, steer)
+                         params.temperature, params.top_p, steer,
+                         _LogitProcessor(params, self.model.args.vocab_size) if params.processes_logits else None)
         prompt_steer = steer if steer is not None and steer.positions == "all" else None
         want_prompt = params.prompt_features and capture
         stream = _generation_stream()
@@ -203,12 +205,23 @@ class MLXBackend:
             out = self.model(tokens, state.cache, capture_layer=self.layer if capture else None, last_only=True,
                              steer=steer)
             logits, hidden = out if capture else (out, None)
-            state.token = _sample(logits[:, -1, :], state.temperature, state.top_p, sub)
+            last = logits[:, -1, :]
+            proc = state.logits
+            if proc is not None:
+                last = proc.process(last)
+            state.token = _sample(last, state.temperature, state.top_p, sub)
+            parts = [state.token.astype(mx.float32)]
             if capture:
-                record = mx.concatenate([state.token.astype(mx.float32), self.sae.topk(hidden[:, -1, :])[0]])
-            else:
-                record = state.token.astype(mx.float32)
-        mx.async_eval(record)
+                parts.append(self.sae.topk(hidden[:, -1, :])[0])
+            if proc is not None:
+                tail = proc.after(last, state.token)
+                if tail is not None:
+                    parts.append(tail)
+            record = parts[0] if len(parts) == 1 else mx.concatenate(parts)
+        if state.logits is not None and state.logits.counts is not None:
+            mx.async_eval(record, state.logits.counts)  # the counts the next step reads, computed with this one
+        else:
+            mx.async_eval(record)
         return record, hidden
 
 
@@ -224,6 +237,51 @@ def _generation_stream():
         make = getattr(mx, "new_thread_local_stream", mx.new_stream)
         _STREAM = make(mx.default_device())
     return _STREAM
+
+
+class _LogitProcessor:
+    """One request's logit processing, fixed shapes built once (as the torch backend's ``LogitProcessor``): a
+    dense (vocab,) bias, a (vocab,) count of the generated tokens for the presence / frequency penalties
+    (updated in the graph after each draw), and the record's logprob tail ``[logprob, n ids, n logprobs]`` from
+    the log_softmax of the processed logits, before temperature."""
+
+    def __init__(self, params, vocab: int) -> None:
+        import mlx.core as mx
+
+        self.bias = None
+        if params.logit_bias:
+            ids, vals = params.bias_arrays()
+            self.bias = mx.zeros((vocab,), dtype=mx.float32).at[mx.array(ids.astype(np.int32))].add(mx.array(vals))
+        self.counts = mx.zeros((vocab,), dtype=mx.float32) if params.penalized else None
+        self.presence = float(params.presence_penalty)
+        self.frequency = float(params.frequency_penalty)
+        self.n = params.logprobs
+        self.vocab = vocab
+
+    def process(self, logits):
+        import mlx.core as mx
+
+        logits = logits.astype(mx.float32)
+        if self.bias is not None:
+            logits = logits + self.bias
+        if self.counts is not None:
+            logits = logits - (self.frequency * self.counts + self.presence * (self.counts > 0).astype(mx.float32))
+        return logits
+
+    def after(self, logits, token):
+        import mlx.core as mx
+
+        if self.counts is not None:
+            self.counts = self.counts + (mx.arange(self.vocab) == token.astype(mx.int32)).astype(mx.float32)
+        if self.n is None:
+            return None
+        lp = (logits - mx.logsumexp(logits, axis=-1, keepdims=True))[0]
+        chosen = mx.take(lp, token.astype(mx.int32))
+        if self.n == 0:
+            return chosen
+        top = mx.argpartition(-lp, kth=self.n - 1)[: self.n]
+        order = mx.take(top, mx.argsort(-mx.take(lp, top)))
+        return mx.concatenate([chosen, order.astype(mx.float32), mx.take(lp, order)])
 
 
 def _sample(logits, temperature: float, top_p: float, key):

@@ -18,7 +18,7 @@ import torch
 
 from backends.torch_gemma2 import Gemma2, KVCache, cache_size
 from backends.torch_sae import SAE_DTYPES, TorchSAE, TorchSteer
-from backends.torch_sampling import sample
+from backends.torch_sampling import LogitProcessor, sample
 from neuroscope import checkpoint
 from neuroscope.loading import model_load_error
 from neuroscope.protocol import (
@@ -48,6 +48,7 @@ class _Request:
     temperature: float
     top_p: float
     steer: TorchSteer | None = None  # this request's steering (device tensors), applied in every decode step
+    logits: LogitProcessor | None = None  # bias / penalties / logprobs; None: the plain graph
 
 
 class _TorchBackend:
@@ -137,9 +138,11 @@ class _TorchBackend:
             capture=self.layer if capture else None, all_positions=want_prompt, chunk=self.prefill_chunk,
             steer=steer if steer is not None and steer.positions == "all" else None,
         )
-        token = sample(logits, params.temperature, params.top_p, gen)
-        state = _Request(cache, token, torch.tensor([n], device=device), gen, params.temperature, params.top_p, steer)
-        record = self._pack(token, hidden[-1:] if capture else None)
+        proc = LogitProcessor(params, logits.shape[-1], device) if params.processes_logits else None
+        token, tail = _draw(logits, params.temperature, params.top_p, gen, proc)
+        state = _Request(cache, token, torch.tensor([n], device=device), gen, params.temperature, params.top_p, steer,
+                         proc)
+        record = self._pack(token, hidden[-1:] if capture else None, tail)
         return Prefilled(state, record, self.sae.topk(hidden) if want_prompt else None)
 
     @torch.inference_mode()
@@ -148,16 +151,19 @@ class _TorchBackend:
             state.token, state.position, state.cache, capture=self.layer if self.capture else None, steer=state.steer
         )
         state.position = state.position + 1
-        state.token = sample(logits, state.temperature, state.top_p, state.generator)
-        return self._pack(state.token, hidden)
+        state.token, tail = _draw(logits, state.temperature, state.top_p, state.generator, state.logits)
+        return self._pack(state.token, hidden, tail)
 
     def to_host(self, record: torch.Tensor) -> np.ndarray:
         return record.cpu().numpy()
 
-    def _pack(self, token: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
-        if hidden is None:
-            return token.float().view(1)
-        return torch.cat([token.float().view(1), self.sae.topk(hidden)[0]])
+    def _pack(self, token: torch.Tensor, hidden: torch.Tensor | None, tail: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [token.float().view(1)]
+        if hidden is not None:
+            parts.append(self.sae.topk(hidden)[0])
+        if tail is not None:
+            parts.append(tail)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def corpus_pass(self, batch: CorpusBatch, *, records: bool = False) -> CorpusResult:
         """Prefill only: block N's output of a padded batch, the SAE encode, statistics reduced on the device."""
@@ -166,6 +172,15 @@ class _TorchBackend:
         from backends.torch_corpus import corpus_pass
 
         return corpus_pass(self.model, self.sae, self.layer, batch, self.device, records=records)
+
+
+def _draw(logits, temperature, top_p, generator, proc: LogitProcessor | None):
+    """Sample from the (processed) logits; returns the token and its record's logprob tail (or None)."""
+    if proc is None:
+        return sample(logits, temperature, top_p, generator), None
+    logits = proc.process(logits)
+    token = sample(logits, temperature, top_p, generator)
+    return token, proc.after(logits, token)
 
 
 class TorchCPUBackend(_TorchBackend):

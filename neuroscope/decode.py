@@ -38,7 +38,7 @@ def generate(backend: Backend, prompt_ids: list[int], params: GenerationParams) 
         following = None if last else backend.decode_step(pre.state)
         host = backend.to_host(record)
         finish = "stop" if int(host[0]) in eos else ("length" if last else None)
-        yield token_step(host, position=n + i - 1, finish=finish)
+        yield token_step(host, position=n + i - 1, finish=finish, logprobs=params.logprobs)
         if finish is not None:
             return
         record = following

@@ -48,8 +48,20 @@ class Job:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the top-n alternatives, as text (for the response shapes)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    offset: int  # where the token's text starts in the generated text
+    top: tuple[tuple[str, float, list[int]], ...] = ()  # (token, logprob, bytes), most likely first
+
+
+@dataclass(frozen=True)
 class Chunk:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens of this chunk, when the request asked for logprobs
 
 
 @dataclass(frozen=True)
@@ -167,6 +179,7 @@ class Engine:
         on_token = self.on_token
         gen = decode.generate(self.backend, job.prompt_ids, params)
         last: float | None = None  # the first token's time is the prefill's: not a time per token
+        offset = 0  # characters generated so far (the text offset of the next token)
         try:
             for step in gen:
                 if job.cancelled.is_set():
@@ -188,8 +201,10 @@ class Engine:
                     now = time.perf_counter()
                     on_token(None if last is None else now - last)
                     last = now
+                lps = () if step.logprob is None else (self._logprob(step, offset),)
+                offset += len(delta)
                 visible = stops.feed(delta)
-                self._post(self._deliver, job, visible, event)
+                self._post(self._deliver, job, visible, event, lps)
                 if stops.stopped:
                     finish = "stop"
                     break
@@ -205,6 +220,24 @@ class Engine:
             if rest:
                 self._post(self._deliver, job, rest, None)
         self._finish(job, finish)
+
+    def _token_text(self, token_id: int) -> tuple[str, list[int]]:
+        """A token's own text and its UTF-8 bytes (a byte-fallback token ``<0xNN>`` is that one byte)."""
+        tok = self.info.tokenizer
+        piece = tok.convert_ids_to_tokens(token_id)
+        if isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            try:
+                b = [int(piece[3:5], 16)]
+                return bytes(b).decode("utf-8", errors="replace"), b
+            except ValueError:
+                pass
+        text = tok.decode([token_id])
+        return text, list(text.encode("utf-8"))
+
+    def _logprob(self, step: Step, offset: int) -> TokenLogprob:
+        text, b = self._token_text(step.token_id)
+        top = tuple((*self._token_text(t), lp) for t, lp in step.top_logprobs or ())
+        return TokenLogprob(text, step.logprob, b, offset, tuple((t, lp, tb) for t, tb, lp in top))
 
     def _event(self, job: Job, step: Step, token_text: str) -> dict[str, Any]:
         index = step.position if step.prompt else job.completion_tokens
@@ -254,11 +287,11 @@ class Engine:
     def _publish(self, name: str, data: dict[str, Any], prompt: bool) -> None:
         self.hub.publish(name, data, prompt=prompt)
 
-    def _deliver(self, job: Job, text: str, event: dict[str, Any] | None) -> None:
+    def _deliver(self, job: Job, text: str, event: dict[str, Any] | None, logprobs: tuple = ()) -> None:
         if event is not None:
             self.hub.publish("feature_activation", event)
-        if text:
-            job.out.put_nowait(Chunk(text))
+        if text or logprobs:
+            job.out.put_nowait(Chunk(text, logprobs))
 
     def _complete(self, job: Job, done: Done) -> None:
         self.completed += 1

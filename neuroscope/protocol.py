@@ -44,6 +44,8 @@ class Step:
     prompt: bool = False
     finish_reason: str | None = None  # "stop" (EOS) or "length" on the last generated step
     filtered: int = 0  # features that fired but the filter's mask excluded from the ranking (0 without a mask)
+    logprob: float | None = None  # the token's log-probability, when the request asked for logprobs
+    top_logprobs: tuple[tuple[int, float], ...] | None = None  # the n most likely (token id, logprob), best first
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,31 @@ class GenerationParams:
     eos_token_ids: frozenset[int] = frozenset()
     prompt_features: bool = False  # also yield one Step per prompt token (from the prefill)
     steering: Steering | None = None  # per-request feature steering at the SAE layer; None: the plain graph
+    # logit processing, applied on the device to the logits before temperature / top-p (OpenAI's semantics):
+    # ``logits[id] += bias`` for each (id, bias), then ``logits -= frequency_penalty * count +
+    # presence_penalty * (count > 0)`` with ``count`` how often each token was generated so far in this request
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # None: off; n >= 0: each generated token's logprob and the top n (id, logprob), both from the
+    # log_softmax of the processed logits (after bias and penalties, before temperature and top-p)
+    logprobs: int | None = None
+
+    @property
+    def processes_logits(self) -> bool:
+        """Whether the request changes the logits or reads their log-probabilities (else: the plain graph)."""
+        return bool(self.logit_bias) or self.penalized or self.logprobs is not None
+
+    @property
+    def penalized(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    def bias_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``logit_bias`` as ids (m,) int64 and values (m,) float32 (a backend scatters them into a dense
+        vector once per request)."""
+        ids = np.array([i for i, _ in self.logit_bias], dtype=np.int64)
+        vals = np.array([v for _, v in self.logit_bias], dtype=np.float32)
+        return ids, vals
 
 
 @dataclass(frozen=True, slots=True)

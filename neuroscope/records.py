@@ -7,6 +7,9 @@ generated token's record is ``[token]`` followed by that (``[token]`` alone whil
 position's is the feature record alone. Features that did not fire (value 0: fewer than k fired, or a masked
 feature) are dropped, so a step may carry fewer than k.
 
+When a request asks for logprobs (``GenerationParams.logprobs`` = n), a generated token's record ends with
+``[logprob, n ids, n logprobs]`` after that; the core parses it knowing n.
+
 The layout lives here and in the two SAE modules that pack it (``backends/torch_sae.py``, ``backends/mlx_sae.py``).
 """
 
@@ -48,10 +51,26 @@ def features(rec: np.ndarray) -> Features:
     return Features(int(rec[0]), int(rec[1]), ids[keep], vals[keep])
 
 
-def token_step(rec: np.ndarray, *, position: int, finish: str | None = None) -> Step:
-    """A generated token's Step from its record ``[token, l0, filtered, k ids, k values]`` (or ``[token]``)."""
+def logprob_width(n: int | None) -> int:
+    """Entries of the logprob tail of a token record (0 when logprobs are off)."""
+    return 0 if n is None else 1 + 2 * n
+
+
+def token_step(rec: np.ndarray, *, position: int, finish: str | None = None, logprobs: int | None = None) -> Step:
+    """A generated token's Step from its record ``[token, l0, filtered, k ids, k values]`` (or ``[token]``),
+    followed by ``[logprob, n ids, n logprobs]`` when ``logprobs`` is n (not None)."""
+    lp, top = None, None
+    if logprobs is not None:
+        w = logprob_width(logprobs)
+        if rec.size < 1 + w:
+            raise ValueError(f"a token record with logprobs {logprobs} has at least {1 + w} entries, got {rec.size}")
+        tail, rec = rec[rec.size - w :], rec[: rec.size - w]
+        lp = float(tail[0])
+        ids = tail[1 : 1 + logprobs].astype(np.int64)
+        vals = tail[1 + logprobs :].astype(np.float64)
+        top = tuple((int(i), float(v)) for i, v in zip(ids, vals))
     f = features(rec[1:])
-    return Step(int(rec[0]), f.ids, f.values, f.l0, position, False, finish, f.filtered)
+    return Step(int(rec[0]), f.ids, f.values, f.l0, position, False, finish, f.filtered, lp, top)
 
 
 def prompt_step(token_id: int, rec: np.ndarray, *, position: int) -> Step:

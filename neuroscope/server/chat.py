@@ -15,7 +15,7 @@ from typing import Any, Callable
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from neuroscope.engine import Chunk, Done, Job
+from neuroscope.engine import Chunk, Done, Job, TokenLogprob
 from neuroscope.protocol import GenerationParams
 from neuroscope.server import access
 from neuroscope.server.body import read_json
@@ -93,7 +93,9 @@ def _plan(st: ServerState, req: SamplingRequest, prompt_ids: list[int], what: st
     else:
         max_tokens = req.max_tokens
     params = GenerationParams(
-        max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed, steering=req.steering
+        max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed, steering=req.steering,
+        logit_bias=req.logit_bias, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        logprobs=req.logprobs,
     )
     return Job(prompt_ids=prompt_ids, params=params, stop=req.stop, request_id=request_id)
 
@@ -108,7 +110,8 @@ def _too_long(st: ServerState, texts: list[str], what: str) -> None:
 
 
 def plan_chat(st: ServerState, body: Any) -> tuple[ChatRequest, Job]:
-    req = parse_chat_request(body, served_model=st.model_id, aliases=st.aliases, d_sae=st.labels.d_sae)
+    req = parse_chat_request(body, served_model=st.model_id, aliases=st.aliases, d_sae=st.labels.d_sae,
+                             n_logits=st.engine.info.vocab_size)
     _too_long(st, [m["content"] for m in req.messages], "messages")
     ids = render_prompt(st.engine.info.tokenizer, req.messages)
     return req, _plan(st, req, ids, "messages", f"chatcmpl-{uuid.uuid4().hex[:24]}")
@@ -117,7 +120,7 @@ def plan_chat(st: ServerState, body: Any) -> tuple[ChatRequest, Job]:
 def plan_completion(st: ServerState, body: Any) -> tuple[CompletionRequest, Job]:
     tok = st.engine.info.tokenizer
     req = parse_completion_request(body, served_model=st.model_id, aliases=st.aliases, d_sae=st.labels.d_sae,
-                                   vocab_size=len(tok))
+                                   vocab_size=len(tok), n_logits=st.engine.info.vocab_size)
     if isinstance(req.prompt, str):
         _too_long(st, [req.prompt], "prompt")
         ids = encode_text(tok, req.prompt)
@@ -128,34 +131,56 @@ def plan_completion(st: ServerState, body: Any) -> tuple[CompletionRequest, Job]
 
 # ------------------------------------------------------------------------------------------------ response shapes
 class Shape:
-    """The OpenAI wire shapes of one endpoint."""
+    """The OpenAI wire shapes of one endpoint. ``lps``: the tokens' logprobs, None when the request did not ask."""
 
     object = "chat.completion"
     chunk_object = "chat.completion.chunk"
 
-    def choice(self, text: str, finish: str) -> dict:
-        return {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None,
-                "finish_reason": finish}
+    def logprobs(self, lps: list[TokenLogprob] | None) -> dict | None:
+        if lps is None:
+            return None
+        return {"content": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+                             "top_logprobs": [{"token": s, "logprob": lp, "bytes": b} for s, lp, b in t.top]}
+                            for t in lps], "refusal": None}
+
+    def choice(self, text: str, finish: str, lps: list[TokenLogprob] | None = None) -> dict:
+        return {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": self.logprobs(lps), "finish_reason": finish}
 
     def first_delta(self) -> dict | None:
         return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
 
-    def delta(self, text: str, finish: str | None = None) -> dict:
-        return {"index": 0, "delta": {"content": text} if text or finish is None else {}, "logprobs": None,
-                "finish_reason": finish}
+    def delta(self, text: str, finish: str | None = None, lps: list[TokenLogprob] | None = None) -> dict:
+        return {"index": 0, "delta": {"content": text} if text or finish is None else {},
+                "logprobs": self.logprobs(lps), "finish_reason": finish}
 
 
 class CompletionShape(Shape):
     object = chunk_object = "text_completion"
 
-    def choice(self, text: str, finish: str) -> dict:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def logprobs(self, lps: list[TokenLogprob] | None) -> dict | None:
+        if lps is None:
+            return None
+        return {"tokens": [t.token for t in lps], "token_logprobs": [t.logprob for t in lps],
+                "top_logprobs": [_by_text(t.top) for t in lps],
+                "text_offset": [t.offset for t in lps]}
+
+    def choice(self, text: str, finish: str, lps: list[TokenLogprob] | None = None) -> dict:
+        return {"index": 0, "text": text, "logprobs": self.logprobs(lps), "finish_reason": finish}
 
     def first_delta(self) -> dict | None:
         return None
 
-    def delta(self, text: str, finish: str | None = None) -> dict:
-        return self.choice(text, finish)
+    def delta(self, text: str, finish: str | None = None, lps: list[TokenLogprob] | None = None) -> dict:
+        return self.choice(text, finish, lps)
+
+
+def _by_text(top) -> dict[str, float]:
+    """The completions endpoint's ``{token: logprob}``, most likely first (two ids with one text: the likelier)."""
+    out: dict[str, float] = {}
+    for s, lp, _ in top:
+        out.setdefault(s, lp)
+    return out
 
 
 CHAT, COMPLETION = Shape(), CompletionShape()
@@ -223,10 +248,13 @@ def _usage(done: Done) -> dict:
 
 async def _collect(st: ServerState, req: SamplingRequest, job: Job, out: asyncio.Queue, shape: Shape) -> web.Response:
     parts: list[str] = []
+    lps: list[TokenLogprob] | None = None if req.logprobs is None else []
     while True:
         item = await out.get()
         if isinstance(item, Chunk):
             parts.append(item.text)
+            if lps is not None:
+                lps.extend(item.logprobs)
             continue
         break
     done: Done = item
@@ -240,7 +268,7 @@ async def _collect(st: ServerState, req: SamplingRequest, job: Job, out: asyncio
             "created": job.created,
             "model": st.model_id,
             "system_fingerprint": None,
-            "choices": [shape.choice("".join(parts), done.finish_reason)],
+            "choices": [shape.choice("".join(parts), done.finish_reason, lps)],
             "usage": _usage(done),
         },
         headers={"X-Request-Id": job.request_id},
@@ -269,7 +297,8 @@ async def _stream(request: web.Request, st: ServerState, req: SamplingRequest, j
         while True:
             item = await out.get()
             if isinstance(item, Chunk):
-                await resp.send(chunk(shape.delta(item.text)))
+                await resp.send(chunk(shape.delta(item.text, None,
+                                                  None if req.logprobs is None else list(item.logprobs))))
                 continue
             done: Done = item
             break

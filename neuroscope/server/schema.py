@@ -20,16 +20,15 @@ MAX_STOP = 4
 HARMLESS = frozenset({"user", "metadata", "store", "service_tier", "prediction", "parallel_tool_calls"})
 # parameters of both endpoints that are honoured (validated below)
 COMMON = frozenset({"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options",
-                    "steering", "n"})
-CHAT = COMMON | {"messages", "max_completion_tokens"}
+                    "steering", "n", "logit_bias", "presence_penalty", "frequency_penalty", "logprobs"})
+CHAT = COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
 COMPLETIONS = COMMON | {"prompt"}
+MAX_BIAS = 100.0
+MAX_PENALTY = 2.0
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs
+MAX_COMPLETION_LOGPROBS = 5  # the completions endpoint's integer logprobs
 # known OpenAI parameters that are refused unless they hold their neutral value (the value that changes nothing)
 NEUTRAL: dict[str, tuple] = {
-    "logit_bias": (None, {}),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
-    "logprobs": (None, False),  # the completions endpoint's integer form: see parse_completion_request
-    "top_logprobs": (None, 0),
     "tools": (None, []),
     "tool_choice": (None, "none"),
     "functions": (None, []),
@@ -44,11 +43,6 @@ NEUTRAL: dict[str, tuple] = {
     "best_of": (None, 1),  # completions
 }
 WHY = {
-    "logit_bias": "not supported by this server",
-    "presence_penalty": "not supported by this server (only 0)",
-    "frequency_penalty": "not supported by this server (only 0)",
-    "logprobs": "not supported by this server",
-    "top_logprobs": "not supported by this server",
     "tools": "not supported by this server (no tool calling)",
     "tool_choice": "not supported by this server (no tool calling; only \"none\")",
     "functions": "not supported by this server (no function calling)",
@@ -75,14 +69,10 @@ def check_parameters(body: dict, honoured: frozenset) -> None:
         if key in honoured or key in HARMLESS:
             continue
         if key in NEUTRAL:
-            if not _neutral(value, NEUTRAL[key]) and not (key.endswith("_penalty") and _zero(value)):
+            if not _neutral(value, NEUTRAL[key]):
                 raise _bad(f"'{key}' is {WHY[key]}", key, "unsupported_parameter")
             continue
         raise _bad(f"Unrecognized request argument supplied: {key}", key, "unknown_parameter")
-
-
-def _zero(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0
 
 
 @dataclass(kw_only=True)
@@ -98,6 +88,10 @@ class SamplingRequest:
     stream: bool = False
     include_usage: bool = False
     steering: Steering | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # None: off; n: the chosen token's logprob and the top n
 
 
 @dataclass(kw_only=True)
@@ -203,7 +197,52 @@ def _object(body: Any) -> dict:
     return body
 
 
-def _sampling(body: dict, *, served_model: str, aliases, d_sae: int | None, max_keys: tuple[str, ...]) -> dict:
+def _logit_bias(body: dict, n_logits: int | None) -> tuple[tuple[int, float], ...]:
+    v = body.get("logit_bias")
+    if v is None:
+        return ()
+    if not isinstance(v, dict):
+        raise _bad("'logit_bias' must be an object mapping token ids to bias values", "logit_bias", "invalid_type")
+    hi = n_logits if n_logits is not None else 2**31
+    out: dict[int, float] = {}
+    for key, bias in v.items():
+        try:
+            tid = int(key)
+        except ValueError:
+            tid = None
+        if tid is None or str(tid) != key.strip() or not 0 <= tid < hi:
+            raise _bad(f"'logit_bias' key {key!r} is not a token id in the vocabulary (0..{hi - 1})", "logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+            raise _bad(f"'logit_bias' value for token {key} must be a number", "logit_bias", "invalid_type")
+        if not -MAX_BIAS <= bias <= MAX_BIAS:
+            raise _bad(f"'logit_bias' value for token {key} must be between -100 and 100, got {bias}", "logit_bias")
+        out[tid] = float(bias)
+    return tuple((t, b) for t, b in out.items() if b != 0.0)
+
+
+def _chat_logprobs(body: dict) -> int | None:
+    """Chat: ``logprobs`` (bool) turns them on, ``top_logprobs`` (0..20) asks for the n most likely too."""
+    on = _bool(body, "logprobs")
+    top = _int(body, "top_logprobs")
+    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise _bad(f"'top_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}, got {top}", "top_logprobs")
+    if not on:
+        if top:
+            raise _bad("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
+        return None
+    return top or 0
+
+
+def _completion_logprobs(body: dict) -> int | None:
+    """Completions: ``logprobs`` is an integer 0..5 (the top n; null: off)."""
+    n = _int(body, "logprobs")
+    if n is not None and not 0 <= n <= MAX_COMPLETION_LOGPROBS:
+        raise _bad(f"'logprobs' must be between 0 and {MAX_COMPLETION_LOGPROBS}, got {n}", "logprobs")
+    return n
+
+
+def _sampling(body: dict, *, served_model: str, aliases, d_sae: int | None, max_keys: tuple[str, ...],
+              n_logits: int | None = None) -> dict:
     """The fields of :class:`SamplingRequest` (``max_keys``: the names of the length limit, first wins)."""
     model = _model(body, served_model, aliases)
     n = _int(body, "n")
@@ -254,13 +293,17 @@ def _sampling(body: dict, *, served_model: str, aliases, d_sae: int | None, max_
         stream=stream,
         include_usage=include_usage,
         steering=_steering(body, d_sae),
+        logit_bias=_logit_bias(body, n_logits),
+        presence_penalty=_number(body, "presence_penalty", -MAX_PENALTY, MAX_PENALTY, 0.0),
+        frequency_penalty=_number(body, "frequency_penalty", -MAX_PENALTY, MAX_PENALTY, 0.0),
     )
 
 
 def parse_chat_request(body: Any, *, served_model: str, aliases: tuple[str, ...] = (),
-                       d_sae: int | None = None) -> ChatRequest:
+                       d_sae: int | None = None, n_logits: int | None = None) -> ChatRequest:
     """``d_sae``: the SAE's width, which bounds a steered feature's index (None: steering is refused).
-    ``aliases``: more names ``model`` may use besides the served id and its last path component."""
+    ``aliases``: more names ``model`` may use besides the served id and its last path component.
+    ``n_logits``: the model's vocabulary (logits) size, which bounds ``logit_bias`` keys."""
     body = _object(body)
     messages = body.get("messages")
     if messages is None:
@@ -282,13 +325,15 @@ def parse_chat_request(body: Any, *, served_model: str, aliases: tuple[str, ...]
             raise _bad(f"unknown role {role!r} in messages[{i}]; use one of {', '.join(ROLES)}", f"messages[{i}].role")
         parsed.append({"role": role, "content": _content(msg, i)})
     fields = _sampling(body, served_model=served_model, aliases=aliases, d_sae=d_sae,
-                       max_keys=("max_completion_tokens", "max_tokens"))
+                       max_keys=("max_completion_tokens", "max_tokens"), n_logits=n_logits)
+    fields["logprobs"] = _chat_logprobs(body)
     check_parameters(body, CHAT)
     return ChatRequest(messages=parsed, **fields)
 
 
 def parse_completion_request(body: Any, *, served_model: str, aliases: tuple[str, ...] = (),
-                             d_sae: int | None = None, vocab_size: int | None = None) -> CompletionRequest:
+                             d_sae: int | None = None, vocab_size: int | None = None,
+                             n_logits: int | None = None) -> CompletionRequest:
     """``prompt``: a string, or a list holding one string or token ids (``vocab_size`` bounds them)."""
     body = _object(body)
     prompt = body.get("prompt")
@@ -310,11 +355,10 @@ def parse_completion_request(body: Any, *, served_model: str, aliases: tuple[str
         raise _bad("'prompt' must be a string or an array of token ids", "prompt", "invalid_type")
     elif not prompt:
         raise _bad("'prompt' must not be empty", "prompt", "invalid_value")
-    logprobs = body.get("logprobs")
-    if logprobs is not None and not (isinstance(logprobs, int) and not isinstance(logprobs, bool) and logprobs == 0):
-        raise _bad(f"'logprobs' is {WHY['logprobs']}", "logprobs", "unsupported_parameter")
-    fields = _sampling(body, served_model=served_model, aliases=aliases, d_sae=d_sae, max_keys=("max_tokens",))
-    check_parameters({k: v for k, v in body.items() if k != "logprobs"}, COMPLETIONS)
+    fields = _sampling(body, served_model=served_model, aliases=aliases, d_sae=d_sae, max_keys=("max_tokens",),
+                       n_logits=n_logits)
+    fields["logprobs"] = _completion_logprobs(body)
+    check_parameters(body, COMPLETIONS)
     return CompletionRequest(prompt=prompt, **fields)
 
 

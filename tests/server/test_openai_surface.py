@@ -124,7 +124,9 @@ def test_completions_with_the_openai_client_token_ids_and_steering(server):
     ({"prompt": "x", "echo": True}, "echo", "unsupported_parameter"),
     ({"prompt": "x", "suffix": "y"}, "suffix", "unsupported_parameter"),
     ({"prompt": "x", "best_of": 3}, "best_of", "unsupported_parameter"),
-    ({"prompt": "x", "logprobs": 2}, "logprobs", "unsupported_parameter"),
+    ({"prompt": "x", "logprobs": 6}, "logprobs", "invalid_value"),
+    ({"prompt": "x", "logprobs": True}, "logprobs", "invalid_type"),
+    ({"prompt": "x", "logit_bias": {"999999999": 1}}, "logit_bias", "invalid_value"),
     ({"prompt": "x", "n": 2}, "n", "unsupported_value"),
     ({"prompt": "x", "messages": HI}, "messages", "unknown_parameter"),
 ])
@@ -139,8 +141,8 @@ def test_completions_bad_input(server, body, param, code):
     ("response_format", {"type": "json_object"}), ("tools", [{"type": "function", "function": {"name": "f"}}]),
     ("tool_choice", "required"), ("functions", [{"name": "f"}]), ("function_call", "auto"), ("n", 2),
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
-    ("logit_bias", {"5": 10}), ("presence_penalty", 1.0), ("frequency_penalty", 0.5), ("logprobs", True),
-    ("top_logprobs", 2), ("best_of_luck", 1),
+    ("logit_bias", {"5": 101}), ("presence_penalty", 2.5), ("frequency_penalty", -3), ("logprobs", 1),
+    ("top_logprobs", 2), ("top_logprobs", 21), ("best_of_luck", 1),
 ])
 def test_parameters_that_cannot_be_honoured_are_a_400_naming_them(server, key, value):
     r = _chat(server, **{key: value})

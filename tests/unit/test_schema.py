@@ -95,9 +95,7 @@ def test_model_names_the_served_id_its_last_component_and_aliases():
     ("response_format", {"type": "json_object"}), ("response_format", {"type": "json_schema", "json_schema": {}}),
     ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "auto"),
     ("functions", [{"name": "f"}]), ("function_call", "auto"), ("audio", {"voice": "x"}),
-    ("modalities", ["text", "audio"]), ("presence_penalty", 0.5), ("frequency_penalty", -1),
-    ("logit_bias", {"1": 5}), ("logprobs", True), ("top_logprobs", 3), ("reasoning_effort", "low"),
-    ("presence_penalty", True),
+    ("modalities", ["text", "audio"]), ("reasoning_effort", "low"),
 ])
 def test_parameters_that_cannot_be_honoured_are_refused_by_name(key, value):
     with pytest.raises(APIError) as exc:
@@ -159,7 +157,20 @@ BAD = [
     ("stream-options-without-stream", body(stream_options={"include_usage": True}), 400, "stream_options", "invalid_value"),
     ("stream-options-not-object", body(stream=True, stream_options=True), 400, "stream_options", "invalid_type"),
     ("include-usage-string", body(stream=True, stream_options={"include_usage": "yes"}), 400, "stream_options.include_usage", "invalid_type"),
-    ("logprobs", body(logprobs=True), 400, "logprobs", "unsupported_parameter"),
+    ("logprobs-int", body(logprobs=2), 400, "logprobs", "invalid_type"),
+    ("top-logprobs-without-logprobs", body(top_logprobs=3), 400, "top_logprobs", "invalid_value"),
+    ("top-logprobs-21", body(logprobs=True, top_logprobs=21), 400, "top_logprobs", "invalid_value"),
+    ("top-logprobs-negative", body(logprobs=True, top_logprobs=-1), 400, "top_logprobs", "invalid_value"),
+    ("top-logprobs-float", body(logprobs=True, top_logprobs=2.5), 400, "top_logprobs", "invalid_type"),
+    ("presence-penalty-high", body(presence_penalty=2.5), 400, "presence_penalty", "invalid_value"),
+    ("frequency-penalty-low", body(frequency_penalty=-2.01), 400, "frequency_penalty", "invalid_value"),
+    ("presence-penalty-bool", body(presence_penalty=True), 400, "presence_penalty", "invalid_type"),
+    ("frequency-penalty-string", body(frequency_penalty="1"), 400, "frequency_penalty", "invalid_type"),
+    ("logit-bias-list", body(logit_bias=[1, 2]), 400, "logit_bias", "invalid_type"),
+    ("logit-bias-key-word", body(logit_bias={"cat": 5}), 400, "logit_bias", "invalid_value"),
+    ("logit-bias-key-negative", body(logit_bias={"-1": 5}), 400, "logit_bias", "invalid_value"),
+    ("logit-bias-value-high", body(logit_bias={"5": 100.5}), 400, "logit_bias", "invalid_value"),
+    ("logit-bias-value-string", body(logit_bias={"5": "x"}), 400, "logit_bias", "invalid_type"),
     ("tools", body(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools", "unsupported_parameter"),
     ("functions", body(functions=[{"name": "f"}]), 400, "functions", "unsupported_parameter"),
 ]
@@ -313,3 +324,29 @@ def test_at_least_tokens_is_a_lower_bound(tokenizer):
     for text in ("the river bends around the old mill " * 50, "x" * 300, "é€😀" * 40, " " * 200):
         n = len(tokenizer.encode(text, add_special_tokens=False))
         assert at_least_tokens(tokenizer, len(text.encode("utf-8"))) <= n
+
+
+def test_sampling_controls_are_parsed():
+    req = parse(**body(logit_bias={"5": 10, "7": -100, "9": 0}, presence_penalty=-2, frequency_penalty=1.5))
+    assert req.logit_bias == ((5, 10.0), (7, -100.0)) and req.presence_penalty == -2.0
+    assert req.frequency_penalty == 1.5 and req.logprobs is None
+    assert parse(**body(logprobs=True)).logprobs == 0
+    assert parse(**body(logprobs=True, top_logprobs=20)).logprobs == 20
+    assert parse(**body(logprobs=False, top_logprobs=0)).logprobs is None
+    with pytest.raises(APIError) as exc:
+        parse_chat_request(body(logit_bias={"300": 1}), served_model=MODEL, n_logits=300)
+    assert exc.value.param == "logit_bias"
+    assert parse_chat_request(body(logit_bias={"299": 1}), served_model=MODEL, n_logits=300).logit_bias == ((299, 1.0),)
+
+
+@pytest.mark.parametrize("value,ok", [(None, None), (0, 0), (5, 5), (6, False), (-1, False), (True, False)])
+def test_completion_logprobs_is_an_integer_up_to_5(value, ok):
+    from neuroscope.server.schema import parse_completion_request
+
+    b = {"model": MODEL, "prompt": "x", "logprobs": value}
+    if ok is False:
+        with pytest.raises(APIError) as exc:
+            parse_completion_request(b, served_model=MODEL)
+        assert exc.value.param == "logprobs"
+    else:
+        assert parse_completion_request(b, served_model=MODEL).logprobs == ok
