@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from neuroscope.feature_hub import HISTORY_REQUESTS
 from tests.support.server import RunningServer, SSEReader
