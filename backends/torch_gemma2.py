@@ -199,6 +199,7 @@ class Gemma2(nn.Module):
         self.cfg = cfg
         self.model = _Body(cfg)
         self._inv_freq: torch.Tensor | None = None
+        self._embed_scale: torch.Tensor | None = None
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -229,6 +230,8 @@ class Gemma2(nn.Module):
                 + (f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}" if unexpected else "")
             )
         model.load_state_dict(weights, strict=True, assign=True)
+        # Gemma scales the embeddings in the activation dtype (sqrt(hidden_size) rounded to it), once per model
+        model._embed_scale = torch.tensor(cfg.hidden_size**0.5, dtype=dtype, device=device)
         model._inv_freq = 1.0 / (
             cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float, device=device) / cfg.head_dim)
         )
@@ -249,8 +252,7 @@ class Gemma2(nn.Module):
         B, L = tokens.shape
         positions = torch.arange(L, device=tokens.device)
         cache = KVCache(self.cfg, L, self.dtype, tokens.device, batch=B, layers=layer + 1)
-        emb = self.model.embed_tokens(tokens)
-        h = emb * torch.tensor(self.cfg.hidden_size**0.5, dtype=emb.dtype)  # as in _run
+        h = self.model.embed_tokens(tokens) * self._embed_scale
         cos, sin = self._rope(positions, h.dtype)
         global_mask, local_mask = self._masks(positions, positions)
         for i, block in enumerate(self.model.layers[: layer + 1]):
@@ -272,8 +274,7 @@ class Gemma2(nn.Module):
 
     def _run(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, n_keys: int, capture: int | None,
              steer: Steer | None = None):
-        emb = self.model.embed_tokens(tokens)[None]  # (1, L, d)
-        h = emb * torch.tensor(self.cfg.hidden_size**0.5, dtype=emb.dtype)  # Gemma scales in the activation dtype
+        h = self.model.embed_tokens(tokens)[None] * self._embed_scale  # (1, L, d)
         cos, sin = self._rope(positions, h.dtype)
         global_mask, local_mask = self._masks(positions, cache.key_positions[:n_keys])
         captured = None
