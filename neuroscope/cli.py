@@ -10,10 +10,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperArgument, TyperCommand
 
 from neuroscope import __version__
 from neuroscope.cli_calibrate import app as calibrate_app
+from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, Sae, SAEDType, SaeLocal, SaePath
 from neuroscope.cli_corpus import app as corpus_app
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 from neuroscope.server.origins import split_origins
@@ -28,51 +28,10 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-class ReadableCommand(TyperCommand):
-    """Help with plain metavars (TEXT, INTEGER, PATH, a|b) instead of typer's type tags (``<str>``, ``<bool>``,
-    ``<int range>``); a flag shows none. Shorter metavars leave the help column room for long defaults."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            if isinstance(param, TyperArgument):  # its name column already says what it is
-                param.display_type_rich = lambda ctx: None
-                continue
-            if getattr(param, "metavar", "") is not None or not hasattr(param, "type_descriptor"):
-                continue
-            d = param.type_descriptor
-            if getattr(param, "is_flag", False):
-                param.metavar = ""
-            elif d.is_choice:
-                param.metavar = "CHOICE"  # the help text names the choices
-            elif d.is_path:
-                param.metavar = "PATH"
-            else:
-                param.metavar = {int: "INTEGER", float: "NUMBER", bool: ""}.get(d.annotation, "TEXT")
-            # no "[1<=x<=1000]" column: out-of-range values are refused with the range in the message
-            param._get_number_range_help_str = lambda: None
-
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
-
-
 def serve(config: ServeConfig) -> int:  # patched in tests; imports the server lazily
     from neuroscope.serve import serve as _serve
 
     return _serve(config, err)
-
-
-class Norm(str, Enum):
-    none = "none"
-    rms = "rms"
-
-
-class SAEDType(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
 
 
 class FilterMode(str, Enum):
@@ -80,12 +39,6 @@ class FilterMode(str, Enum):
     frequency = "frequency"
     surprise = "surprise"
     combined = "combined"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
 
 
 def _version(value: bool) -> None:
@@ -111,12 +64,10 @@ def _fail(message: str, code: int = 1) -> None:
 @app.command("serve", cls=ReadableCommand)
 def serve_cmd(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option(help="Hub id or local directory of a Gemma-2 model.")] = DEFAULT_MODEL,
-    sae: Annotated[str, typer.Option(help="Hub repo of the SAE.")] = DEFAULT_SAE,
-    sae_path: Annotated[str, typer.Option(help="File of the SAE inside --sae.")] = DEFAULT_SAE_PATH,
-    sae_local_path: Annotated[
-        Optional[Path], typer.Option(help="A local params.npz (or a directory holding one) instead of the hub.")
-    ] = None,
+    model: Model = DEFAULT_MODEL,
+    sae: Sae = DEFAULT_SAE,
+    sae_path: SaePath = DEFAULT_SAE_PATH,
+    sae_local_path: SaeLocal = None,
     sae_layer: Annotated[int, typer.Option(help="Capture the output of this decoder block.", min=0)] = DEFAULT_LAYER,
     top_k: Annotated[int, typer.Option(help="Features reported per token.", min=1, max=1000)] = 10,
     port: Annotated[int, typer.Option(help="Port of the OpenAI-compatible chat API.", min=0, max=65535)] = 8080,

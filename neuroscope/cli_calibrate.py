@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -12,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope import calibrate
+from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 
 app = typer.Typer(
@@ -23,29 +23,12 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-class Norm(str, Enum):
-    none = "none"
-    rms = "rms"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
 def _fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 # the model / SAE options of `serve`, shared by both commands
-Model = Annotated[str, typer.Option(help="Hub id or local directory of a Gemma-2 model.")]
-Sae = Annotated[str, typer.Option(help="Hub repo of the SAE.")]
-SaePath = Annotated[str, typer.Option(help="File of the SAE inside --sae.")]
-SaeLocal = Annotated[
-    Optional[Path], typer.Option(help="A local params.npz (or a directory holding one) instead of the hub.")
-]
 Layer = Annotated[int, typer.Option(help="The output of this decoder block.", min=0)]
 InputNorm = Annotated[Norm, typer.Option(help="none: the raw residual (Gemma Scope); rms: divide by its RMS.")]
 Demo = Annotated[bool, typer.Option("--demo", help="The built-in offline demo model and SAE.")]
@@ -68,7 +51,7 @@ def _config(ctx: typer.Context, model: str, sae: str, sae_path: str, sae_local_p
     return config
 
 
-@app.command("run")
+@app.command("run", cls=ReadableCommand)
 def run_cmd(
     ctx: typer.Context,
     model: Model = DEFAULT_MODEL,
@@ -124,7 +107,7 @@ def run_cmd(
     _summary(out, result.data, result.labels, top=10, rarest=False)
 
 
-@app.command("show")
+@app.command("show", cls=ReadableCommand)
 def show_cmd(
     ctx: typer.Context,
     stats: Annotated[

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope import corpus
+from neuroscope.cli_options import ReadableCommand
 
 app = typer.Typer(
     help="Build or inspect the text corpus (WikiText from the Hugging Face hub, one .txt per sample).",
@@ -26,7 +27,7 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-@app.command("build")
+@app.command("build", cls=ReadableCommand)
 def build_cmd(
     samples: Annotated[int, typer.Option(help="How many samples to write.", min=1)] = corpus.DEFAULT_SAMPLES,
     output: Annotated[
@@ -60,7 +61,7 @@ def _preview(text: str, width: int = 200) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-@app.command("show")
+@app.command("show", cls=ReadableCommand)
 def show_cmd(
     path: Annotated[Optional[Path], typer.Option(help="A corpus directory (default: the built WikiText one).")] = None,
     previews: Annotated[int, typer.Option(help="How many samples to preview.", min=0)] = 3,

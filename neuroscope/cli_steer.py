@@ -144,7 +144,8 @@ def register(app: typer.Typer) -> None:
     """Add ``steer`` to the ``neuroscope`` app. Its option types are ``serve``'s, imported here (not at the top:
     ``neuroscope.cli`` imports this module); the annotations are evaluated as the function is defined, which
     is why this module does not use postponed annotations."""
-    from neuroscope.cli import DType, Norm, ReadableCommand, SAEDType, err
+    from neuroscope.cli import err
+    from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, Sae, SAEDType, SaeLocal, SaePath
 
     def _fail(message: str, code: int = 1) -> None:
         from rich.text import Text
@@ -168,12 +169,10 @@ def register(app: typer.Typer) -> None:
         max_tokens: Annotated[int, typer.Option(help="Tokens per generation.", min=1)] = 48,
         top: Annotated[int, typer.Option(help="Rows in the table of features that changed most.", min=1)] = 10,
         json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
-        model: Annotated[str, typer.Option(help="Hub id or local directory of a Gemma-2 model.")] = DEFAULT_MODEL,
-        sae: Annotated[str, typer.Option(help="Hub repo of the SAE.")] = DEFAULT_SAE,
-        sae_path: Annotated[str, typer.Option(help="File of the SAE inside --sae.")] = DEFAULT_SAE_PATH,
-        sae_local_path: Annotated[
-            Optional[Path], typer.Option(help="A local params.npz (or a directory holding one) instead of the hub.")
-        ] = None,
+        model: Model = DEFAULT_MODEL,
+        sae: Sae = DEFAULT_SAE,
+        sae_path: SaePath = DEFAULT_SAE_PATH,
+        sae_local_path: SaeLocal = None,
         sae_layer: Annotated[int, typer.Option(help="Steer and read the output of this decoder block.", min=0)] = DEFAULT_LAYER,
         top_k: Annotated[int, typer.Option(help="Features reported per token.", min=1, max=1000)] = 32,
         backend: Annotated[str, typer.Option(help="auto, mlx, torch-cuda or torch-cpu.")] = "auto",

@@ -1,0 +1,65 @@
+"""What several commands take alike: readable help, the choice enums and the model / SAE options of ``serve``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperArgument, TyperCommand
+
+
+class ReadableCommand(TyperCommand):
+    """Help with plain metavars (TEXT, INTEGER, PATH, a|b) instead of typer's type tags (``<str>``, ``<bool>``,
+    ``<int range>``); a flag shows none. Shorter metavars leave the help column room for long defaults."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):  # its name column already says what it is
+                param.display_type_rich = lambda ctx: None
+                continue
+            if getattr(param, "metavar", "") is not None or not hasattr(param, "type_descriptor"):
+                continue
+            d = param.type_descriptor
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+            elif d.is_choice:
+                param.metavar = "CHOICE"  # the help text names the choices
+            elif d.is_path:
+                param.metavar = "PATH"
+            else:
+                param.metavar = {int: "INTEGER", float: "NUMBER", bool: ""}.get(d.annotation, "TEXT")
+            # no "[1<=x<=1000]" column: out-of-range values are refused with the range in the message
+            param._get_number_range_help_str = lambda: None
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Norm(str, Enum):
+    none = "none"
+    rms = "rms"
+
+
+class SAEDType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+Model = Annotated[str, typer.Option(help="Hub id or local directory of a Gemma-2 model.")]
+Sae = Annotated[str, typer.Option(help="Hub repo of the SAE.")]
+SaePath = Annotated[str, typer.Option(help="File of the SAE inside --sae.")]
+SaeLocal = Annotated[
+    Optional[Path], typer.Option(help="A local params.npz (or a directory holding one) instead of the hub.")
+]
