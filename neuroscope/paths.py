@@ -7,9 +7,13 @@ Layout (``<cache>`` is :func:`cache_dir`)::
     <cache>/corpus/<dataset>/<config>/<split>/             the downloaded text corpus (one .txt per sample)
     <cache>/checkpoints/<task>/<namespace>/<run>/          corpus-pass checkpoints (calibration, label examples)
     <cache>/calibration/<namespace>/calibration.json       calibration statistics
+    <cache>/examples/<namespace>/<run>/                    label examples (top activating windows per feature)
     <cache>/autointerp_labels/<labeler>/<namespace>/labels.jsonl   auto-interp labels, per labeler
+    <cache>/autointerp_labels/<labeler>/<namespace>/scores.jsonl   their detection scores (any scorer)
+    <cache>/autointerp_labels/<labeler>/<namespace>/failed.jsonl   features whose labelling failed
+    <cache>/autointerp_labels/<labeler>/<namespace>/dead.json      features that never fired in the examples pass
     <cache>/autointerp_labels/<namespace>/labels.json      auto-interp labels, legacy (no labeler)
-    <cache>/neuronpedia/<model id>/<source id>/            answers from Neuronpedia
+    <cache>/neuronpedia/<model id>/<source id>/explanations.jsonl   answers from Neuronpedia
     <cache>/trash/<timestamp>-<what>/                      what ``clean`` moved away
 
 ``<namespace>`` is :attr:`Namespace.path`: model / SAE (repo + file, or a local file's hash) / layer / input norm,
@@ -150,6 +154,10 @@ def calibration_root() -> Path:
     return cache_dir() / "calibration"
 
 
+def examples_root() -> Path:
+    return cache_dir() / "examples"
+
+
 def autointerp_root() -> Path:
     return cache_dir() / "autointerp_labels"
 
@@ -168,6 +176,7 @@ def data_roots() -> dict[str, Path]:
         "corpus": corpus_root(),
         "checkpoints": checkpoints_root(),
         "calibration": calibration_root(),
+        "examples": examples_root(),
         "labels": autointerp_root(),
         "neuronpedia": neuronpedia_root(),
     }
@@ -188,6 +197,11 @@ def calibration_file(namespace: Namespace) -> Path:
     return calibration_root() / namespace.path / "calibration.json"
 
 
+def examples_dir(namespace: Namespace, run: str) -> Path:
+    """Phase 1 of labelling for one SAE: ``run`` is a key of the corpus and the options that change the result."""
+    return examples_root() / namespace.path / safe_component(run)
+
+
 def autointerp_dir(labeler: str, namespace: Namespace) -> Path:
     """Where one labeler's labels (and its scores, failures, dead-feature list) for one SAE live."""
     return autointerp_root() / safe_component(labeler) / namespace.path
@@ -197,12 +211,29 @@ def autointerp_labels_file(labeler: str, namespace: Namespace) -> Path:
     return autointerp_dir(labeler, namespace) / "labels.jsonl"
 
 
+def autointerp_scores_file(labeler: str, namespace: Namespace) -> Path:
+    return autointerp_dir(labeler, namespace) / "scores.jsonl"
+
+
+def autointerp_failed_file(labeler: str, namespace: Namespace) -> Path:
+    return autointerp_dir(labeler, namespace) / "failed.jsonl"
+
+
+def autointerp_dead_file(labeler: str, namespace: Namespace) -> Path:
+    return autointerp_dir(labeler, namespace) / "dead.json"
+
+
 def legacy_autointerp_labels_file(namespace: Namespace) -> Path:
     return autointerp_root() / namespace.path / "labels.json"
 
 
 def neuronpedia_dir(model_id: str, source_id: str) -> Path:
     return neuronpedia_root() / safe_component(model_id) / safe_component(source_id)
+
+
+def neuronpedia_file(model_id: str, source_id: str) -> Path:
+    """One JSON line per feature asked: ``{"index", "label"|null, "score"?, "fetched_at"}`` (null: none exists)."""
+    return neuronpedia_dir(model_id, source_id) / "explanations.jsonl"
 
 
 def trash_entry(timestamp: str, what: str) -> Path:
