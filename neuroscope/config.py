@@ -13,6 +13,16 @@ DEFAULT_MODEL = "google/gemma-2-2b-it"
 DEFAULT_SAE = "google/gemma-scope-2b-pt-res"
 DEFAULT_SAE_PATH = "layer_20/width_16k/average_l0_71/params.npz"
 DEFAULT_LAYER = 20
+# the LLM whose auto-interp labels are served and that `labels generate` asks (an OpenRouter model id);
+# LABELER_MODEL overrides it
+DEFAULT_LABELER = "deepseek/deepseek-v3.2"
+LABELER_ENV = "LABELER_MODEL"
+
+
+def default_labeler() -> str:
+    import os
+
+    return os.environ.get(LABELER_ENV) or DEFAULT_LABELER
 
 
 @dataclass
