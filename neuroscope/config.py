@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from neuroscope.sae import INPUT_NORMS, SAE_DTYPES
@@ -20,8 +21,6 @@ LABELER_ENV = "LABELER_MODEL"
 
 
 def default_labeler() -> str:
-    import os
-
     return os.environ.get(LABELER_ENV) or DEFAULT_LABELER
 
 
