@@ -13,12 +13,13 @@ from rich.markup import escape
 
 from neuroscope import __version__
 from neuroscope.cli_calibrate import app as calibrate_app
-from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, Sae, SAEDType, SaeLocal, SaePath
+from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, ReadableGroup, Sae, SAEDType, SaeLocal, SaePath
 from neuroscope.cli_corpus import app as corpus_app
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 from neuroscope.server.origins import split_origins
 
 app = typer.Typer(
+    cls=ReadableGroup,
     name="neuroscope",
     help="An SAE-instrumented LLM server: OpenAI-compatible chat plus a live stream of SAE features per token.",
     no_args_is_help=True,

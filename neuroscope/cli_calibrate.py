@@ -11,10 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope import calibrate
-from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath
+from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, ReadableGroup, Sae, SaeLocal, SaePath
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 
 app = typer.Typer(
+    cls=ReadableGroup,
     help="Calibration statistics (how often and how strongly each SAE feature fires over a corpus) for the filters.",
     no_args_is_help=True,
     add_completion=False,

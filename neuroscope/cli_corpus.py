@@ -11,9 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope import corpus
-from neuroscope.cli_options import ReadableCommand
+from neuroscope.cli_options import ReadableCommand, ReadableGroup
 
 app = typer.Typer(
+    cls=ReadableGroup,
     help="Build or inspect the text corpus (WikiText from the Hugging Face hub, one .txt per sample).",
     no_args_is_help=True,
     add_completion=False,

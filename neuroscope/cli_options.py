@@ -7,10 +7,32 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperArgument, TyperCommand
+from rich.text import Text
+from typer import rich_utils
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 
-class ReadableCommand(TyperCommand):
+def _folding(parameter_help):
+    """typer renders an option's help, default and envvar as rich Text whose overflow falls back to the table's
+    ``ellipsis``: a default longer than the help column (``layer_20/width_16k/average_l0_71/params.npz`` at 80
+    columns) was cut to ``params…``. Folded instead, every default is shown in full, wrapped if need be."""
+
+    def parameter_help_folded(*args, **kwargs):
+        columns = parameter_help(*args, **kwargs)
+        for item in getattr(columns, "renderables", ()):
+            if isinstance(item, Text) and item.overflow is None:
+                item.overflow = "fold"
+        return columns
+
+    parameter_help_folded.folds = True
+    return parameter_help_folded
+
+
+if not getattr(rich_utils._get_parameter_help, "folds", False):
+    rich_utils._get_parameter_help = _folding(rich_utils._get_parameter_help)
+
+
+class _Readable:
     """Help with plain metavars (TEXT, INTEGER, PATH, a|b) instead of typer's type tags (``<str>``, ``<bool>``,
     ``<int range>``); a flag shows none. Shorter metavars leave the help column room for long defaults."""
 
@@ -39,6 +61,14 @@ class ReadableCommand(TyperCommand):
         if option is not None:
             option.metavar = ""
         return option
+
+
+class ReadableCommand(_Readable, TyperCommand):
+    pass
+
+
+class ReadableGroup(_Readable, TyperGroup):
+    """A command group (``neuroscope``, ``neuroscope calibrate``…) whose own options read as a command's do."""
 
 
 class Norm(str, Enum):
