@@ -322,7 +322,13 @@ def render(tokenizer: Any, tokens: np.ndarray, marked: np.ndarray | None = None)
     pieces, prev = [], ""
     for i in range(len(ids)):
         text = tokenizer.decode(ids[: i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        pieces.append(text[len(prev):] if text.startswith(prev) else text)
+        if text.endswith("\ufffd") and i + 1 < len(ids):  # half a character: it comes with the next token
+            pieces.append("")
+            continue
+        same = 0
+        while same < min(len(text), len(prev)) and text[same] == prev[same]:
+            same += 1
+        pieces.append(text[same:])
         prev = text
     out, inside = [], False
     for i, piece in enumerate(pieces):
