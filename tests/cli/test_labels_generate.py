@@ -178,6 +178,15 @@ def test_anthropic_overload_and_a_text_answer(tiny_fixture, corpus_dir, cache, a
     assert [x["index"] for x in lines(paths.autointerp_labels_file(LABELER, namespace(tiny_fixture)))] == [5]
 
 
+def test_a_request_past_its_timeout_is_retried(tiny_fixture, corpus_dir, cache, openai_fake):
+    openai_fake.faults = ["hang"]
+    result = generate(tiny_fixture, corpus_dir, "--labeler-backend", openai_fake.url, "--features", "8",
+                      "--request-timeout", "1", env={"LABELER_API_KEY": KEY})
+    assert result.exit_code == 0, result.output
+    assert len(openai_fake.requests) == 2
+    assert [x["index"] for x in lines(paths.autointerp_labels_file(LABELER, namespace(tiny_fixture)))] == [8]
+
+
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_a_refused_key_stops_at_once(tiny_fixture, corpus_dir, cache, openai_fake, concurrency):
     wrong = "sk-wrong-0123456789abcdef"

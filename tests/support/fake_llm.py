@@ -1,6 +1,7 @@
 """Loopback fakes of an OpenAI-compatible chat-completions server and of Anthropic's Messages API, speaking their
 wire formats (structured output via ``response_format`` json_schema; a forced ``tool_use`` block), with faults
-injected per request: 429 + Retry-After, 500 / 529, a malformed answer, an undecodable body, 401."""
+injected per request: 429 + Retry-After, 500 / 529, a hang past the client's timeout, a malformed answer, an
+undecodable body, 401."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class FakeLLM:
 
         def main() -> None:
             self._loop = asyncio.new_event_loop()
+            self._release = asyncio.Event()
             app = web.Application()
             app.router.add_post("/v1/chat/completions" if self.kind == "openai" else "/v1/messages", self._handle)
             self._runner = web.AppRunner(app)
@@ -63,6 +65,7 @@ class FakeLLM:
     def stop(self) -> None:
         if self._loop is None:
             return
+        self._loop.call_soon_threadsafe(self._release.set)
         fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
         try:
             fut.result(10)
@@ -80,7 +83,12 @@ class FakeLLM:
         self.max_active = max(self.max_active, self.active)
         try:
             if self.block_after is not None and self.answered >= self.block_after:
-                await asyncio.sleep(3600)
+                await self._release.wait()  # held open until the fake stops
+            if fault == "hang":  # longer than the client's timeout
+                try:
+                    await asyncio.wait_for(self._release.wait(), 5)
+                except asyncio.TimeoutError:
+                    pass
             if self.delay:
                 await asyncio.sleep(self.delay)
             if not self._authorised(request) or fault == "401":
