@@ -29,7 +29,7 @@ import io
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ STATE_FORMAT = "neuroscope-examples-checkpoint/1"
 DATA = "examples.npz"
 META = "meta.json"
 STATE = "state.npz"
-BEFORE, AFTER = 23, 8  # a window: the peak token with up to 23 tokens before it and 8 after (32 tokens)
+BEFORE, AFTER = 23, 8  # a window: the peak token with up to 23 tokens before it and 8 after
+WINDOW = BEFORE + 1 + AFTER  # 32 tokens
 DEFAULT_SAMPLES = 5000
 DEFAULT_PER_FEATURE = 20
 DEFAULT_BATCH_SIZE = 8
@@ -100,33 +101,29 @@ class PoolWindow:
 
 
 # ------------------------------------------------------------------------------------------------ collecting
-@dataclass
 class Collector:
-    """The bounded per-feature heaps and the random pool, fed one sample's records at a time."""
+    """The bounded per-feature top windows and the random pool, fed one sample's records at a time.
 
-    d_sae: int
-    per_feature: int
-    pool_size: int
-    k: int
-    samples_done: int = 0
-    tokens: int = 0
-    truncated: int = 0  # counted positions where more than k features fired (their records miss some)
-    fired: np.ndarray = field(default=None)  # type: ignore[assignment]
-    heaps: list[list[tuple]] = field(default=None)  # type: ignore[assignment]
-    pool: list[tuple] = field(default=None)  # type: ignore[assignment]
-    floor: np.ndarray = field(default=None)  # type: ignore[assignment]
+    Windows live in preallocated ``(d_sae, N, W)`` arrays (token ids and activations), one slot per kept window,
+    and a sample's candidates are placed all at once (no per-window Python work); ``floor`` is each full
+    feature's weakest kept value, below which a candidate is dropped. A checkpoint is these arrays as they are.
+    """
 
-    def __post_init__(self) -> None:
-        if self.fired is None:
-            self.fired = np.zeros(self.d_sae, dtype=np.int64)
-        if self.heaps is None:
-            self.heaps = [[] for _ in range(self.d_sae)]
-        if self.pool is None:
-            self.pool = []
-        self.floor = np.full(self.d_sae, -np.inf, dtype=np.float64)
-        for f, h in enumerate(self.heaps):
-            if len(h) >= self.per_feature:
-                self.floor[f] = h[0][0]
+    def __init__(self, d_sae: int, per_feature: int, pool_size: int, k: int):
+        self.d_sae, self.per_feature, self.pool_size, self.k = d_sae, per_feature, pool_size, k
+        n, w = per_feature, WINDOW
+        self.samples_done = self.tokens = self.truncated = 0
+        self.fired = np.zeros(d_sae, dtype=np.int64)
+        self.filled = np.zeros(d_sae, dtype=np.int32)
+        self.value = np.zeros((d_sae, n), dtype=np.float32)
+        self.sample = np.zeros((d_sae, n), dtype=np.int64)
+        self.start = np.zeros((d_sae, n), dtype=np.int32)
+        self.peak = np.zeros((d_sae, n), dtype=np.int32)
+        self.length = np.zeros((d_sae, n), dtype=np.int32)
+        self.win_tokens = np.zeros((d_sae, n, w), dtype=np.int32)
+        self.win_acts = np.zeros((d_sae, n, w), dtype=np.float32)
+        self.floor = np.full(d_sae, -np.inf, dtype=np.float64)
+        self.pool: list[tuple] = []
 
     def add(self, index: int, tokens: list[int], rec: np.ndarray, counted: np.ndarray) -> None:
         """Fold in sample ``index``: its token ids, its (n, 2 + 2k) records and which positions count."""
@@ -134,8 +131,7 @@ class Collector:
         k = (rec.shape[1] - 2) // 2
         ids = rec[:, 2 : 2 + k].astype(np.int64)
         vals = rec[:, 2 + k :].astype(np.float32)
-        mask = (vals > 0) & counted[:, None]
-        pos, col = np.nonzero(mask)
+        pos, col = np.nonzero((vals > 0) & counted[:, None])
         fid, val = ids[pos, col], vals[pos, col]
         self.samples_done = max(self.samples_done, index + 1)
         self.tokens += int(counted.sum())
@@ -149,23 +145,38 @@ class Collector:
         if not fid.size:
             return
         first = np.flatnonzero(np.r_[True, fid[1:] != fid[:-1]])
-        ends = np.r_[first[1:], fid.size]
-        for j in np.flatnonzero(val[first].astype(np.float64) > self.floor[fid[first]]):
-            f, lo, hi = int(fid[first[j]]), int(first[j]), int(ends[j])
-            peak, value = int(pos[lo]), float(val[lo])
-            start, end = max(1, peak - BEFORE), min(n, peak + AFTER + 1)
-            acts = np.zeros(end - start, dtype=np.float32)
-            p = pos[lo:hi]
-            inside = (p >= start) & (p < end)
-            acts[p[inside] - start] = val[lo:hi][inside]
-            entry = (value, -index, start, peak - start, toks[start:end].copy(), acts)
-            heap = self.heaps[f]
-            if len(heap) < self.per_feature:
-                heapq.heappush(heap, entry)
-            else:
-                heapq.heapreplace(heap, entry)
-            if len(heap) >= self.per_feature:
-                self.floor[f] = heap[0][0]
+        beats = val[first].astype(np.float64) > self.floor[fid[first]]
+        cf, cpeak, cval = fid[first][beats], pos[first][beats], val[first][beats]
+        m = cf.size
+        if not m:
+            return
+        # every candidate's window at once: a dense (n, m) map of the candidates' activations in this sample
+        column = np.full(self.d_sae, -1, dtype=np.int64)
+        column[cf] = np.arange(m)
+        mine = column[fid] >= 0
+        dense = np.zeros((n, m), dtype=np.float32)
+        dense[pos[mine], column[fid[mine]]] = val[mine]
+        start = np.maximum(1, cpeak - BEFORE)
+        end = np.minimum(n, cpeak + AFTER + 1)
+        at = start[:, None] + np.arange(WINDOW)[None, :]
+        valid = at < end[:, None]
+        at = np.minimum(at, n - 1)
+        acts = np.where(valid, dense[at, np.arange(m)[:, None]], 0.0).astype(np.float32)
+        wtoks = np.where(valid, toks[at], 0).astype(np.int32)
+        # a slot per candidate (each feature appears once per sample): the next free one, or the weakest
+        # window's (smallest value; of equal values the later sample's), which the candidate beats
+        cap = self.per_feature
+        slots = self.filled[cf].astype(np.int64)
+        full = slots >= cap
+        if full.any():
+            rows = cf[full]
+            slots[full] = np.lexsort((-self.sample[rows], self.value[rows]), axis=-1)[:, 0]
+        self.filled[cf] = np.maximum(self.filled[cf], slots + 1)
+        self.value[cf, slots], self.sample[cf, slots] = cval, index
+        self.start[cf, slots], self.peak[cf, slots], self.length[cf, slots] = start, cpeak - start, end - start
+        self.win_tokens[cf, slots], self.win_acts[cf, slots] = wtoks, acts
+        now_full = self.filled[cf] >= cap
+        self.floor[cf[now_full]] = self.value[cf[now_full]].min(axis=1)
 
     def _pool(self, index: int, toks: np.ndarray, fid: np.ndarray, pos: np.ndarray) -> None:
         n = len(toks)
@@ -174,9 +185,8 @@ class Collector:
         h = int.from_bytes(hashlib.sha256(f"pool:{index}".encode()).digest()[:8], "big")
         if len(self.pool) >= self.pool_size and -self.pool[0][0] <= h:
             return
-        window = BEFORE + 1 + AFTER
-        start = 1 + (h >> 24) % max(1, n - window)
-        end = min(n, start + window)
+        start = 1 + (h >> 24) % max(1, n - WINDOW)
+        end = min(n, start + WINDOW)
         inside = (pos >= start) & (pos < end)
         entry = (-h, index, start, toks[start:end].copy(), np.unique(fid[inside]).astype(np.int32))
         if len(self.pool) < self.pool_size:
@@ -184,55 +194,58 @@ class Collector:
         else:
             heapq.heapreplace(self.pool, entry)
 
-    # ------------------------------------------------------------------------------------------ (de)serialising
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The state as flat arrays: windows by feature, strongest first; the pool by hash."""
-        feats, values, samples, starts, peaks, toks, acts, offs = [], [], [], [], [], [], [], [0]
-        for f, heap in enumerate(self.heaps):
-            for value, neg_sample, start, peak, t, a in sorted(heap, reverse=True):
-                feats.append(f), values.append(value), samples.append(-neg_sample), starts.append(start)
-                peaks.append(peak), toks.append(t), acts.append(a), offs.append(offs[-1] + len(t))
+    # ------------------------------------------------------------------------------------------ checkpoints
+    _SLOT_ARRAYS = ("fired", "filled", "value", "sample", "start", "peak", "length", "win_tokens", "win_acts")
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to resume exactly."""
+        return {**{k: getattr(self, k) for k in self._SLOT_ARRAYS}, **self._pool_arrays(),
+                "counters": np.asarray([self.samples_done, self.tokens, self.truncated], dtype=np.int64)}
+
+    @classmethod
+    def from_state(cls, a: dict[str, np.ndarray], per_feature: int, pool_size: int, k: int) -> Collector:
+        d_sae = int(a["fired"].shape[0])
+        col = cls(d_sae, per_feature, pool_size, k)
+        for name in cls._SLOT_ARRAYS:
+            setattr(col, name, np.array(a[name], copy=True))
+        col.samples_done, col.tokens, col.truncated = (int(x) for x in a["counters"])
+        full = col.filled >= per_feature
+        col.floor[full] = col.value[full].min(axis=1)
+        po, pf = a["pool_offset"], a["pool_feature_offset"]
+        col.pool = [(-int(a["pool_hash"][i]), int(a["pool_sample"][i]), int(a["pool_start"][i]),
+                     a["pool_tokens"][po[i]:po[i + 1]].copy(), a["pool_features"][pf[i]:pf[i + 1]].copy())
+                    for i in range(len(a["pool_hash"]))]
+        heapq.heapify(col.pool)
+        return col
+
+    def _pool_arrays(self) -> dict[str, np.ndarray]:
         pool = sorted(self.pool, reverse=True)  # smallest hash first
-        p_off, p_foff = [0], [0]
-        for e in pool:
-            p_off.append(p_off[-1] + len(e[3]))
-            p_foff.append(p_foff[-1] + len(e[4]))
         cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
         return {
-            "feature": np.asarray(feats, dtype=np.int32), "value": np.asarray(values, dtype=np.float32),
-            "sample": np.asarray(samples, dtype=np.int64), "start": np.asarray(starts, dtype=np.int32),
-            "peak": np.asarray(peaks, dtype=np.int32), "offset": np.asarray(offs, dtype=np.int64),
-            "tokens": cat(toks, np.int32), "acts": cat(acts, np.float32),
             "pool_hash": np.asarray([-e[0] for e in pool], dtype=np.uint64),
             "pool_sample": np.asarray([e[1] for e in pool], dtype=np.int64),
             "pool_start": np.asarray([e[2] for e in pool], dtype=np.int32),
-            "pool_offset": np.asarray(p_off, dtype=np.int64), "pool_tokens": cat([e[3] for e in pool], np.int32),
-            "pool_feature_offset": np.asarray(p_foff, dtype=np.int64),
+            "pool_offset": np.cumsum([0] + [len(e[3]) for e in pool]).astype(np.int64),
+            "pool_tokens": cat([e[3] for e in pool], np.int32),
+            "pool_feature_offset": np.cumsum([0] + [len(e[4]) for e in pool]).astype(np.int64),
             "pool_features": cat([e[4] for e in pool], np.int32),
-            "fired": self.fired.copy(),
-            "counters": np.asarray([self.samples_done, self.tokens, self.truncated], dtype=np.int64),
         }
 
-    @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray], per_feature: int, pool_size: int, k: int) -> Collector:
-        d_sae = int(a["fired"].shape[0])
-        heaps: list[list[tuple]] = [[] for _ in range(d_sae)]
-        off = a["offset"]
-        for i in range(len(a["feature"])):
-            lo, hi = int(off[i]), int(off[i + 1])
-            heaps[int(a["feature"][i])].append((float(a["value"][i]), -int(a["sample"][i]), int(a["start"][i]),
-                                                int(a["peak"][i]), a["tokens"][lo:hi].copy(), a["acts"][lo:hi].copy()))
-        for h in heaps:
-            heapq.heapify(h)
-        pool = []
-        po, pf = a["pool_offset"], a["pool_feature_offset"]
-        for i in range(len(a["pool_hash"])):
-            pool.append((-int(a["pool_hash"][i]), int(a["pool_sample"][i]), int(a["pool_start"][i]),
-                         a["pool_tokens"][po[i]:po[i + 1]].copy(), a["pool_features"][pf[i]:pf[i + 1]].copy()))
-        heapq.heapify(pool)
-        done, tokens, truncated = (int(x) for x in a["counters"])
-        return cls(d_sae, per_feature, pool_size, k, done, tokens, truncated, a["fired"].astype(np.int64).copy(),
-                   heaps, pool)
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The result as flat arrays: windows by feature, strongest first (equal values: earlier sample first)."""
+        f, s = np.nonzero(np.arange(self.per_feature)[None, :] < self.filled[:, None])
+        order = np.lexsort((self.sample[f, s], -self.value[f, s], f))
+        f, s = f[order], s[order]
+        lengths = self.length[f, s].astype(np.int64)
+        keep = np.arange(WINDOW)[None, :] < lengths[:, None]
+        return {
+            "feature": f.astype(np.int32), "value": self.value[f, s], "sample": self.sample[f, s],
+            "start": self.start[f, s], "peak": self.peak[f, s],
+            "offset": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            "tokens": self.win_tokens[f, s][keep], "acts": self.win_acts[f, s][keep],
+            **self._pool_arrays(), "fired": self.fired.copy(),
+            "counters": np.asarray([self.samples_done, self.tokens, self.truncated], dtype=np.int64),
+        }
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -424,7 +437,7 @@ def run(rt: Runtime, opts: ExamplesOptions, *, console: Console | None = None) -
     col = Collector(d_sae, opts.per_feature, opts.pool_size, k)
     state = _load_npz(ckdir / STATE)
     if state is not None and "key" in state and str(state["key"]) == key:
-        col = Collector.from_arrays(state, opts.per_feature, opts.pool_size, k)
+        col = Collector.from_state(state, opts.per_feature, opts.pool_size, k)
     resumed = col.samples_done
     ckdir.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_tmp(ckdir)
@@ -445,7 +458,7 @@ def run(rt: Runtime, opts: ExamplesOptions, *, console: Console | None = None) -
             processed += sum(len(x) for x in ids)
             bar.advance(len(ids), tokens=processed)
             if col.samples_done // every > before // every and col.samples_done < len(samples):
-                atomic.write_bytes(ckdir / STATE, _npz_bytes({**col.arrays(), "key": np.asarray(key)}))
+                atomic.write_bytes(ckdir / STATE, _npz_bytes({**col.state(), "key": np.asarray(key)}))
     if col.tokens < 1:
         raise ExamplesError(f"no token of the {len(samples)} samples counted (each sample needs a token after BOS)")
     out.mkdir(parents=True, exist_ok=True)
