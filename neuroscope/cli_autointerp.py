@@ -78,6 +78,7 @@ def generate_cmd(
     request_timeout: Timeout = 120.0,
 ) -> None:
     """Collect every feature's top activating windows over a corpus, then ask an LLM for a label per feature."""
+    from neuroscope import paths
     from neuroscope.autointerp import generate as gen
     from neuroscope.config import default_labeler
 
@@ -104,9 +105,9 @@ def generate_cmd(
     if result.output is not None:
         out.print(f"  copy: {escape(str(result.output))}", highlight=False, soft_wrap=True)
     if result.failed:
-        shown = ", ".join(str(f["index"]) for f in result.failed[:10])
-        err.print(f"[yellow]note:[/] {len(result.failed)} features failed ({shown}{' …' if len(result.failed) > 10 else ''}"
-                  f"); see {escape(str(result.labels_file.parent / 'failed.jsonl'))}. Run again to retry them.",
+        shown = ", ".join(str(f["index"]) for f in result.failed[:10]) + (" …" if len(result.failed) > 10 else "")
+        err.print(f"[yellow]note:[/] {len(result.failed)} features failed ({shown}"
+                  f"); see {escape(str(paths.autointerp_failed_file(who, ns)))}. Run again to retry them.",
                   highlight=False, soft_wrap=True)
     if score:
         from neuroscope.autointerp import scoring

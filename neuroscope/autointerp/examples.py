@@ -23,6 +23,7 @@ a directory with a ``meta.json`` is complete) under :func:`neuroscope.paths.exam
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import io
@@ -290,7 +291,8 @@ class Examples:
     def pool(self) -> list[PoolWindow]:
         a = self.arrays
         po, pf = a["pool_offset"], a["pool_feature_offset"]
-        return [PoolWindow(a["pool_tokens"][po[i]:po[i + 1]], frozenset(int(x) for x in a["pool_features"][pf[i]:pf[i + 1]]),
+        return [PoolWindow(a["pool_tokens"][po[i]:po[i + 1]],
+                           frozenset(int(x) for x in a["pool_features"][pf[i]:pf[i + 1]]),
                            int(a["pool_sample"][i]), int(a["pool_start"][i])) for i in range(len(a["pool_hash"]))]
 
 
@@ -308,8 +310,14 @@ def read(directory: str | Path) -> Examples:
     return Examples(d, meta, arrays)
 
 
+@functools.lru_cache(maxsize=2)
+def _read_cached(directory: str, stamp: tuple[int, int]) -> Examples:
+    return read(directory)
+
+
 def newest(ns: paths.Namespace) -> Examples | None:
-    """The newest complete examples run of ``ns`` (by its ``created`` time), or None."""
+    """The newest complete examples run of ``ns`` (by its ``created`` time), or None. Read once per run and
+    kept while its files are unchanged, so asking for one feature after another does not re-read them."""
     root = paths.examples_root() / ns.path
     found: list[tuple[str, Path]] = []
     if root.is_dir():
@@ -322,8 +330,9 @@ def newest(ns: paths.Namespace) -> Examples | None:
                 found.append((str(meta.get("created", "")), d))
     for _, d in sorted(found, reverse=True):
         try:
-            return read(d)
-        except ExamplesError:
+            meta_stat, data_stat = (d / META).stat(), (d / DATA).stat()
+            return _read_cached(str(d), (meta_stat.st_mtime_ns, data_stat.st_mtime_ns))
+        except (OSError, ExamplesError):
             continue
     return None
 

@@ -63,7 +63,8 @@ def test_top_windows_equal_a_brute_force_computation(tiny_fixture, runtime, cach
     d_sae = ref[0][1].shape[1]
     np.testing.assert_array_equal(ex.fired, sum((a > 0).sum(0) for _, a in ref))
     for f in range(d_sae):
-        cands = [(float(a[:, f].max()), s, int(np.argmax(a[:, f]))) for s, (_, a) in enumerate(ref) if a[:, f].max() > 0]
+        cands = [(float(a[:, f].max()), s, int(np.argmax(a[:, f])))
+                 for s, (_, a) in enumerate(ref) if a[:, f].max() > 0]
         want = sorted(cands, key=lambda c: (-c[0], c[1]))[:PER_FEATURE]
         got = ex.windows(f)
         assert [(w.sample, w.start + w.peak) for w in got] == [(s, p) for _, s, p in want], f
