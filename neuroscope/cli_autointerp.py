@@ -94,6 +94,9 @@ def generate_cmd(
         provider = gen.provider_for(labeler_backend)  # before the long pass: a missing key fails at once
         run, ns, tokenizer = gen.collect(config, exopts, console=err)
         _examples_summary(out, run)
+        if run.samples_in_corpus < samples:
+            err.print(f"[yellow]note:[/] the corpus holds only {run.samples_in_corpus} samples ({samples} asked)",
+                      highlight=False)
         result = gen.label(run.examples, ns, tokenizer, provider, opts, console=err)
     except gen.GenerateError as exc:
         _fail(str(exc))

@@ -155,7 +155,9 @@ class LLMClient:
 
     async def __aenter__(self) -> LLMClient:
         self._sem = asyncio.Semaphore(self.concurrency)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        # as many connections as requests in flight (aiohttp's default pool stops at 100)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                              connector=aiohttp.TCPConnector(limit=self.concurrency))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
