@@ -114,9 +114,11 @@ def label(examples: Examples, ns: paths.Namespace, tokenizer: Any, provider: Pro
     labels_file = paths.autointerp_labels_file(opts.labeler, ns)
     result = LabelResult(labels_file, dead=dead)
     labels_file.parent.mkdir(parents=True, exist_ok=True)
+    # every dead feature of the SAE in this examples run, whatever --features picked
     atomic.write_json(paths.autointerp_dead_file(opts.labeler, ns),
-                      {"labeler": opts.labeler, "examples": examples.directory.name, "dead": dead,
-                       "features": len(wanted)})
+                      {"labeler": opts.labeler, "examples": examples.directory.name,
+                       "samples": int(examples.meta["samples"]), "tokens": int(examples.meta["tokens"]),
+                       "dead": [int(i) for i in (fired == 0).nonzero()[0]]})
     existing = labels_by_index(labels_file)
     todo = [i for i in wanted if fired[i] > 0 and i not in existing]
     result.already = sum(1 for i in wanted if fired[i] > 0 and i in existing)

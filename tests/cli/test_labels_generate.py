@@ -119,7 +119,7 @@ def test_openai_compatible_labels_land_in_the_namespace(tiny_fixture, corpus_dir
     assert set(body["response_format"]["json_schema"]["schema"]["required"]) == {"label", "description"}
     assert "<<" in body["messages"][1]["content"]  # the activating tokens are marked
     dead = json.loads(paths.autointerp_dead_file(LABELER, ns).read_text())
-    assert dead["dead"] == [3, 7]
+    assert dead["dead"] == [3, 7] and dead["samples"] == SAMPLES
     assert "28 labelled now" in result.stdout and "2 dead" in result.stdout
     assert json.loads(out.read_text()) == {str(x["index"]): x["label"] for x in labels}
     no_key_anywhere(result, cache)
