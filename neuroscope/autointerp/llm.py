@@ -75,6 +75,8 @@ class Provider:
                 h["x-api-key"] = self.api_key
         elif self.api_key:
             h["authorization"] = f"Bearer {self.api_key}"
+        if self.name == "openrouter":
+            h["x-title"] = "Neuroscope"  # OpenRouter's optional app attribution
         return h
 
 
