@@ -84,6 +84,7 @@ def generate_cmd(
 
     config = _config(ctx, model, sae, sae_path, sae_local_path, sae_layer, sae_input_norm, demo, backend=backend,
                      dtype=dtype.value if dtype else None)
+    _check_features(features)
     who = labeler or default_labeler()
     opts = gen.LabelOptions(who, labeler_backend, concurrency, features, str(output) if output else None,
                             request_timeout)
@@ -156,6 +157,7 @@ def score_cmd(
     from neuroscope.config import default_labeler
 
     config = _config(ctx, model, sae, sae_path, sae_local_path, sae_layer, sae_input_norm, demo, backend=backend)
+    _check_features(features)
     if demo:
         fx = fixtures.demo_fixture()
         config.model, config.sae_local_path, config.sae_layer = str(fx.model_dir), str(fx.sae_path), fx.sae_layer
@@ -183,6 +185,16 @@ def score_cmd(
     _score_summary(Console(), result, who, sopts.scorer, threshold)
     if result.failed:
         raise typer.Exit(1)
+
+
+def _check_features(spec: str | None) -> None:
+    """The --features syntax, before anything loads (the range is checked once the SAE's width is known)."""
+    from neuroscope.autointerp.store import parse_features
+
+    try:
+        parse_features(spec)
+    except ValueError as exc:
+        _fail(str(exc), 2)
 
 
 def _tokenizer(model: str):

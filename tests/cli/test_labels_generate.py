@@ -130,6 +130,15 @@ def test_openai_compatible_labels_land_in_the_namespace(tiny_fixture, corpus_dir
     assert len(openai_fake.requests) == 28  # nothing asked twice
 
 
+def test_openrouter_is_auto_with_its_key_and_its_base_url_moves(tiny_fixture, corpus_dir, cache, openai_fake):
+    env = {"OPENROUTER_API_KEY": KEY, "OPENROUTER_BASE_URL": openai_fake.url, "ANTHROPIC_API_KEY": "unused"}
+    result = generate(tiny_fixture, corpus_dir, "--features", "5", env=env)
+    assert result.exit_code == 0, result.output
+    (req,) = openai_fake.requests
+    assert req["headers"]["Authorization"] == f"Bearer {KEY}" and req["headers"]["X-Title"] == "Neuroscope"
+    assert [x["index"] for x in lines(paths.autointerp_labels_file(LABELER, namespace(tiny_fixture)))] == [5]
+
+
 def test_anthropic_messages_with_a_forced_tool_call(tiny_fixture, corpus_dir, cache, anthropic_fake):
     env = {"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": anthropic_fake.url}  # auto: no OpenRouter key
     result = generate(tiny_fixture, corpus_dir, "--features", "10-14", env=env)
@@ -214,4 +223,4 @@ def test_configuration_errors_are_one_line(tiny_fixture, corpus_dir, cache, tmp_
     far = generate(tiny_fixture, corpus_dir, "--labeler-backend", "http://127.0.0.1:9", "--features", "0-999")
     assert far.exit_code == 1 and "feature 256 is out of range" in error_line(far)
     syntax = generate(tiny_fixture, corpus_dir, "--labeler-backend", "http://127.0.0.1:9", "--features", "a-b")
-    assert "'a-b' is not an index" in error_line(syntax)
+    assert syntax.exit_code == 2 and "'a-b' is not an index" in error_line(syntax)

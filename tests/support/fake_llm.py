@@ -13,6 +13,7 @@ import threading
 from typing import Any, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 KEY = "sk-test-9f8e7d6c5b4a-secret"
 WINDOW_LINE = re.compile(r"^\d+\. ", re.M)
@@ -77,7 +78,7 @@ class FakeLLM:
     # -------------------------------------------------------------------------------------------- requests
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append({"headers": dict(request.headers), "body": body})
+        self.requests.append({"headers": CIMultiDict(request.headers), "body": body})  # any case
         fault = self.faults.pop(0) if self.faults else None
         self.active += 1
         self.max_active = max(self.max_active, self.active)
