@@ -196,6 +196,13 @@ def backends_cmd() -> None:
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(calibrate_app, name="calibrate")
 
+from neuroscope import cli_autointerp  # noqa: E402
+
+labels_app = typer.Typer(help="Feature labels: LLM auto-interpretation and its detection scores.",
+                         no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+cli_autointerp.register(labels_app)
+app.add_typer(labels_app, name="labels")
+
 from neuroscope import cli_steer  # noqa: E402  (the steer command lives in its own module)
 
 cli_steer.register(app)

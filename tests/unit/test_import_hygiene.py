@@ -16,6 +16,9 @@ MODULES = [
     "neuroscope.engine",
     "neuroscope.runtime",
     "neuroscope.corpus",
+    "neuroscope.cli_autointerp",
+    "neuroscope.autointerp.generate",
+    "neuroscope.autointerp.scoring",
 ]
 HEAVY = ["torch", "mlx"]
 
