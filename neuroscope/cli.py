@@ -198,7 +198,7 @@ app.add_typer(calibrate_app, name="calibrate")
 
 from neuroscope import cli_autointerp  # noqa: E402
 
-labels_app = typer.Typer(help="Feature labels: LLM auto-interpretation and its detection scores.",
+labels_app = typer.Typer(cls=ReadableGroup, help="Feature labels: LLM auto-interpretation and its detection scores.",
                          no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 cli_autointerp.register(labels_app)
 app.add_typer(labels_app, name="labels")
