@@ -201,6 +201,10 @@ from neuroscope import cli_steer  # noqa: E402  (the steer command lives in its 
 
 cli_steer.register(app)
 
+from neuroscope import cli_data  # noqa: E402  (push / pull)
+
+cli_data.register(app)
+
 
 def main() -> None:
     from dotenv import load_dotenv

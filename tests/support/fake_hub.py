@@ -327,13 +327,14 @@ class _Handler(BaseHTTPRequestHandler):
             repo = f"{req.get('organization') or self.fake.tokens[self._token()][0]}/{req['name']}"
             kind = "datasets" if req.get("type") == "dataset" else "models"
             store = self._store(kind)
-            if repo in store:
-                self._error(409, None, "You already created this dataset repo", body)
+            url = f"{self.fake.endpoint}{'/datasets' if kind == 'datasets' else ''}/{repo}"
+            if repo in store:  # the hub names the existing repo's url in its 409 answer
+                self._send(409, {"Content-Type": "application/json"}, json.dumps(
+                    {"error": "You already created this repo", "url": url}).encode(), body)
                 return
             store[repo] = {}
-            prefix = "/datasets" if kind == "datasets" else ""
             self._send(200, {"Content-Type": "application/json"}, json.dumps(
-                {"url": f"{self.fake.endpoint}{prefix}/{repo}", "name": repo, "id": "1"}).encode(), body)
+                {"url": url, "name": repo, "id": "1"}).encode(), body)
         elif m := re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/preupload/([^/]+)", path):
             if m.group(2) not in self._store(m.group(1)):
                 self._error(404, "RepoNotFound", "Repository not found", body)
