@@ -67,6 +67,10 @@ for _what in clean.TARGETS:
     app.command(_what, cls=ReadableCommand)(_make(_what))
 
 
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
 def _age(created: str) -> str:
     try:
         then = datetime.fromisoformat(created)
@@ -132,7 +136,7 @@ def empty_cmd(
         return
     size = trash.tree_size(root)
     if not yes:
-        if not sys.stdin.isatty():
+        if not _interactive():
             _fail("not asking without a terminal: pass --yes to delete the trash permanently")
         if not typer.confirm(f"Delete {len(found)} trash entr{'y' if len(found) == 1 else 'ies'} "
                              f"({trash.human(size)}) permanently?", default=False):
