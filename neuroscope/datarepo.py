@@ -320,6 +320,7 @@ def install(checked: list[tuple[dict, Path]]) -> PullResult:
             else:
                 result.installed.append(entry["path"])
             target.parent.mkdir(parents=True, exist_ok=True)
+            atomic.remove_stale_tmp(target.parent)  # what a killed pull staged there
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             shutil.copyfile(source, tmp)
             with open(tmp, "rb+") as f:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -193,6 +194,35 @@ def test_pull_moves_differing_local_files_to_the_trash_and_undo_brings_them_back
     undo = run("clean", "undo")
     assert undo.exit_code == 0, undo.output
     assert mine.read_text() == '{"index": 1, "label": "my own label"}\n'
+
+
+def test_an_interrupted_install_finishes_on_the_next_pull(hub, cache, monkeypatch):
+    pushed = _published(hub, cache, monkeypatch)
+    checked = datarepo.verify(Path(_snapshot(hub)))
+    real_replace = os.replace
+    calls = []
+
+    def dying_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # as a kill between two files: the rest stay staged
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        datarepo.install(checked)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(_local(cache)) == 3 + 5  # three installed, five still staged (hidden temporary files)
+    result = run("pull", "--repo", REPO)
+    assert result.exit_code == 0, result.output
+    assert "5 new, 0 replaced, 3 already up to date" in result.stdout
+    assert _local(cache) == pushed  # no staged leftovers either
+
+
+def _snapshot(hub) -> str:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(REPO, repo_type="dataset")
 
 
 def test_a_tampered_file_installs_nothing(hub, cache, monkeypatch):
