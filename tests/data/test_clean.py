@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli, paths, trash
+from neuroscope import clean, cli, paths, trash
 from neuroscope.paths import Namespace
 
 NS = Namespace.for_hub_sae("google/gemma-2-2b-it", "google/gemma-scope-2b-pt-res", "layer_20/params.npz", 20)
@@ -91,9 +91,9 @@ def test_each_target_moves_only_its_data(filled, cache, hf_cache, what):
     manifest = json.loads((entry.path / trash.MANIFEST).read_text())
     assert all(Path(i["original"]).is_relative_to(cache) and i["moved"] for i in manifest["items"])
     assert snapshot(hf_cache) == hf_before
-    for root in paths.data_roots().values():
-        if root.name != "trash":
-            assert root.is_dir() or not any(root.name in str(p) for p in filled[what])
+    for name in clean.TARGETS[what]:  # the roots stay (a symlinked one keeps its link); their contents moved
+        root = paths.data_roots()[name]
+        assert root.is_dir() and list(root.iterdir()) == []
 
 
 def test_clean_all_then_undo_restores_byte_identical(filled, cache, hf_cache):

@@ -204,3 +204,15 @@ def test_sae_pull_downloads_and_validates(models_hub):
     line = error_line(run("sae", "pull", SAE, "--path", "layer_3/params.npz"))
     assert "lacks threshold" in line
     assert "no such file" in error_line(run("sae", "pull", SAE, "--path", "layer_9"))
+
+
+def test_a_terminal_sees_download_progress(models_hub):
+    from rich.console import Console
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=150, color_system=None)
+    hub_cache.pull_model(MODEL, console=console)
+    shown = screen.getvalue()
+    assert f"pull {MODEL}" in shown and "Fetching 7 files" in shown and "7/7" in shown
+    size = sum(len(MODEL_FILES[name]) for name in SERVING)
+    assert f"{size / 1000:.1f} kB" in shown  # the bytes bar's total
