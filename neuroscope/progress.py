@@ -90,14 +90,16 @@ def _tqdm_for(progress: Progress, description: str, use_desc: bool = False) -> t
             kwargs["file"] = io.StringIO()
             kwargs["disable"] = False
             super().__init__(*args, **kwargs)
-            label = f"{description}: {self.desc.rstrip(': ')}" if use_desc and self.desc else description
-            self._rich_task = progress.add_task(label, total=self.total, completed=self.n,
+            self._rich_task = progress.add_task(self._label(), total=self.total, completed=self.n,
                                                 unit="B" if self.unit == "B" else "")
+
+        def _label(self) -> str:
+            return f"{description}: {self.desc.rstrip(': ')}" if use_desc and self.desc else description
 
         def _mirror(self) -> None:
             task = getattr(self, "_rich_task", None)
             if task is not None:
-                progress.update(task, completed=self.n, total=self.total)
+                progress.update(task, completed=self.n, total=self.total, description=self._label())
 
         def update(self, n: float | None = 1) -> bool | None:
             result = super().update(n)

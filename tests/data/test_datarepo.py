@@ -255,6 +255,24 @@ def test_a_bad_manifest_installs_nothing(hub, cache, monkeypatch, change, words)
     assert _local(cache) == {}
 
 
+def test_pull_offline_installs_from_the_hub_cache(hub, cache, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from neuroscope.hf import hub_reachable
+    from tests.support.fake_hub import refused_endpoint
+
+    pushed = _published(hub, cache, monkeypatch)
+    assert run("pull", "--repo", REPO).exit_code == 0  # into the hub cache too
+    assert run("clean", "all").exit_code == 0
+    monkeypatch.setattr(constants, "ENDPOINT", refused_endpoint())
+    hub_reachable.cache_clear()
+    result = run("pull", "--repo", REPO)
+    assert result.exit_code == 0, result.output
+    assert _local(cache) == pushed
+    line = error_line(run("pull", "--repo", "alice/never-pulled"))
+    assert "unreachable" in line and "not in the hub cache" in line
+
+
 def test_pull_of_a_missing_repo_is_one_line(hub, cache):
     line = error_line(run("pull", "--repo", "alice/nothing-here"))
     assert "no such dataset repo" in line
