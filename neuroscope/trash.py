@@ -206,7 +206,13 @@ def _occupied(item: Item) -> str | None:
 def restore(entry: Entry) -> list[Item]:
     """Put every item of ``entry`` back at its original path and delete the entry. Refuses (changing nothing)
     when any original path holds something created since."""
-    items = [(i, item) for i, item in enumerate(entry.items) if item.moved and entry.stored(i).exists()]
+    items = []
+    for i, item in enumerate(entry.items):
+        if not entry.stored(i).exists():
+            continue  # never arrived (a move interrupted before it began)
+        if not item.moved and Path(item.original).exists():
+            continue  # a cross-filesystem copy interrupted before its source was deleted: the source is whole
+        items.append((i, item))  # (a rename interrupted before the manifest said so still counts as moved)
     for _, item in items:
         if (why := _occupied(item)) is not None:
             raise TrashError(f"cannot undo {entry.path.name}: {why}; move it away first (nothing was restored)")

@@ -208,3 +208,26 @@ def test_a_copy_that_does_not_verify_leaves_the_original(cache, tmp_path, monkey
         trash.move(src, tmp_path / "b" / "x.bin")
     assert src.read_bytes() == b"abc" and not (tmp_path / "b" / "x.bin").exists()
     assert list((tmp_path / "b").iterdir()) == []
+
+
+def test_undo_after_a_move_interrupted_before_the_manifest_caught_up(filled, cache):
+    before = snapshot(cache)
+    entry = trash.trash("calibration", [paths.calibration_root() / "google__gemma-2-2b-it"])
+    data = json.loads((entry.path / trash.MANIFEST).read_text())
+    data["items"][0]["moved"] = False  # as if killed right after the rename
+    (entry.path / trash.MANIFEST).write_text(json.dumps(data))
+    assert run("undo").exit_code == 0
+    assert snapshot(cache) == before
+
+
+def test_undo_after_a_copy_interrupted_before_the_source_was_deleted(filled, cache):
+    before = snapshot(cache)
+    src = paths.calibration_root() / "google__gemma-2-2b-it"
+    entry = trash.new_entry("calibration")
+    import shutil
+
+    shutil.copytree(src, entry.stored(0))
+    entry.items.append(trash.Item(original=str(src), size=trash.tree_size(src), kind="dir"))
+    entry.save()
+    assert run("undo").exit_code == 0  # the source is whole: the copy is dropped, nothing is overwritten
+    assert snapshot(cache) == before and trash.entries() == []
