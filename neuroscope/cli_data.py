@@ -44,7 +44,8 @@ def push_cmd(
     if not target:
         _fail(f"push needs --repo ID (a dataset repo you can write to), or {config.DATA_REPO_ENV}", 2)
     try:
-        files, url = datarepo.push(target, message, private=private)
+        with err.status(f"pushing to {escape(target)}…"):  # drawn on a terminal only
+            files, url = datarepo.push(target, message, private=private)
     except datarepo.DataRepoError as exc:
         _fail(str(exc))
     size = sum(f.size for f in files)

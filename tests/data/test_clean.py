@@ -231,3 +231,14 @@ def test_undo_after_a_copy_interrupted_before_the_source_was_deleted(filled, cac
     entry.save()
     assert run("undo").exit_code == 0  # the source is whole: the copy is dropped, nothing is overwritten
     assert snapshot(cache) == before and trash.entries() == []
+
+
+def test_a_hugging_face_cache_inside_a_data_dir_is_left_alone(cache, monkeypatch):
+    from huggingface_hub import constants
+
+    hub = paths.corpus_root() / "hf-hub"
+    put(hub / "models--a--b" / "refs" / "main", b"0123")
+    mine = put(paths.corpus_dir("wikitext", "c", "train") / "000000.txt", b"text")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    assert run("corpus").exit_code == 0
+    assert not mine.exists() and (hub / "models--a--b" / "refs" / "main").read_bytes() == b"0123"
