@@ -255,6 +255,38 @@ def test_a_bad_manifest_installs_nothing(hub, cache, monkeypatch, change, words)
     assert _local(cache) == {}
 
 
+def test_a_pull_killed_mid_download_installs_nothing_and_a_rerun_finishes(hub, cache, monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.fake_hub import subprocess_env
+
+    hub.lfs_min_size = 500  # the calibration file goes through the CDN, where the fake can hold it open
+    pushed = _published(hub, cache, monkeypatch)
+    cal = paths.calibration_file(HUB_NS).relative_to(cache).as_posix()
+    assert len(pushed[cal]) >= 500 > max(len(v) for k, v in pushed.items() if k != cal)
+    release = hub.hold(REPO, cal)
+    env = {**subprocess_env(hub.endpoint, tmp_path / "sub"), "NEUROSCOPE_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "neuroscope", "pull", "--repo", REPO]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sha = hashlib.sha256(pushed[cal]).hexdigest()
+    deadline = time.monotonic() + 60
+    while not hub.requests("GET", f"/cdn/{sha}"):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the pull never reached the calibration file"
+        time.sleep(0.01)
+    time.sleep(0.2)  # blocked inside that download
+    proc.kill()
+    proc.wait(timeout=30)
+    assert _local(cache) == {}  # nothing is installed before everything is downloaded and verified
+    release.set()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "8 new" in done.stdout
+    assert _local(cache) == pushed
+
+
 def test_pull_offline_installs_from_the_hub_cache(hub, cache, monkeypatch, tmp_path):
     from huggingface_hub import constants
 

@@ -8,7 +8,7 @@ Reading:
 - ``GET /api/{models,datasets}/<repo>/tree/<rev>[/<path>]?recursive=..`` — the listing behind
   ``list_repo_files`` / ``list_repo_tree``;
 - ``HEAD|GET [/datasets]/<repo>/resolve/<rev>/<file>`` — what ``hf_hub_download`` asks: LFS files (``.parquet``,
-  ``.safetensors``, ``.npz``…) answer ``302`` to a CDN URL on another host name (``localhost`` instead of
+  ``.safetensors``, ``.npz``…, and any of ``lfs_min_size`` or more) answer ``302`` to a CDN URL on another host name (``localhost`` instead of
   ``127.0.0.1``, as the real hub sends ``cdn-lfs…``) with ``X-Repo-Commit``, ``X-Linked-Etag`` (the sha256) and
   ``X-Linked-Size``; other files answer ``200`` with their bytes and their git blob id as ``ETag``;
   a missing repo is ``404`` + ``X-Error-Code: RepoNotFound``, a missing file ``404`` + ``EntryNotFound``;
@@ -60,6 +60,7 @@ class FakeHub:
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # token -> (user, "write" | "read" | perms)
     commits: list[dict] = field(default_factory=list)  # every commit received: repo, summary, files
     heads: dict[str, str] = field(default_factory=dict)  # repo id -> commit id (COMMIT until a commit)
+    lfs_min_size: int = 10 * 1024 * 1024  # larger files are LFS whatever their name (the hub's own limit)
     log: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status)
     _faults: list[_Fault] = field(default_factory=list)
     _held: dict[str, threading.Event] = field(default_factory=dict)  # sha256 -> release
@@ -269,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
             if recursive or len(parts) == 1:
                 data = files[name]
                 entry = {"type": "file", "oid": _git_oid(data), "size": len(data), "path": name}
-                if _lfs(name):
+                if _lfs(name) or len(data) >= self.fake.lfs_min_size:
                     entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
                 entries.append(entry)
         for folder in sorted(folders):
@@ -292,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
                         {"X-Repo-Commit": self.fake.head(repo)})
             return
         data = files[filename]
-        if not _lfs(filename):
+        if not _lfs(filename) and len(data) < self.fake.lfs_min_size:
             self._send(200, {"Content-Type": "application/octet-stream", "X-Repo-Commit": self.fake.head(repo),
                              "ETag": f'"{_git_oid(data)}"', "Accept-Ranges": "bytes"}, data, body)
             return
