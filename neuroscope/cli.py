@@ -13,6 +13,8 @@ from rich.markup import escape
 
 from neuroscope import __version__
 from neuroscope.cli_calibrate import app as calibrate_app
+from neuroscope.cli_clean import app as clean_app
+from neuroscope.cli_models import models_app, sae_app
 from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, ReadableGroup, Sae, SAEDType, SaeLocal, SaePath
 from neuroscope.cli_corpus import app as corpus_app
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
@@ -195,6 +197,9 @@ def backends_cmd() -> None:
 
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(calibrate_app, name="calibrate")
+app.add_typer(clean_app, name="clean")
+app.add_typer(models_app, name="models")
+app.add_typer(sae_app, name="sae")
 
 from neuroscope import cli_autointerp  # noqa: E402
 
@@ -206,6 +211,10 @@ app.add_typer(labels_app, name="labels")
 from neuroscope import cli_steer  # noqa: E402  (the steer command lives in its own module)
 
 cli_steer.register(app)
+
+from neuroscope import cli_data  # noqa: E402  (push / pull)
+
+cli_data.register(app)
 
 
 def main() -> None:

@@ -24,6 +24,16 @@ def default_labeler() -> str:
     return os.environ.get(LABELER_ENV) or DEFAULT_LABELER
 
 
+# the Hugging Face dataset repo `neuroscope pull` installs pre-generated calibration and labels from (and `push`
+# writes to when NEUROSCOPE_DATA_REPO names one); NEUROSCOPE_DATA_REPO overrides it
+DEFAULT_DATA_REPO = "neuroscope/gemma-2-2b-it-gemma-scope-data"
+DATA_REPO_ENV = "NEUROSCOPE_DATA_REPO"
+
+
+def data_repo() -> str:
+    return os.environ.get(DATA_REPO_ENV) or DEFAULT_DATA_REPO
+
+
 @dataclass
 class ServeConfig:
     model: str = DEFAULT_MODEL

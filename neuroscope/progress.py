@@ -56,11 +56,12 @@ class JobProgress:
         """A counter of items; ``completed`` were done before (a resumed job: they do not count toward the ETA)."""
         return _Counter(self._progress, description, total, completed)
 
-    def download_bar(self, description: str) -> type | None:
-        """A tqdm-compatible class for ``huggingface_hub``'s ``tqdm_class``, reporting bytes to this progress."""
+    def download_bar(self, description: str, *, use_desc: bool = False) -> type | None:
+        """A tqdm-compatible class for ``huggingface_hub``'s ``tqdm_class``, reporting to this progress.
+        ``use_desc``: each bar adds its own ``desc`` (``snapshot_download`` opens several: bytes, files)."""
         if self._progress is None:
             return None
-        return _tqdm_for(self._progress, description)
+        return _tqdm_for(self._progress, description, use_desc)
 
 
 class _Counter:
@@ -78,7 +79,7 @@ class _Counter:
             self._progress.update(self._task, total=total, completed=total)
 
 
-def _tqdm_for(progress: Progress, description: str) -> type:
+def _tqdm_for(progress: Progress, description: str, use_desc: bool = False) -> type:
     from tqdm.std import tqdm as base_tqdm  # a dependency of huggingface_hub
 
     class RichTqdm(base_tqdm):
@@ -89,12 +90,16 @@ def _tqdm_for(progress: Progress, description: str) -> type:
             kwargs["file"] = io.StringIO()
             kwargs["disable"] = False
             super().__init__(*args, **kwargs)
-            self._rich_task = progress.add_task(description, total=self.total, completed=self.n, unit="B")
+            self._rich_task = progress.add_task(self._label(), total=self.total, completed=self.n,
+                                                unit="B" if self.unit == "B" else "")
+
+        def _label(self) -> str:
+            return f"{description}: {self.desc.rstrip(': ')}" if use_desc and self.desc else description
 
         def _mirror(self) -> None:
             task = getattr(self, "_rich_task", None)
             if task is not None:
-                progress.update(task, completed=self.n, total=self.total)
+                progress.update(task, completed=self.n, total=self.total, description=self._label())
 
         def update(self, n: float | None = 1) -> bool | None:
             result = super().update(n)
