@@ -13,8 +13,10 @@ from rich.markup import escape
 
 from neuroscope import __version__
 from neuroscope.cli_calibrate import app as calibrate_app
-from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, Sae, SAEDType, SaeLocal, SaePath
+from neuroscope.cli_options import (DType, Labeler, LabelThreshold, Model, Norm, ReadableCommand, Sae, SAEDType,
+                                    SaeLocal, SaePath)
 from neuroscope.cli_corpus import app as corpus_app
+from neuroscope.cli_labels import app as labels_app
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 from neuroscope.server.origins import split_origins
 
@@ -85,7 +87,14 @@ def serve_cmd(
         SAEDType, typer.Option(help="SAE weights in memory: float32 or bfloat16 (half the memory; encode still sums in "
                                     "float32).")
     ] = SAEDType.float32,
-    labels_path: Annotated[Optional[Path], typer.Option(help="JSON file of feature index -> label.")] = None,
+    labels_path: Annotated[Optional[Path], typer.Option(help="JSON file of feature index -> label (the first "
+                                                              "label source).")] = None,
+    labeler: Labeler = None,
+    label_threshold: LabelThreshold = 0.5,
+    neuronpedia: Annotated[
+        bool, typer.Option("--neuronpedia/--no-neuronpedia",
+                           help="Ask Neuronpedia, in the background, for labels of features no better source names.")
+    ] = True,
     feature_filter: Annotated[
         FilterMode, typer.Option(help="From calibration: frequency hides always-on features, surprise ranks by "
                                       "how unusual an activation is, combined does both; none ranks raw.")
@@ -148,6 +157,9 @@ def serve_cmd(
         sae_input_norm=sae_input_norm.value,
         sae_dtype=sae_dtype.value,
         labels_path=str(labels_path) if labels_path else None,
+        labeler=labeler,
+        label_threshold=label_threshold,
+        neuronpedia=neuronpedia,
         feature_filter=feature_filter.value,
         filter_threshold=filter_threshold,
         calibration_path=str(calibration_path) if calibration_path else None,
@@ -194,6 +206,7 @@ def backends_cmd() -> None:
 
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(calibrate_app, name="calibrate")
+app.add_typer(labels_app, name="labels")
 
 from neuroscope import cli_steer  # noqa: E402  (the steer command lives in its own module)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from neuroscope.config import DEFAULT_LABELER
 from typer.core import TyperArgument, TyperCommand
 
 
@@ -62,4 +63,12 @@ Sae = Annotated[str, typer.Option(help="Hub repo of the SAE.")]
 SaePath = Annotated[str, typer.Option(help="File of the SAE inside --sae.")]
 SaeLocal = Annotated[
     Optional[Path], typer.Option(help="A local params.npz (or a directory holding one) instead of the hub.")
+]
+Labeler = Annotated[
+    Optional[str], typer.Option(envvar="LABELER_MODEL", show_default=False,
+                                help=f"Whose auto-interp labels to use (default: {DEFAULT_LABELER}).")
+]
+LabelThreshold = Annotated[
+    float, typer.Option(help="Labels scored below this (detection balanced accuracy, 0..1) are marked "
+                             "low-confidence.", min=0.0, max=1.0)
 ]

@@ -11,7 +11,9 @@ from neuroscope.calibration import CalibrationError
 from neuroscope.config import ServeConfig
 from neuroscope.filters import ActiveFilter
 from neuroscope.hf import hub_reachable
-from neuroscope.labels import LabelError, Labels
+from neuroscope.label_chain import LabelChain
+from neuroscope.label_sources import build_chain
+from neuroscope.labels import LabelError
 from neuroscope.protocol import Backend, BackendError, ModelInfo, ModelSpec
 from neuroscope.sae import SAEError, SAEWeights, load_npz, resolve_sae_file
 
@@ -29,7 +31,7 @@ class Runtime:
     backend: Backend
     info: ModelInfo
     sae: SAEWeights
-    labels: Labels
+    labels: LabelChain
     sae_id: str
     demo: bool
     fallback_reason: str | None = None
@@ -44,7 +46,6 @@ def demo_config(config: ServeConfig) -> ServeConfig:
         model=str(fx.model_dir),
         sae_local_path=str(fx.sae_path),
         sae_layer=fx.sae_layer,
-        labels_path=config.labels_path or str(fx.labels_path),
         demo=True,
     )
 
@@ -124,7 +125,29 @@ def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
         if isinstance(exc, SAEError):
             raise
         raise BackendError(f"cannot load model {config.model!r}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
-    labels = Labels.load(config.labels_path, sae.d_sae)
+    labels = load_labels(config, sae.d_sae)
     if config.demo:
         info.model_id = DEMO_MODEL_ID
     return Runtime(config, backend, info, sae, labels, "demo (random SAE)" if config.demo else sae_id, config.demo)
+
+
+def load_labels(config: ServeConfig, d_sae: int) -> LabelChain:
+    """The label chain of the served SAE (see :mod:`neuroscope.label_chain`), with a lazy Neuronpedia fetcher when
+    the registry knows the SAE. Only a broken ``--labels-path`` raises (:class:`LabelError`)."""
+    from neuroscope.neuronpedia_cache import NeuronpediaCache
+    from neuroscope.neuronpedia_client import ClientSettings
+    from neuroscope.neuronpedia_lazy import LazyNeuronpedia
+
+    ns = calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
+                                   config.sae_layer, config.sae_input_norm, demo=config.demo)
+    demo_labels = fixtures.demo_fixture().labels_path if config.demo else None
+    chain = build_chain(ns, d_sae, labels_path=config.labels_path, labeler=config.labeler,
+                        demo_labels_path=demo_labels, threshold=config.label_threshold,
+                        neuronpedia=config.neuronpedia and not config.demo)
+    if not config.neuronpedia and not config.demo:
+        chain.neuronpedia.skipped = "turned off (--no-neuronpedia)"
+    ids = chain.neuronpedia.ids
+    if ids is not None:
+        cache = NeuronpediaCache(ids.model_id, ids.source_id, d_sae)
+        chain.neuronpedia.lazy = LazyNeuronpedia(ids, ClientSettings.from_env(), cache, chain.add_neuronpedia)
+    return chain
