@@ -66,7 +66,7 @@ def _d_sae(config: ServeConfig, ns) -> tuple[int, object | None]:
     """The SAE's width, cheaply (no weights loaded): its calibration file, the SAE file's header (local or in the
     Hugging Face cache), or Neuronpedia's registry. Also the calibration, when there is one."""
     from neuroscope import calibration, paths
-    from neuroscope.neuronpedia_registry import lookup
+    from neuroscope.neuronpedia_registry import RegistryError, lookup
     from neuroscope.sae import SAEError, read_d_sae
 
     cal_path = paths.calibration_file(ns)
@@ -90,7 +90,10 @@ def _d_sae(config: ServeConfig, ns) -> tuple[int, object | None]:
             return read_d_sae(file), None
         except SAEError as exc:
             _fail(str(exc))
-    ids = lookup(ns)
+    try:
+        ids = lookup(ns)
+    except RegistryError as exc:
+        _fail(str(exc))
     if ids is not None:
         return ids.d_sae, None
     _fail("cannot tell how many features the SAE has: no calibration file, the SAE file is not on this machine "
@@ -182,12 +185,15 @@ def fetch_cmd(
     """Download every Neuronpedia explanation of the SAE (bulk export, then the API) into the cache; resumable."""
     from neuroscope.neuronpedia_bulk import datasets_url, fetch
     from neuroscope.neuronpedia_client import ClientSettings
-    from neuroscope.neuronpedia_registry import lookup
+    from neuroscope.neuronpedia_registry import RegistryError, lookup
     from neuroscope.progress import JobProgress
 
     config = _config(ctx, model, sae, sae_path, sae_local_path, sae_layer, sae_input_norm, False)
     ns = _namespace(config)
-    ids = lookup(ns)
+    try:
+        ids = lookup(ns)
+    except RegistryError as exc:
+        _fail(str(exc))
     if ids is None:
         what = config.sae_local_path or f"{config.sae}/{config.sae_path}"
         _fail(f"Neuronpedia's registry does not know {what} with model {config.model}: no Neuronpedia source "

@@ -14,7 +14,7 @@ from neuroscope import jsonl, paths
 from neuroscope.label_chain import LabelChain, Layer, NeuronpediaInfo
 from neuroscope.labels import LabelError, Labels
 from neuroscope.neuronpedia_cache import NeuronpediaCache
-from neuroscope.neuronpedia_registry import NeuronpediaIds, lookup
+from neuroscope.neuronpedia_registry import NeuronpediaIds, RegistryError, lookup
 
 
 def _index(value, d_sae: int) -> int | None:
@@ -82,9 +82,17 @@ def build_chain(ns: paths.Namespace, d_sae: int, *, labels_path: str | None = No
             warnings.append(f"skipped the legacy auto-interp labels: {exc}")
     info = NeuronpediaInfo()
     none: set[int] = set()
-    ids = lookup(ns) if neuronpedia else None
+    ids, problem = None, None
+    if neuronpedia:
+        try:
+            ids = lookup(ns)
+        except RegistryError as exc:
+            problem = str(exc)
+            warnings.append(problem)
     if not neuronpedia:
         info.skipped = "not for the built-in demo"
+    elif problem is not None:
+        info.skipped = problem
     elif ids is None:
         info.skipped = "this model / SAE is not in Neuronpedia's registry"
     elif ids.d_sae != d_sae:

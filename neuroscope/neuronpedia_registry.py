@@ -8,10 +8,12 @@ whose named groups fill the source id's placeholders (``layer_20/width_16k/avera
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 from neuroscope import paths
 
@@ -26,10 +28,32 @@ class NeuronpediaIds:
         return f"{self.model_id}/{self.source_id}"
 
 
+REGISTRY_ENV = "NEURONPEDIA_REGISTRY"  # a JSON file of more entries (same layout), searched first
+
+
+class RegistryError(ValueError):
+    """The file named by NEURONPEDIA_REGISTRY cannot be read. The message is user-facing."""
+
+
 @lru_cache(maxsize=1)
-def entries() -> tuple[dict, ...]:
+def _builtin() -> tuple[dict, ...]:
     text = resources.files("neuroscope.data").joinpath("neuronpedia.json").read_text(encoding="utf-8")
     return tuple(json.loads(text)["entries"])
+
+
+def entries() -> tuple[dict, ...]:
+    """The entries of ``$NEURONPEDIA_REGISTRY`` (when set), then the built-in ones."""
+    extra = os.environ.get(REGISTRY_ENV)
+    if not extra:
+        return _builtin()
+    try:
+        data = json.loads(Path(extra).expanduser().read_text(encoding="utf-8"))
+        more = data["entries"]
+        if not isinstance(more, list) or not all(isinstance(e, dict) for e in more):
+            raise TypeError("entries must be a list of objects")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"{REGISTRY_ENV}={extra}: not a Neuronpedia registry file ({exc})") from None
+    return (*more, *_builtin())
 
 
 def lookup(ns: paths.Namespace) -> NeuronpediaIds | None:
@@ -38,7 +62,7 @@ def lookup(ns: paths.Namespace) -> NeuronpediaIds | None:
     if ns.is_local:
         return None
     for entry in entries():
-        if ns.model not in entry["models"] or ns.sae != entry["sae"]:
+        if ns.model not in entry.get("models", ()) or ns.sae != entry.get("sae"):
             continue
         m = re.fullmatch(entry["sae_path"], ns.sae_path or "")
         if m is None:
