@@ -90,6 +90,10 @@ def test_labels_source_is_the_labels_path(bf16_demo):
     assert detail["3"] == {"label": "rivers", "source": "labels-path"}
     assert detail["4"] == {"label": "random feature 4", "source": "demo"}
     assert detail["5"] == {"label": "feature_5", "source": "numeric"}
+    assert httpx.get(f"{bf16_demo.features}/v1/features/labels?detail=maybe", timeout=10).status_code == 400
+    panel = " ".join(bf16_demo.output.split())
+    assert "labels 2 labels-path, 128 demo; 126 numeric" in panel
+    assert "neuronpedia skipped: not for the built-in demo" in panel
     sources = httpx.get(f"{bf16_demo.features}/v1/features/info", timeout=10).json()["labels"]["sources"]
     assert sources == {"labels-path": 2, "autointerp": 0, "autointerp-legacy": 0, "neuronpedia": 0, "demo": 128,
                        "numeric": 126}
