@@ -43,6 +43,7 @@ class NeuronpediaInfo:
     ids: NeuronpediaIds | None = None
     skipped: str | None = None  # why there is no Neuronpedia source
     lazy: object | None = None  # the LazyNeuronpedia while serving
+    probe: object | None = None  # a thread checking that Neuronpedia is reachable (see runtime.finish_probe)
 
 
 class LabelChain(Labels):

@@ -54,6 +54,21 @@ class Unreachable(RuntimeError):
     """Neuronpedia could not be reached (raised only by clients made with ``stop_when_unreachable``)."""
 
 
+def probe(base_url: str, timeout_s: float = 3.0) -> str | None:
+    """Whether Neuronpedia's host accepts a TCP connection within ``timeout_s``: None when it does, else why not
+    (run on a thread while the model loads, so an offline start says so at once instead of after failures)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"cannot reach {base_url}: {exc.strerror or exc}"
+
+
 def best_explanation(explanations: list) -> tuple[str, float | None] | None:
     """The description of the top-scored explanation (an explanation's score is the best ``value`` among its
     ``scores``, or its own ``score``); unscored ones rank below scored ones, the first of equals wins."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -67,6 +68,7 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
         status(f"falling back to the built-in demo model: {exc}")
         rt = _load(demo_config(config), backend_cls, status)
         rt.fallback_reason = str(exc)
+    finish_probe(rt.labels)
     try:
         rt.feature_filter, rt.filter_warning = resolve_filter(rt.config, rt.sae.d_sae, demo=rt.demo)
         rt.backend.set_feature_filter(rt.feature_filter.feature_filter)
@@ -148,6 +150,33 @@ def load_labels(config: ServeConfig, d_sae: int) -> LabelChain:
         chain.neuronpedia.skipped = "turned off (--no-neuronpedia)"
     ids = chain.neuronpedia.ids
     if ids is not None:
+        settings = ClientSettings.from_env()
         cache = NeuronpediaCache(ids.model_id, ids.source_id, d_sae)
-        chain.neuronpedia.lazy = LazyNeuronpedia(ids, ClientSettings.from_env(), cache, chain.add_neuronpedia)
+        chain.neuronpedia.lazy = LazyNeuronpedia(ids, settings, cache, chain.add_neuronpedia)
+        chain.neuronpedia.probe = _Probe(settings.base_url)
     return chain
+
+
+class _Probe(threading.Thread):
+    def __init__(self, base_url: str):
+        super().__init__(name="neuronpedia-probe", daemon=True)
+        self.base_url, self.error = base_url, None
+        self.start()
+
+    def run(self) -> None:
+        from neuroscope.neuronpedia_client import probe
+
+        self.error = probe(self.base_url)
+
+
+def finish_probe(chain: LabelChain, timeout: float = 5.0) -> None:
+    """After loading: when Neuronpedia cannot be reached, serve its cached labels only, and say why (offline)."""
+    np_info = chain.neuronpedia
+    thread, np_info.probe = np_info.probe, None
+    if thread is None:
+        return
+    thread.join(timeout)
+    error = "no answer in time" if thread.is_alive() else thread.error
+    if error is not None:
+        np_info.lazy = None
+        np_info.skipped = f"offline ({error}): only its cached labels are served"

@@ -58,10 +58,12 @@ def _label_rows(rt: Runtime) -> list[tuple[str, str]]:
             ("labeler", f"{escape(cfg.labeler or default_labeler())} (auto-interp labels scored below "
                         f"{cfg.label_threshold:g} are low-confidence)")]
     np_info = lab.neuronpedia
-    if np_info.ids is not None:
-        base = np_info.lazy.settings.base_url if np_info.lazy is not None else ""
+    if np_info.ids is not None and np_info.lazy is not None:
         rows.append(("neuronpedia", f"{escape(str(np_info.ids))}: {counts['neuronpedia']:,} cached, the rest asked as "
-                                    f"features appear ({escape(base)})"))
+                                    f"features appear ({escape(np_info.lazy.settings.base_url)})"))
+    elif np_info.ids is not None:
+        rows.append(("neuronpedia", f"{escape(str(np_info.ids))}: {counts['neuronpedia']:,} cached; [yellow]not "
+                                    f"asked: {escape(np_info.skipped or '')}[/]"))
     else:
         rows.append(("neuronpedia", f"skipped: {escape(np_info.skipped or 'unknown SAE')}"))
     for w in lab.warnings:
