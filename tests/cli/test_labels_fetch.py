@@ -147,3 +147,40 @@ def test_a_broken_registry_file_is_an_error(env, tmp_path):
     env.setenv("NEURONPEDIA_REGISTRY", str(bad))
     result = invoke()
     assert result.exit_code == 1 and "NEURONPEDIA_REGISTRY" in result.stderr
+
+
+def test_kill_9_then_resume_gives_the_same_cache(env, fake, tmp_path):
+    """A real process killed after its first merged batch; the rerun skips it and ends with the labels an
+    uninterrupted run writes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fake.batch_delay = 0.4
+    state = paths.neuronpedia_export_state_file("gemma-2-2b", "20-gemmascope-res-16k")
+    proc_env = {**os.environ, "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "neuroscope", "labels", "fetch", "--no-api"]
+    proc = subprocess.Popen(cmd, env=proc_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (state.is_file() and json.loads(state.read_text())["merged"]):
+            assert time.monotonic() < deadline and proc.poll() is None, "the first batch was never merged"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    merged = json.loads(state.read_text())["merged"]
+    assert merged and merged != [0, 1, 2]
+    fake.seen.clear()
+    assert subprocess.run(cmd, env=proc_env, capture_output=True, timeout=60).returncode == 0
+    assert not any(f"batch-{n}.jsonl.gz" in batch_requests(fake) for n in merged)
+    resumed = {i: (a.label, a.score) for i, a in NeuronpediaCache("gemma-2-2b", "20-gemmascope-res-16k", D).load().items()}
+
+    # the same fetch in one go, into another cache
+    env.setenv("NEUROSCOPE_CACHE", str(tmp_path / "whole"))
+    fake.batch_delay = 0.0
+    assert invoke("--no-api").exit_code == 0
+    whole = {i: (a.label, a.score) for i, a in NeuronpediaCache("gemma-2-2b", "20-gemmascope-res-16k", D).load().items()}
+    assert resumed == whole and len(whole) == D - len(MISSING)

@@ -36,6 +36,7 @@ class FakeNeuronpedia:
     retry_after: str = "1"
     batches: list[list[dict]] = field(default_factory=list)  # the bulk export's batches
     batch_faults: dict[int, list[str]] = field(default_factory=dict)  # batch -> faults ("500", "403")
+    batch_delay: float = 0.0  # seconds before each batch is answered
     seen: list[Seen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -118,6 +119,7 @@ class FakeNeuronpedia:
         if (m, s) != (self.model_id, self.source_id) or not (name.startswith("batch-") and name.endswith(".jsonl.gz")):
             return web.Response(status=403, text="AccessDenied")
         n = int(name[len("batch-"):-len(".jsonl.gz")])
+        await asyncio.sleep(self.batch_delay)
         queue = self.batch_faults.get(n)
         if queue:
             fault = queue.pop(0)

@@ -190,3 +190,15 @@ def test_unknown_sae_skips_neuronpedia_quietly(ns, tmp_path):
     chain = build_chain(other, D)
     assert chain.neuronpedia.ids is None and "registry" in chain.neuronpedia.skipped
     assert build_chain(ns, 256).neuronpedia.skipped.startswith("Neuronpedia's gemma-2-2b/20-gemmascope-res-16k has")
+
+
+def test_registry_ships_as_package_data():
+    import tomllib
+    from importlib import resources
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert "*.json" in pyproject["tool"]["setuptools"]["package-data"]["neuroscope.data"]
+    data = json.loads(resources.files("neuroscope.data").joinpath("neuronpedia.json").read_text())
+    assert data["entries"] and all({"models", "sae", "sae_path", "model_id", "source", "d_sae"} <= set(e)
+                                   for e in data["entries"])
