@@ -15,8 +15,10 @@ from neuroscope import __version__
 from neuroscope.cli_calibrate import app as calibrate_app
 from neuroscope.cli_clean import app as clean_app
 from neuroscope.cli_models import models_app, sae_app
-from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, ReadableGroup, Sae, SAEDType, SaeLocal, SaePath
+from neuroscope.cli_options import (DType, Labeler, LabelThreshold, Model, Norm, ReadableCommand, ReadableGroup, Sae,
+                                    SAEDType, SaeLocal, SaePath)
 from neuroscope.cli_corpus import app as corpus_app
+from neuroscope.cli_labels import app as labels_app
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 from neuroscope.server.origins import split_origins
 
@@ -88,7 +90,14 @@ def serve_cmd(
         SAEDType, typer.Option(help="SAE weights in memory: float32 or bfloat16 (half the memory; encode still sums in "
                                     "float32).")
     ] = SAEDType.float32,
-    labels_path: Annotated[Optional[Path], typer.Option(help="JSON file of feature index -> label.")] = None,
+    labels_path: Annotated[Optional[Path], typer.Option(help="JSON file of feature index -> label (the first "
+                                                              "label source).")] = None,
+    labeler: Labeler = None,
+    label_threshold: LabelThreshold = 0.5,
+    neuronpedia: Annotated[
+        bool, typer.Option("--neuronpedia/--no-neuronpedia",
+                           help="Ask Neuronpedia, in the background, for labels of features no better source names.")
+    ] = True,
     feature_filter: Annotated[
         FilterMode, typer.Option(help="From calibration: frequency hides always-on features, surprise ranks by "
                                       "how unusual an activation is, combined does both; none ranks raw.")
@@ -151,6 +160,9 @@ def serve_cmd(
         sae_input_norm=sae_input_norm.value,
         sae_dtype=sae_dtype.value,
         labels_path=str(labels_path) if labels_path else None,
+        labeler=labeler,
+        label_threshold=label_threshold,
+        neuronpedia=neuronpedia,
         feature_filter=feature_filter.value,
         filter_threshold=filter_threshold,
         calibration_path=str(calibration_path) if calibration_path else None,
@@ -201,10 +213,8 @@ app.add_typer(clean_app, name="clean")
 app.add_typer(models_app, name="models")
 app.add_typer(sae_app, name="sae")
 
-from neuroscope import cli_autointerp  # noqa: E402
+from neuroscope import cli_autointerp  # noqa: E402  (labels generate / score)
 
-labels_app = typer.Typer(cls=ReadableGroup, help="Feature labels: LLM auto-interpretation and its detection scores.",
-                         no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 cli_autointerp.register(labels_app)
 app.add_typer(labels_app, name="labels")
 

@@ -11,6 +11,8 @@ from rich.text import Text
 from typer import rich_utils
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+from neuroscope.config import DEFAULT_LABELER
+
 
 def _folding(parameter_help):
     """typer renders an option's help, default and envvar as rich Text whose overflow falls back to the table's
@@ -92,4 +94,12 @@ Sae = Annotated[str, typer.Option(help="Hub repo of the SAE.")]
 SaePath = Annotated[str, typer.Option(help="File of the SAE inside --sae.")]
 SaeLocal = Annotated[
     Optional[Path], typer.Option(help="A local params.npz (or a directory holding one) instead of the hub.")
+]
+Labeler = Annotated[
+    Optional[str], typer.Option(envvar="LABELER_MODEL", show_default=False,
+                                help=f"Whose auto-interp labels to use (default: {DEFAULT_LABELER}).")
+]
+LabelThreshold = Annotated[
+    float, typer.Option(help="Labels scored below this (detection balanced accuracy, 0..1) are marked "
+                             "low-confidence.", min=0.0, max=1.0)
 ]

@@ -49,7 +49,10 @@ class ServeConfig:
     dtype: str | None = None
     sae_input_norm: str = "none"
     sae_dtype: str = "float32"
-    labels_path: str | None = None
+    labels_path: str | None = None  # the first label source; the rest of the chain is found in the cache
+    labeler: str | None = None  # whose auto-interp labels are served (default: default_labeler())
+    label_threshold: float = 0.5  # labels scored below this are marked low_confidence
+    neuronpedia: bool = True  # ask Neuronpedia (lazily) for labels of features no better source names
     demo: bool = False
     max_tokens: int = 1024  # default completion length when a request names none
     # when the default model/SAE cannot be fetched (offline, gated without a token), serve the demo instead
@@ -86,6 +89,10 @@ class ServeConfig:
             raise ValueError(f"--feature-filter must be one of {', '.join(FILTER_MODES)}, got {self.feature_filter!r}")
         if not 0.0 <= self.filter_threshold <= 1.0:
             raise ValueError(f"--filter-threshold must be between 0 and 1, got {self.filter_threshold}")
+        if not 0.0 <= self.label_threshold <= 1.0:
+            raise ValueError(f"--label-threshold must be between 0 and 1, got {self.label_threshold}")
+        if self.labeler is not None and not self.labeler.strip():
+            raise ValueError("--labeler (or LABELER_MODEL) must not be empty")
         if self.max_queue < 0:
             raise ValueError(f"--max-queue must be >= 0, got {self.max_queue}")
         if any(not n.strip() for n in self.served_model_names):

@@ -264,7 +264,9 @@ class Engine:
         flt = self.feature_filter
         surprise = flt.surprise if flt is not None else None
         out = []
-        for i, v in zip(step.feature_ids.tolist(), step.feature_values.tolist()):
+        ids = step.feature_ids.tolist()
+        labels.observe(ids)  # a label chain may ask for labels of features it has not seen (never waits)
+        for i, v in zip(ids, step.feature_values.tolist()):
             f = {"index": i, "label": labels[i], "activation": round(v, 6)}
             if surprise is not None:
                 f["surprise"] = round(v * float(surprise[i]), 6)

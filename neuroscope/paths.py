@@ -14,6 +14,7 @@ Layout (``<cache>`` is :func:`cache_dir`)::
     <cache>/autointerp_labels/<labeler>/<namespace>/dead.json      features that never fired in the examples pass
     <cache>/autointerp_labels/<namespace>/labels.json      auto-interp labels, legacy (no labeler)
     <cache>/neuronpedia/<model id>/<source id>/explanations.jsonl   answers from Neuronpedia
+    <cache>/neuronpedia/<model id>/<source id>/export.json         which bulk-export batches are merged in
     <cache>/trash/<timestamp>-<what>/                      what ``clean`` moved away
 
 ``<namespace>`` is :attr:`Namespace.path`: model / SAE (repo + file, or a local file's hash) / layer / input norm,
@@ -234,6 +235,11 @@ def neuronpedia_dir(model_id: str, source_id: str) -> Path:
 def neuronpedia_file(model_id: str, source_id: str) -> Path:
     """One JSON line per feature asked: ``{"index", "label"|null, "score"?, "fetched_at"}`` (null: none exists)."""
     return neuronpedia_dir(model_id, source_id) / "explanations.jsonl"
+
+
+def neuronpedia_export_state_file(model_id: str, source_id: str) -> Path:
+    """``labels fetch``'s progress through Neuronpedia's bulk export: the batches already merged into the cache."""
+    return neuronpedia_dir(model_id, source_id) / "export.json"
 
 
 def trash_entry(timestamp: str, what: str) -> Path:

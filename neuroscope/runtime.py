@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -11,7 +12,9 @@ from neuroscope.calibration import CalibrationError
 from neuroscope.config import ServeConfig
 from neuroscope.filters import ActiveFilter
 from neuroscope.hf import hub_reachable
-from neuroscope.labels import LabelError, Labels
+from neuroscope.label_chain import LabelChain
+from neuroscope.label_sources import build_chain
+from neuroscope.labels import LabelError
 from neuroscope.protocol import Backend, BackendError, ModelInfo, ModelSpec
 from neuroscope.sae import SAEError, SAEWeights, load_npz, resolve_sae_file
 
@@ -29,7 +32,7 @@ class Runtime:
     backend: Backend
     info: ModelInfo
     sae: SAEWeights
-    labels: Labels
+    labels: LabelChain
     sae_id: str
     demo: bool
     fallback_reason: str | None = None
@@ -44,7 +47,6 @@ def demo_config(config: ServeConfig) -> ServeConfig:
         model=str(fx.model_dir),
         sae_local_path=str(fx.sae_path),
         sae_layer=fx.sae_layer,
-        labels_path=config.labels_path or str(fx.labels_path),
         demo=True,
     )
 
@@ -66,6 +68,7 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
         status(f"falling back to the built-in demo model: {exc}")
         rt = _load(demo_config(config), backend_cls, status)
         rt.fallback_reason = str(exc)
+    finish_probe(rt.labels)
     try:
         rt.feature_filter, rt.filter_warning = resolve_filter(rt.config, rt.sae.d_sae, demo=rt.demo)
         rt.backend.set_feature_filter(rt.feature_filter.feature_filter)
@@ -124,7 +127,56 @@ def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
         if isinstance(exc, SAEError):
             raise
         raise BackendError(f"cannot load model {config.model!r}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
-    labels = Labels.load(config.labels_path, sae.d_sae)
+    labels = load_labels(config, sae.d_sae)
     if config.demo:
         info.model_id = DEMO_MODEL_ID
     return Runtime(config, backend, info, sae, labels, "demo (random SAE)" if config.demo else sae_id, config.demo)
+
+
+def load_labels(config: ServeConfig, d_sae: int) -> LabelChain:
+    """The label chain of the served SAE (see :mod:`neuroscope.label_chain`), with a lazy Neuronpedia fetcher when
+    the registry knows the SAE. Only a broken ``--labels-path`` raises (:class:`LabelError`)."""
+    from neuroscope.neuronpedia_cache import NeuronpediaCache
+    from neuroscope.neuronpedia_client import ClientSettings
+    from neuroscope.neuronpedia_lazy import LazyNeuronpedia
+
+    ns = calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
+                                   config.sae_layer, config.sae_input_norm, demo=config.demo)
+    demo_labels = fixtures.demo_fixture().labels_path if config.demo else None
+    chain = build_chain(ns, d_sae, labels_path=config.labels_path, labeler=config.labeler,
+                        demo_labels_path=demo_labels, threshold=config.label_threshold,
+                        neuronpedia=config.neuronpedia and not config.demo)
+    if not config.neuronpedia and not config.demo:
+        chain.neuronpedia.skipped = "turned off (--no-neuronpedia)"
+    ids = chain.neuronpedia.ids
+    if ids is not None:
+        settings = ClientSettings.from_env()
+        cache = NeuronpediaCache(ids.model_id, ids.source_id, d_sae)
+        chain.neuronpedia.lazy = LazyNeuronpedia(ids, settings, cache, chain.add_neuronpedia)
+        chain.neuronpedia.probe = _Probe(settings.base_url)
+    return chain
+
+
+class _Probe(threading.Thread):
+    def __init__(self, base_url: str):
+        super().__init__(name="neuronpedia-probe", daemon=True)
+        self.base_url, self.error = base_url, None
+        self.start()
+
+    def run(self) -> None:
+        from neuroscope.neuronpedia_client import probe
+
+        self.error = probe(self.base_url)
+
+
+def finish_probe(chain: LabelChain, timeout: float = 5.0) -> None:
+    """After loading: when Neuronpedia cannot be reached, serve its cached labels only, and say why (offline)."""
+    np_info = chain.neuronpedia
+    thread, np_info.probe = np_info.probe, None
+    if thread is None:
+        return
+    thread.join(timeout)
+    error = "no answer in time" if thread.is_alive() else thread.error
+    if error is not None:
+        np_info.lazy = None
+        np_info.skipped = f"offline ({error}): only its cached labels are served"

@@ -75,6 +75,20 @@ def load_npz(path: str | os.PathLike[str], *, dtype: np.dtype | type = np.float3
     return from_arrays(arrays, source=str(path), dtype=dtype)
 
 
+def read_d_sae(path: str | os.PathLike[str]) -> int:
+    """The SAE's width from the header of ``threshold`` in a ``params.npz``, without reading any weights."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("threshold.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(f)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise SAEError(f"cannot read the SAE's width from {path}: {exc}") from None
+    if len(shape) != 1 or shape[0] < 1:
+        raise SAEError(f"SAE file {path}: threshold has shape {shape}, expected (d_sae,)")
+    return int(shape[0])
+
+
 def from_arrays(arrays: dict[str, np.ndarray], *, source: str = "", dtype=np.float32) -> SAEWeights:
     for k in REQUIRED_KEYS:
         a = arrays[k]

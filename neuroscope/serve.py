@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from neuroscope.config import ServeConfig
+from neuroscope.config import ServeConfig, default_labeler
 from neuroscope.runtime import Runtime, StartupError, load_runtime
 from neuroscope.server.access import Access
 from neuroscope.server.app import Bound, NeuroscopeServer, run_until_signalled
@@ -49,6 +49,28 @@ def _filter_rows(rt: Runtime) -> list[tuple[str, str]]:
     return [("filter", f"{flt.mode} ({what[flt.mode]})"), ("calibration", escape(str(flt.calibration)))]
 
 
+def _label_rows(rt: Runtime) -> list[tuple[str, str]]:
+    """How many labels each source gives, the labeler, and the Neuronpedia source (or why there is none)."""
+    lab, cfg = rt.labels, rt.config
+    counts = lab.counts()
+    given = ", ".join(f"{n:,} {name}" for name, n in counts.items() if n and name != "numeric")
+    rows = [("labels", f"{escape(given or 'none named')}; {counts['numeric']:,} numeric (feature_<i>)"),
+            ("labeler", f"{escape(cfg.labeler or default_labeler())} (auto-interp labels scored below "
+                        f"{cfg.label_threshold:g} are low-confidence)")]
+    np_info = lab.neuronpedia
+    if np_info.ids is not None and np_info.lazy is not None:
+        rows.append(("neuronpedia", f"{escape(str(np_info.ids))}: {counts['neuronpedia']:,} cached, the rest asked as "
+                                    f"features appear ({escape(np_info.lazy.settings.base_url)})"))
+    elif np_info.ids is not None:
+        rows.append(("neuronpedia", f"{escape(str(np_info.ids))}: {counts['neuronpedia']:,} cached; [yellow]not "
+                                    f"asked: {escape(np_info.skipped or '')}[/]"))
+    else:
+        rows.append(("neuronpedia", f"skipped: {escape(np_info.skipped or 'unknown SAE')}"))
+    for w in lab.warnings:
+        rows.append(("", f"[yellow]warning: {escape(w)}[/]"))
+    return rows
+
+
 def _panel(rt: Runtime, bound: Bound) -> Panel:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold cyan", justify="right")
@@ -61,7 +83,8 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
     t.add_row("layer", f"output of block {cfg.sae_layer} of {info.n_layers}  (input norm: {cfg.sae_input_norm})")
     t.add_row("backend", f"{rt.backend.name} on {info.device}, {info.dtype}")
     t.add_row("top-k", str(cfg.top_k))
-    t.add_row("labels", f"{escape(rt.labels.source)} ({rt.labels.named} named, the rest feature_<i>)")
+    for name, value in _label_rows(rt):
+        t.add_row(name, value)
     for name, value in _filter_rows(rt):
         t.add_row(name, value)
     t.add_row("chat", f"{bound.chat_url}/chat/completions")

@@ -1,0 +1,1 @@
+"""Package data: small registries kept as data, not code."""

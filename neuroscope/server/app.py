@@ -14,6 +14,7 @@ from aiohttp.web_protocol import RequestHandler
 from neuroscope.engine import Engine
 from neuroscope.feature_hub import FeatureHub
 from neuroscope.filters import ActiveFilter
+from neuroscope.label_chain import LabelChain
 from neuroscope.labels import Labels
 from neuroscope.protocol import Backend, ModelInfo
 from neuroscope.server.access import Access
@@ -113,6 +114,8 @@ class NeuroscopeServer:
         of opening or of its last response is closed (idle keep-alive and slowloris alike); ``body_timeout``:
         the same for a request's body once its head is in (then ``LINGER`` s more to drop the unread rest); ``shutdown_grace``: how long shutdown waits for
         cancelled requests to be answered."""
+        labels = LabelChain.of(labels)
+        self.labels = labels
         self.hub = FeatureHub(queue_size)
         self.engine = Engine(backend, info, self.hub, labels, layer=layer, feature_filter=feature_filter)
         self.access = access or Access(bind_host=host)
@@ -133,6 +136,9 @@ class NeuroscopeServer:
         await self._stack.__aenter__()
         try:
             self._stack.callback(self._executor.shutdown, wait=False, cancel_futures=True)
+            lazy = self.labels.neuronpedia.lazy
+            if lazy is not None:  # Neuronpedia answers arrive on this loop, in the background
+                await self._stack.enter_async_context(lazy)
             await self._stack.enter_async_context(self.engine)
             self._stack.push_async_callback(self._shutdown_http)
             ports = []

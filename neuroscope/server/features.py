@@ -57,11 +57,29 @@ async def feature_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def labels(request: web.Request) -> web.Response:
+    """The merged label map; ``?detail=true`` gives each feature's label, source, score and low_confidence."""
     st = request.app[STATE]
     lab = st.labels
+    detail = request.query.get("detail", "false").lower()
+    if detail not in _TRUE + _FALSE:
+        return _json_error(400, f"detail must be true or false, got {detail!r}", "detail")
+    if detail in _TRUE:
+        return web.json_response(lab.detail())
     return web.json_response(
         {"source": lab.source, "count": len(lab), "named": lab.named, "labels": lab.as_dict()}
     )
+
+
+def labels_info(lab) -> dict:
+    """Where the labels come from: the map's source, how many each source gives, the Neuronpedia source."""
+    np_info = lab.neuronpedia
+    neuronpedia: dict = {"model_id": None, "source_id": None, "skipped": np_info.skipped}
+    if np_info.ids is not None:
+        neuronpedia.update(model_id=np_info.ids.model_id, source_id=np_info.ids.source_id)
+        if np_info.lazy is not None:
+            neuronpedia.update(np_info.lazy.status())
+    return {"source": lab.source, "named": lab.named, "sources": lab.counts(), "threshold": lab.threshold,
+            "neuronpedia": neuronpedia, "warnings": lab.warnings}
 
 
 async def health(request: web.Request) -> web.Response:
@@ -92,7 +110,7 @@ async def info(request: web.Request) -> web.Response:
             "sae_input_norm": st.sae_input_norm,
             "top_k": st.top_k,
             "filter": _filter_info(st),
-            "labels": {"source": st.labels.source, "named": st.labels.named},
+            "labels": labels_info(st.labels),
             "chat_url": str(chat),
             "stream_url": str(stream),
             "default_max_tokens": st.default_max_tokens,

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from neuroscope.engine import Engine
 from neuroscope.feature_hub import FeatureHub
-from neuroscope.labels import Labels
+from neuroscope.label_chain import LabelChain
 from neuroscope.server.access import Access
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class ServerState:
     engine: Engine
     hub: FeatureHub
-    labels: Labels
+    labels: LabelChain
     model_id: str
     backend_name: str
     sae_id: str

@@ -40,6 +40,14 @@ export async function fetchInfo() {
   return res.json();
 }
 
+// Every feature's label with its source and score (the label chain): {"<index>": {label, source, score?,
+// low_confidence?}}. Fetched again after each reply, since labels may arrive while the server runs.
+export async function fetchLabelDetail() {
+  const res = await fetch("/v1/features/labels?detail=true", { headers: authHeaders(), cache: "no-store" });
+  if (!res.ok) throw await errorOf(res);
+  return res.json();
+}
+
 // Why a stream failed: "auth" (the key is missing or wrong), "down" (no answer) or "other".
 async function diagnose() {
   try {

@@ -1,8 +1,10 @@
 // The live viewer: chat through the chat API, follow each reply's features by request id, show them.
 
-import { HTTPError, LiveStream, apiKey, fetchInfo, followRequest, setApiKey, streamChat } from "./api.js";
+import {
+  HTTPError, LiveStream, apiKey, fetchInfo, fetchLabelDetail, followRequest, setApiKey, streamChat,
+} from "./api.js";
 import { Conversation } from "./conversation.js";
-import { renderFeature, renderToken, renderTop } from "./panels.js";
+import { renderFeature, renderToken, renderTop, setLabelDetail } from "./panels.js";
 import { SteeringSet, renderSteering } from "./steering.js";
 
 const $ = (id) => document.getElementById(id);
@@ -93,6 +95,18 @@ async function loadInfo() {
   $("model-info").textContent = `${info.model} · ${info.backend} · ${sae}`;
   $("model-info").title = `chat API: ${info.chat_url}\nlabels: ${info.labels.source}`;
   live.open($("include-prompt").checked);
+  refreshLabels();
+}
+
+// The label chain's sources and scores, for the tooltips and the feature panel (decoration: a failure is ignored).
+async function refreshLabels() {
+  try {
+    setLabelDetail(await fetchLabelDetail());
+  } catch (_) {
+    return;
+  }
+  if (conv.selected !== null) renderFeature($("feature-detail"), conv, info);
+  if (shown) showToken(shown);
 }
 
 const live = new LiveStream({ onState: setLiveState, onAuth: askKey });
@@ -191,6 +205,7 @@ function follow(turn, requestId, includePrompt) {
       if ("steering" in c) turn.setSteering(c.steering); // the spec as the server ran it
       if (c.error) turn.fail(c.error);
       done();
+      refreshLabels();
     },
     onState: (s) => {
       if (following.has(stop)) following.set(stop, s);

@@ -10,6 +10,23 @@ function el(tag, className, text) {
 const fmt = (x) => (Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2)); // sums
 const act = (x) => x.toFixed(2); // activations, as the stream gives them (to 2 places)
 
+// Where each feature's label comes from ({index: {label, source, score?, low_confidence?}}), when known.
+let labelDetail = {};
+
+export function setLabelDetail(detail) {
+  labelDetail = detail || {};
+}
+
+// "source neuronpedia, score 0.75" (and "low confidence" under the server's --label-threshold), or "".
+function provenance(index) {
+  const d = labelDetail[String(index)];
+  if (!d) return "";
+  let text = `source ${d.source}`;
+  if (typeof d.score === "number") text += `, score ${d.score.toFixed(2)}`;
+  if (d.low_confidence) text += " (low confidence)";
+  return text;
+}
+
 // One clickable feature row: #index, label, a bar (value / scale), the value (and its surprise under a filter).
 function featureRow(index, label, value, scale, note, selected, surprise) {
   const li = el("li");
@@ -22,7 +39,8 @@ function featureRow(index, label, value, scale, note, selected, surprise) {
   fill.style.width = `${scale > 0 ? Math.max(2, (100 * value) / scale) : 0}%`;
   bar.append(fill);
   row.append(el("span", "fid", `#${index}`), el("span", "flabel", label), bar, el("span", "fval", note || act(value)));
-  row.title = `${label} (feature ${index}): ${value}`;
+  const prov = provenance(index);
+  row.title = `${label} (feature ${index}): ${value}` + (prov ? ` · ${prov}` : "");
   if (typeof surprise === "number") {
     row.classList.add("with-surprise");
     row.append(el("span", "fsurprise", surprise.toFixed(2)));
@@ -71,7 +89,11 @@ export function renderFeature(panel, conv, info) {
   h2.append(steer, clear);
   const facts = el("dl", "facts");
   const fact = (k, v) => facts.append(el("dt", "", k), el("dd", "", v));
-  fact("label source", info && info.labels ? info.labels.source : "");
+  const d = labelDetail[String(f)];
+  fact("label source", d ? d.source : info && info.labels ? info.labels.source : "");
+  if (d && typeof d.score === "number") {
+    fact("label score", d.score.toFixed(2) + (d.low_confidence ? " (low confidence)" : ""));
+  }
   fact("in replies", stats
     ? `in the top-k of ${stats.count} of ${conv.generated} tokens; `
       + `max ${act(stats.max)}, mean ${act(stats.sum / stats.count)}`
@@ -89,7 +111,8 @@ export function renderFeature(panel, conv, info) {
     li.append(b);
     list.append(li);
   }
-  panel.replaceChildren(h2, el("p", "flabel-big", conv.label(f)), facts, el("h3", "", "Strongest tokens"), list);
+  const label = d && d.source !== "numeric" ? d.label : conv.label(f); // a label that arrived since is newer
+  panel.replaceChildren(h2, el("p", "flabel-big", label), facts, el("h3", "", "Strongest tokens"), list);
 }
 
 export function renderTop(list, empty, conv, n = 12) {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neuroscope import paths
+from neuroscope import fixtures, paths
 from neuroscope.config import ServeConfig
 from neuroscope.runtime import demo_config
 
@@ -41,7 +41,9 @@ def test_demo_checkpoint_is_built_in_the_cache_dir(env, tmp_path, ns, xdg, expec
     assert paths.cache_dir() == want
 
     config = demo_config(ServeConfig(demo=True))  # what `neuroscope serve --demo` loads
-    model, sae, labels = Path(config.model), Path(config.sae_local_path), Path(config.labels_path)
+    assert config.labels_path is None  # the demo's example labels are a source of their own, not --labels-path
+    labels = fixtures.demo_fixture().labels_path
+    model, sae = Path(config.model), Path(config.sae_local_path)
     for p in (model, sae, labels):
         assert p.is_relative_to(want / "demo"), f"{p} is not under {want}"
     assert (model / "config.json").is_file() and (model / "model.safetensors").is_file() and sae.is_file()

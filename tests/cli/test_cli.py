@@ -259,3 +259,22 @@ def test_main_without_dotenv(monkeypatch, tmp_path, captured):
     monkeypatch.chdir(tmp_path)
     assert run_main(monkeypatch, "serve", "--top-k", "3") == 0
     assert captured[0].top_k == 3
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def test_label_options_reach_the_config(runner, captured, monkeypatch):
+    monkeypatch.delenv("LABELER_MODEL", raising=False)
+    cfg = invoke_serve(runner, captured)
+    assert (cfg.labeler, cfg.label_threshold, cfg.neuronpedia) == (None, 0.5, True)
+    captured.clear()
+    cfg = invoke_serve(runner, captured, "--labeler", "anthropic/claude-haiku", "--label-threshold", "0.7",
+                       "--no-neuronpedia")
+    assert (cfg.labeler, cfg.label_threshold, cfg.neuronpedia) == ("anthropic/claude-haiku", 0.7, False)
+    captured.clear()
+    monkeypatch.setenv("LABELER_MODEL", "from/env")
+    assert invoke_serve(runner, captured).labeler == "from/env"
+
+
+def test_label_threshold_out_of_range(runner):
+    result = runner.invoke(cli.app, ["serve", "--label-threshold", "1.5"])
+    assert result.exit_code == 2

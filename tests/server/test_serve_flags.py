@@ -82,9 +82,21 @@ def test_sae_dtype_bfloat16_reaches_the_backend(bf16_demo):
 def test_labels_source_is_the_labels_path(bf16_demo):
     body = httpx.get(f"{bf16_demo.features}/v1/features/labels", timeout=10).json()
     assert body["source"] == str(bf16_demo.labels)
-    assert (body["count"], body["named"]) == (256, 2)
+    # the user's two labels win; the demo's example labels (even features) fill in below them, per feature
+    assert (body["count"], body["named"]) == (256, 2 + 128)
     assert body["labels"]["3"] == "rivers" and body["labels"]["7"] == "old mills"
-    assert body["labels"]["4"] == "feature_4"  # the demo's own example labels are not mixed in
+    assert body["labels"]["4"] == "random feature 4" and body["labels"]["5"] == "feature_5"
+    detail = httpx.get(f"{bf16_demo.features}/v1/features/labels?detail=true", timeout=10).json()
+    assert detail["3"] == {"label": "rivers", "source": "labels-path"}
+    assert detail["4"] == {"label": "random feature 4", "source": "demo"}
+    assert detail["5"] == {"label": "feature_5", "source": "numeric"}
+    assert httpx.get(f"{bf16_demo.features}/v1/features/labels?detail=maybe", timeout=10).status_code == 400
+    panel = " ".join(bf16_demo.output.split())
+    assert "labels 2 labels-path, 128 demo; 126 numeric" in panel
+    assert "neuronpedia skipped: not for the built-in demo" in panel
+    sources = httpx.get(f"{bf16_demo.features}/v1/features/info", timeout=10).json()["labels"]["sources"]
+    assert sources == {"labels-path": 2, "autointerp": 0, "autointerp-legacy": 0, "neuronpedia": 0, "demo": 128,
+                       "numeric": 126}
 
 
 def test_demo_checkpoint_is_built_under_neuroscope_cache(bf16_demo):

@@ -36,16 +36,17 @@ class GatedBackend:
 class RunningServer:
     def __init__(self, backend_name: str, fx, *, top_k: int = 8, queue_size: int = 1024, max_tokens: int = 64,
                  access: Access | None = None, port: int = 0, features_port: int = 0,
-                 gate: threading.Event | None = None, feature_filter=None, **server_kwargs):
+                 gate: threading.Event | None = None, feature_filter=None, labels=None, **server_kwargs):
         """``gate``: generation waits for it before each request's prefill; ``feature_filter`` (an
-        ``ActiveFilter``) is set on the backend as the runtime does and passed on; ``server_kwargs`` go to
+        ``ActiveFilter``) is set on the backend as the runtime does and passed on; ``labels``: a label chain
+        (default: the fixture's label file); ``server_kwargs`` go to
         :class:`NeuroscopeServer` (max_queue, idle_timeout, body_timeout, served_model_names, ...)."""
         self.backend, self.info, sae = load_backend(backend_name, fx, top_k=top_k)
         if feature_filter is not None:
             self.backend.set_feature_filter(feature_filter.feature_filter)
         if gate is not None:
             self.backend = GatedBackend(self.backend, gate)
-        labels = Labels.load(fx.labels_path, sae.d_sae)
+        labels = labels if labels is not None else Labels.load(fx.labels_path, sae.d_sae)
         self.server = NeuroscopeServer(
             self.backend, self.info, labels, layer=fx.sae_layer, backend_name=backend_name, sae_id="tiny",
             host="127.0.0.1", port=port, features_port=features_port, default_max_tokens=max_tokens,

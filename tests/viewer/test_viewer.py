@@ -4,6 +4,7 @@ carries (read here independently of the page) on the right tokens."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -169,3 +170,23 @@ def test_a_refused_chat_shows_the_server_error(viewer_server, open_page):
     expect(p.page.locator(".turn .turn-status")).to_have_text("failed")
     # the page keeps working: the next chat goes through
     assert chat(p.page, "hello", max_tokens=3)
+
+
+def test_label_source_and_score_from_the_chain(viewer_server, open_page):
+    """Tooltips and the feature panel say where a label comes from (``/v1/features/labels?detail=true``): the
+    fixture's label file names the even features, the rest are numeric."""
+    from playwright.sync_api import expect
+
+    reader = SSEReader(f"{viewer_server.features}/v1/features/stream").start()
+    p = open_page(f"{viewer_server.features}/")
+    expect(p.page.locator("#connection")).to_have_attribute("data-state", "connected")
+    rid = chat(p.page, "Numbers: 0 1 2 3", max_tokens=8)
+    events = sse_events(reader, rid)
+    token(p.page, rid, 0).hover()
+    first = events[0]["top_features"][0]
+    row = p.page.locator(f'#feature-panel .feat[data-feature-index="{first["index"]}"]')
+    want = "labels-path" if first["index"] % 2 == 0 else "numeric"
+    expect(row).to_have_attribute("title", re.compile(rf"· source {want}$"))
+    row.click()
+    expect(p.page.locator("#feature-detail .facts")).to_contain_text(f"label source{want}")
+    assert p.errors == []
