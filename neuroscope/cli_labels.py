@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -102,6 +102,22 @@ def _d_sae(config: ServeConfig, ns) -> tuple[int, object | None]:
     raise AssertionError  # unreachable
 
 
+def _examples(config: ServeConfig, ns) -> tuple[Callable[[int], str | None] | None, str | None]:
+    """Each feature's strongest window from the newest examples run of ``ns`` (`labels generate` makes them),
+    with the tokenizer alone — never the model. (None, why) when there is no run or no tokenizer here."""
+    from neuroscope import checkpoint
+    from neuroscope.autointerp import examples
+    from neuroscope.protocol import BackendError, ModelSpec
+
+    if examples.newest(ns) is None:
+        return None, "no examples run (no example windows)"
+    try:
+        tokenizer = checkpoint.load_tokenizer(checkpoint.local_dir(ModelSpec(config.model, offline=True)))
+    except (OSError, ValueError, BackendError) as exc:
+        return None, f"no example windows: the tokenizer of {config.model} is not on this machine ({exc})"
+    return (lambda i: examples.example_window(ns, i, tokenizer)), None
+
+
 @app.command("show", cls=ReadableCommand)
 def show_cmd(
     ctx: typer.Context,
@@ -142,23 +158,27 @@ def show_cmd(
     except LabelError as exc:
         _fail(str(exc))
     rate = cal.data["features"]["firing_rate"] if cal is not None else None
+    example, example_note = _examples(config, ns)
     table = Table(title=f"{len(wanted)} feature{'s' if len(wanted) != 1 else ''} of {d_sae:,}", title_justify="left")
-    for col in ("feature", "label", "source", "score", "firing rate"):
+    columns = ("feature", "label", "source", "score", "firing rate") + (("example",) if example else ())
+    for col in columns:
         table.add_column(col, justify="right" if col in ("feature", "score", "firing rate") else "left",
-                         no_wrap=col != "label")
+                         no_wrap=col not in ("label", "example"), overflow="fold")
     for i in wanted:
         e = chain.entry(i)
         score = "" if e.score is None else f"{e.score:.2f}"
         if e.score is not None and e.score < label_threshold:
             score = f"[yellow]{score} low[/]"
         fr = "" if rate is None else f"{100 * rate[i]:.3g} %"
-        table.add_row(str(i), escape(e.label), e.source, score, fr)
+        window = (escape(example(i) or "(never fired)"),) if example else ()
+        table.add_row(str(i), escape(e.label), e.source, score, fr, *window)
     out = Console()
     out.print(table)
     np_info = chain.neuronpedia
     where = f"Neuronpedia {np_info.ids}" if np_info.ids else f"Neuronpedia skipped: {np_info.skipped}"
     out.print(f"labeler {escape(config.labeler or _default_labeler())}; {escape(where)}"
-              + ("" if cal is not None else "; no calibration (no firing rates)"), highlight=False, soft_wrap=True)
+              + ("" if cal is not None else "; no calibration (no firing rates)")
+              + (f"; {escape(example_note)}" if example_note else ""), highlight=False, soft_wrap=True)
     for w in chain.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
 

@@ -224,3 +224,46 @@ def test_configuration_errors_are_one_line(tiny_fixture, corpus_dir, cache, tmp_
     assert far.exit_code == 1 and "feature 256 is out of range" in error_line(far)
     syntax = generate(tiny_fixture, corpus_dir, "--labeler-backend", "http://127.0.0.1:9", "--features", "a-b")
     assert syntax.exit_code == 2 and "'a-b' is not an index" in error_line(syntax)
+
+
+def test_generated_labels_are_shown_with_their_windows_and_served_in_the_stream(tiny_fixture, corpus_dir, cache,
+                                                                                  tmp_path, openai_fake):
+    """The whole path: generate → `labels show` (label, source, an example window) → `serve` puts them in events."""
+    import httpx
+
+    from tests.support.process import start_serve
+    from tests.support.server import SSEReader
+
+    assert generate(tiny_fixture, corpus_dir, "--labeler-backend", openai_fake.url,
+                    env={"LABELER_API_KEY": KEY}).exit_code == 0
+    ns = namespace(tiny_fixture)
+    labels = {x["index"]: x["label"] for x in lines(paths.autointerp_labels_file(LABELER, ns))}
+    some = sorted(labels)[:3]
+
+    shown = CliRunner().invoke(cli.app, [
+        "labels", "show", "--features", ",".join(map(str, some)), "--model", str(tiny_fixture.model_dir),
+        "--sae-local-path", str(tiny_fixture.sae_path), "--sae-layer", str(tiny_fixture.sae_layer),
+        "--labeler", LABELER], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    flat = " ".join(shown.stdout.split())
+    for i in some:
+        assert labels[i] in flat
+    assert "example" in shown.stdout and "<<" in shown.stdout  # each feature's strongest window, peak marked
+
+    srv = start_serve(tmp_path, "--model", str(tiny_fixture.model_dir), "--sae-local-path", str(tiny_fixture.sae_path),
+                      "--sae-layer", str(tiny_fixture.sae_layer), "--backend", "torch-cpu", "--labeler", LABELER,
+                      "--feature-filter", "none", env={"NEUROSCOPE_CACHE": str(cache)})
+    try:
+        r = httpx.post(f"{srv.chat}/v1/chat/completions", timeout=60, json={
+            "messages": [{"role": "user", "content": "the river and the mill"}], "max_tokens": 8, "temperature": 0})
+        assert r.status_code == 200, r.text
+        reader = SSEReader(f"{srv.features}/v1/features/stream?request_id={r.json()['id']}", until_complete=1)
+        events = [d for e, d in reader.start().wait(30) if e == "feature_activation"]
+        info = httpx.get(f"{srv.features}/v1/features/info", timeout=10).json()
+    finally:
+        assert srv.stop() == 0
+    features = [f for e in events for f in e["top_features"]]
+    assert features and any(f["index"] in labels for f in features)
+    for f in features:
+        assert f["label"] == labels.get(f["index"], f"feature_{f['index']}")
+    assert info["labels"]["sources"]["autointerp"] == len(labels)

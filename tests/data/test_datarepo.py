@@ -335,11 +335,15 @@ def test_push_clean_pull_then_serve_filters_with_the_pulled_calibration(hub, cac
     for path, data in files.items():
         assert path.read_bytes() == data, path
     srv = start_serve(tmp_path, "--model", str(tiny_fixture.model_dir), "--sae-local-path", str(tiny_fixture.sae_path),
-                      "--sae-layer", str(tiny_fixture.sae_layer), "--backend", "torch-cpu",
+                      "--sae-layer", str(tiny_fixture.sae_layer), "--backend", "torch-cpu", "--labeler", LABELER,
                       env={"NEUROSCOPE_CACHE": str(cache)})
     try:
         info = httpx.get(f"{srv.features}/v1/features/info", timeout=10).json()
+        detail = httpx.get(f"{srv.features}/v1/features/labels?detail=true", timeout=10).json()
     finally:
         assert srv.stop() == 0
     assert info["filter"]["mode"] == "combined" and info["filter"]["warning"] is None
     assert info["filter"]["calibration"] == str(paths.calibration_file(ns))
+    # the pulled labels are in the chain: the labeler's own before the legacy file
+    assert detail["1"]["label"] == "rivers" and detail["1"]["source"] == "autointerp"
+    assert info["labels"]["sources"]["autointerp"] == 1
