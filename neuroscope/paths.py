@@ -15,6 +15,7 @@ Layout (``<cache>`` is :func:`cache_dir`)::
     <cache>/autointerp_labels/<namespace>/labels.json      auto-interp labels, legacy (no labeler)
     <cache>/neuronpedia/<model id>/<source id>/explanations.jsonl   answers from Neuronpedia
     <cache>/trash/<timestamp>-<what>/                      what ``clean`` moved away
+    <cache>/inductor/                                      torch inductor's kernels (``--engine compiled``)
 
 ``<namespace>`` is :attr:`Namespace.path`: model / SAE (repo + file, or a local file's hash) / layer / input norm,
 so two SAEs never share a file.
@@ -238,3 +239,8 @@ def neuronpedia_file(model_id: str, source_id: str) -> Path:
 
 def trash_entry(timestamp: str, what: str) -> Path:
     return trash_dir() / f"{safe_component(timestamp)}-{safe_component(what)}"
+
+
+def inductor_dir() -> Path:
+    """``<cache>/inductor``: torch inductor's compiled kernels for the compiled decode step (reused across runs)."""
+    return cache_dir() / "inductor"
