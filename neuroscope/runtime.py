@@ -35,6 +35,8 @@ class Runtime:
     fallback_reason: str | None = None
     feature_filter: ActiveFilter | None = None  # the filter in force (set on the backend)
     filter_warning: str | None = None  # why it is none although one was asked (no calibration found)
+    engine: str | None = None  # the torch decode step ("eager", "compiled (...)"); None for other backends
+    compile_seconds: float | None = None  # start-up compile of the decode step (compiled engine)
 
 
 def demo_config(config: ServeConfig) -> ServeConfig:
@@ -55,6 +57,9 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
         backend_cls = registry.resolve(config.backend)
     except (ValueError, BackendError) as exc:
         raise StartupError(str(exc)) from None
+    if config.engine != "auto" and not getattr(backend_cls, "engines", ()):
+        raise StartupError(f"--engine {config.engine} applies to the torch backends; {backend_cls.name} has one "
+                           "engine (use --engine auto)")
     if config.demo:
         status("building the demo checkpoint (first run only)")
         config = demo_config(config)
@@ -72,6 +77,13 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
     except (CalibrationError, OSError, ValueError) as exc:
         rt.backend.close()
         raise StartupError(str(exc)) from None
+    describe = getattr(rt.backend, "describe_engine", None)
+    if describe is not None:
+        rt.engine = describe()
+        if rt.backend.engine == "compiled":
+            status("compiling the decode step (torch.compile; faster once inductor's cache is warm)")
+            # the bucket of a short prompt and the default max_tokens; other lengths compile on first use
+            rt.compile_seconds = rt.backend.warm_up(rt.config.max_tokens + 1)
     return rt
 
 
@@ -114,6 +126,8 @@ def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
     sae = load_npz(resolve_sae_file(config.sae, config.sae_path, config.sae_local_path))
     status(f"loading model {config.model} on {backend_cls.name}")
     backend = backend_cls()
+    if config.engine != "auto":
+        backend.engine = config.engine  # read by load(); only backends with engines get here
     spec = ModelSpec(config.model, dtype=config.dtype, offline=offline)
     try:
         info = backend.load(

@@ -60,6 +60,9 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
     t.add_row("SAE", f"{escape(rt.sae_id)}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU, {cfg.sae_dtype})")
     t.add_row("layer", f"output of block {cfg.sae_layer} of {info.n_layers}  (input norm: {cfg.sae_input_norm})")
     t.add_row("backend", f"{rt.backend.name} on {info.device}, {info.dtype}")
+    if rt.engine is not None:
+        took = f", compiled in {rt.compile_seconds:.1f} s" if rt.compile_seconds is not None else ""
+        t.add_row("engine", escape(rt.engine) + took)
     t.add_row("top-k", str(cfg.top_k))
     t.add_row("labels", f"{escape(rt.labels.source)} ({rt.labels.named} named, the rest feature_<i>)")
     for name, value in _filter_rows(rt):
