@@ -139,7 +139,12 @@ class _TorchBackend:
         eager engine)."""
         if self.compiled is None:
             return 0.0
-        return self.compiled.warm_up(cache_size(positions), self.layer)
+        try:
+            return self.compiled.warm_up(cache_size(positions), self.layer)
+        except Exception as exc:  # inductor without a C++ compiler or Triton, an unsupported op, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"--engine compiled could not compile the decode step ({first}); "
+                               "--engine eager runs the same step uncompiled") from exc
 
     # ------------------------------------------------------------------------------------------- the pieces
     @torch.inference_mode()

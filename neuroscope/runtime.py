@@ -83,7 +83,11 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
         if rt.backend.engine == "compiled":
             status("compiling the decode step (torch.compile; faster once inductor's cache is warm)")
             # the bucket of a short prompt and the default max_tokens; other lengths compile on first use
-            rt.compile_seconds = rt.backend.warm_up(rt.config.max_tokens + 1)
+            try:
+                rt.compile_seconds = rt.backend.warm_up(rt.config.max_tokens + 1)
+            except BackendError as exc:
+                rt.backend.close()
+                raise StartupError(str(exc)) from None
     return rt
 
 

@@ -88,3 +88,22 @@ def test_engine_on_a_backend_without_engines_is_refused():
             load_runtime(ServeConfig(demo=True, backend="one-engine", engine="compiled"))
     finally:
         registry.unregister("one-engine")
+
+
+@TORCH
+def test_a_compile_failure_is_one_line_naming_the_way_out(monkeypatch):
+    """A machine where inductor cannot build (no C++ compiler, no Triton) gets a start-up error, not a
+    traceback, and learns that --engine eager runs the same step. The failure is what torch.compile's callable
+    raises on its first call there (building it for real would cost a minute of a failing compile)."""
+    import torch
+
+    def compile_without_a_compiler(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx")
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_without_a_compiler)
+    with pytest.raises(StartupError, match=r"^--engine compiled could not compile the decode step \(InvalidCxx"
+                                           r"Compiler: .*\); --engine eager runs the same step uncompiled$"):
+        load_runtime(ServeConfig(demo=True, backend="torch-cpu", engine="compiled", max_tokens=200,
+                                 feature_filter="none"))
