@@ -78,17 +78,22 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
         rt.backend.close()
         raise StartupError(str(exc)) from None
     describe = getattr(rt.backend, "describe_engine", None)
-    if describe is not None:
-        rt.engine = describe()
-        if rt.backend.engine == "compiled":
-            status("compiling the decode step (torch.compile; faster once inductor's cache is warm)")
-            # the bucket of a short prompt and the default max_tokens; other lengths compile on first use
-            try:
-                rt.compile_seconds = rt.backend.warm_up(rt.config.max_tokens + 1)
-            except BackendError as exc:
-                rt.backend.close()
-                raise StartupError(str(exc)) from None
+    rt.engine = describe() if describe is not None else None
     return rt
+
+
+def compile_decode_step(rt: Runtime, status: Callable[[str], None] = lambda _: None) -> None:
+    """Under ``--engine compiled``, compile the decode step before the first request (``serve`` does; the
+    corpus pass never decodes): the cache bucket of a short prompt and the default ``max_tokens``, other lengths
+    on first use. Sets ``rt.compile_seconds``; a step that cannot compile is a ``StartupError``."""
+    if rt.engine is None or getattr(rt.backend, "engine", None) != "compiled":
+        return
+    status("compiling the decode step (torch.compile; faster once inductor's cache is warm)")
+    try:
+        rt.compile_seconds = rt.backend.warm_up(rt.config.max_tokens + 1)
+    except BackendError as exc:
+        rt.backend.close()
+        raise StartupError(str(exc)) from None
 
 
 def resolve_filter(config: ServeConfig, d_sae: int, *, demo: bool = False) -> tuple[ActiveFilter, str | None]:

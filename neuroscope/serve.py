@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from neuroscope.config import ServeConfig
-from neuroscope.runtime import Runtime, StartupError, load_runtime
+from neuroscope.runtime import Runtime, StartupError, compile_decode_step, load_runtime
 from neuroscope.server.access import Access
 from neuroscope.server.app import Bound, NeuroscopeServer, run_until_signalled
 from neuroscope.server.origins import OriginPolicy, is_loopback_host
@@ -83,6 +83,7 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
     console = console or Console(stderr=True)
     with console.status("starting") as status:
         rt = load_runtime(config, lambda msg: status.update(msg))
+        compile_decode_step(rt, lambda msg: status.update(msg))
     server = NeuroscopeServer(
         rt.backend,
         rt.info,

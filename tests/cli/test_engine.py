@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from neuroscope import cli, registry
 from neuroscope.config import ServeConfig
-from neuroscope.runtime import StartupError, load_runtime
+from neuroscope.runtime import StartupError, compile_decode_step, load_runtime
 from neuroscope.serve import _panel
 from neuroscope.server.app import Bound
 
@@ -55,6 +55,8 @@ def test_compiled_engine_compiles_at_start_up_and_the_panel_says_so():
     rt = load_runtime(ServeConfig(demo=True, backend="torch-cpu", engine="compiled", max_tokens=200,
                                   feature_filter="none"))
     try:
+        assert rt.compile_seconds is None, "loading alone compiles nothing (the corpus pass never decodes)"
+        compile_decode_step(rt)
         assert rt.backend.compiled is not None
         assert rt.engine == "compiled (torch.compile, inductor)"
         assert rt.compile_seconds is not None and rt.compile_seconds > 0
@@ -68,6 +70,7 @@ def test_compiled_engine_compiles_at_start_up_and_the_panel_says_so():
 def test_auto_is_eager_on_torch_cpu_and_nothing_compiles():
     rt = load_runtime(ServeConfig(demo=True, backend="torch-cpu", feature_filter="none"))
     try:
+        compile_decode_step(rt)
         assert rt.backend.compiled is None and rt.engine == "eager" and rt.compile_seconds is None
         assert "engine" in _panel_text(rt)
     finally:
@@ -103,7 +106,9 @@ def test_a_compile_failure_is_one_line_naming_the_way_out(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", compile_without_a_compiler)
+    rt = load_runtime(ServeConfig(demo=True, backend="torch-cpu", engine="compiled", max_tokens=200,
+                                  feature_filter="none"))
     with pytest.raises(StartupError, match=r"^--engine compiled could not compile the decode step \(InvalidCxx"
                                            r"Compiler: .*\); --engine eager runs the same step uncompiled$"):
-        load_runtime(ServeConfig(demo=True, backend="torch-cpu", engine="compiled", max_tokens=200,
-                                 feature_filter="none"))
+        compile_decode_step(rt)
+    assert rt.backend.model is None, "the backend is closed"
