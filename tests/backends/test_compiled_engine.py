@@ -157,3 +157,25 @@ def test_unknown_engines_are_refused(tiny_fixture):
     backend.engine = "fast"
     with pytest.raises(BackendError, match="unknown engine 'fast'"):
         backend.load(ModelSpec(str(tiny_fixture.model_dir)), load_npz(tiny_fixture.sae_path), 2, top_k=4)
+
+
+def test_everything_the_step_reads_or_writes_keeps_its_address(compiled_cpu, prompt_ids):
+    """CUDA graphs replay fixed addresses, and cudagraph trees accept in-place writes only into static inputs:
+    the bucket's cache, the step inputs, the SAE and filter buffers are marked static and are the very same
+    tensors from one request to the next (a filter change writes into them, it does not replace them)."""
+    backend, _, sae = compiled_cpu
+    engine = backend.compiled
+    _run(backend, prompt_ids, max_tokens=4)
+    cache = engine._caches[256]
+    tensors = [*cache.keys, *cache.values, cache.key_positions, *engine.inputs.tensors(),
+               *backend.sae.static_tensors(), *backend.model.static_tensors()]
+    unmarked = [i for i, t in enumerate(tensors) if not hasattr(t, "_dynamo_static_input_type")]
+    assert not unmarked, f"tensors not marked static: {unmarked}"
+    before = [t.data_ptr() for t in tensors]
+    backend.set_feature_filter(FeatureFilter(scale=np.full(sae.d_sae, 3.0, dtype=np.float32)))
+    try:
+        _run(backend, prompt_ids[:7], max_tokens=30, steering=STEERING, logprobs=2)
+    finally:
+        backend.set_feature_filter(FeatureFilter())
+    assert engine._caches[256] is cache
+    assert [t.data_ptr() for t in tensors] == before
