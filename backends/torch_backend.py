@@ -21,7 +21,7 @@ from backends.torch_compiled import ENGINES, CompiledStep
 from backends.torch_gemma2 import Gemma2, KVCache, cache_size
 from backends.torch_sae import SAE_DTYPES, TorchSAE
 from backends.torch_sampling import MAX_LOGPROBS, tail_index
-from backends.torch_step import StepInputs, decode_step, draw
+from backends.torch_step import NOTHING, Skips, StepInputs, decode_step, draw
 from neuroscope import checkpoint
 from neuroscope.loading import model_load_error
 from neuroscope.protocol import (
@@ -50,6 +50,7 @@ class _Request:
     logprobs: bool
     cut: torch.Tensor | None  # indices keeping the request's n logprobs of the MAX_LOGPROBS the step computes
     owner: object | None = None  # the compiled engine's ownership token (None: eager)
+    skips: Skips = NOTHING  # the identities an eager step leaves out
 
 
 class _TorchBackend:
@@ -168,7 +169,8 @@ class _TorchBackend:
             steer=steer if steer is not None and steer.positions == "all" else None,
         )
         logprobs = params.logprobs is not None
-        drawn = draw(logits, inputs, torch.tensor([n], device=device), logprobs)
+        skips = NOTHING if self.compiled is not None else Skips.for_request(params)
+        drawn = draw(logits, inputs, torch.tensor([n], device=device), logprobs, skips)
         inputs.token.copy_(drawn[0])
         inputs.position.fill_(n)
         parts = [drawn[0].float()]
@@ -180,7 +182,7 @@ class _TorchBackend:
             width = sum(p.numel() for p in parts)
             cut = tail_index(width, min(params.logprobs, MAX_LOGPROBS), device)
         record = torch.cat(parts)
-        state = _Request(cache, inputs, logprobs, cut, owner)
+        state = _Request(cache, inputs, logprobs, cut, owner, skips)
         return Prefilled(state, _cut(record, cut), self.sae.topk(hidden) if want_prompt else None)
 
     @torch.inference_mode()
@@ -190,7 +192,8 @@ class _TorchBackend:
             self.compiled.check_owner(state.owner)
             record = self.compiled(state.cache, self.layer, capture, state.logprobs)
         else:
-            record = decode_step(self.model, self.sae, state.inputs, state.cache, self.layer, capture, state.logprobs)
+            record = decode_step(self.model, self.sae, state.inputs, state.cache, self.layer, capture, state.logprobs,
+                                 state.skips)
         return _cut(record, state.cut)
 
     def to_host(self, record: torch.Tensor) -> np.ndarray:

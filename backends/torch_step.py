@@ -6,7 +6,9 @@ counts updated in place. Nothing in it branches on data or on the request: the f
 deltas when a request steers nothing), the bias and penalties (zeros) and the sampling parameters (tensors;
 Philox keyed by seed and position) are all fixed-shape inputs. The only Python-level choices are per engine
 (capture on or off, logprobs on or off), each its own graph. So :func:`decode_step` compiles with
-``fullgraph=True`` into one graph per cache length, and the eager engine runs the very same code.
+``fullgraph=True`` into one graph per cache length, and the eager engine runs the very same code — less the
+ops that are identities for the request at hand (:class:`Skips`: no steering, no logit processing, greedy),
+which an eager step would otherwise pay for op by op.
 """
 
 from __future__ import annotations
@@ -88,6 +90,26 @@ class StepInputs:
             self.steer_clamp[:m] = steer.clamp
 
 
+@dataclass(frozen=True)
+class Skips:
+    """Ops the eager engine leaves out because, for this request, they are identities: steering with every slot
+    zero, logit processing with no bias and no penalties (``logits + 0 - 0``), the sampled draw of a greedy
+    request (``where(temperature > 0, ...)`` takes the argmax). Skipping them changes no result (the compiled
+    engine runs them all, and the tests hold the two equal); it saves an eager step a few hundred small ops."""
+
+    steering: bool = False
+    logits: bool = False
+    sampling: bool = False
+
+    @classmethod
+    def for_request(cls, params: GenerationParams) -> "Skips":
+        return cls(steering=params.steering is None, logits=not (params.logit_bias or params.penalized),
+                   sampling=params.temperature <= 0.0)
+
+
+NOTHING = Skips()  # the compiled engine: every op, one graph for every request
+
+
 class _SlotSteer:
     """Steering from the fixed slots of :class:`StepInputs`: ``h + (values - clamp * a) @ W_dec`` with ``a``
     the slots' JumpReLU activations of the unsteered ``h`` (:class:`backends.torch_sae.TorchSteer`'s rule; a
@@ -103,22 +125,30 @@ class _SlotSteer:
         return torch.addmm(x.float(), coef, inp.steer_W_dec).to(h.dtype)[None]
 
 
-def draw(logits: torch.Tensor, inp: StepInputs, counter: torch.Tensor, logprobs: bool) -> tuple[torch.Tensor, ...]:
+def draw(logits: torch.Tensor, inp: StepInputs, counter: torch.Tensor, logprobs: bool,
+         skips: Skips = NOTHING) -> tuple[torch.Tensor, ...]:
     """Process the (1, vocab) logits, draw the token at position ``counter``, count it; returns the token and
     (with ``logprobs``) its logprob tail. Shared by the prefill and the decode step."""
-    logits = process(logits, inp.bias, inp.counts, inp.presence, inp.frequency)
-    token = sample(logits, inp.temperature, inp.top_p, inp.seed, counter)
-    inp.counts.index_add_(0, token, torch.ones(1, dtype=torch.float32, device=token.device))
+    if skips.logits:
+        logits = logits.float()
+    else:
+        logits = process(logits, inp.bias, inp.counts, inp.presence, inp.frequency)
+    if skips.sampling:
+        token = logits.argmax(dim=-1)
+    else:
+        token = sample(logits, inp.temperature, inp.top_p, inp.seed, counter)
+    if not skips.logits:  # the counts feed the penalties only
+        inp.counts.index_add_(0, token, torch.ones(1, dtype=torch.float32, device=token.device))
     return (token, logprob_tail(logits, token)) if logprobs else (token,)
 
 
 def decode_step(model: Gemma2, sae: TorchSAE, inp: StepInputs, cache: KVCache, layer: int, capture: bool,
-                logprobs: bool) -> torch.Tensor:
+                logprobs: bool, skips: Skips = NOTHING) -> torch.Tensor:
     """One token: the record ``[token, l0, filtered, k ids, k values]`` (``[token]`` without capture), plus
     the ``MAX_LOGPROBS`` logprob tail with ``logprobs``; ``inp.token`` / ``position`` / ``counts`` advance."""
-    logits, hidden = model.step(inp.token, inp.position, cache, capture=layer if capture else None,
-                                steer=_SlotSteer(sae, inp, layer))
-    drawn = draw(logits, inp, inp.position + 1, logprobs)
+    steer = None if skips.steering else _SlotSteer(sae, inp, layer)
+    logits, hidden = model.step(inp.token, inp.position, cache, capture=layer if capture else None, steer=steer)
+    drawn = draw(logits, inp, inp.position + 1, logprobs, skips)
     token = drawn[0]
     inp.token.copy_(token)
     inp.position.add_(1)
@@ -130,4 +160,4 @@ def decode_step(model: Gemma2, sae: TorchSAE, inp: StepInputs, cache: KVCache, l
     return torch.cat(parts)
 
 
-__all__ = ["MAX_LOGPROBS", "StepInputs", "decode_step", "draw"]
+__all__ = ["MAX_LOGPROBS", "NOTHING", "Skips", "StepInputs", "decode_step", "draw"]

@@ -52,7 +52,8 @@ def _panel_text(rt) -> str:
 
 @TORCH
 def test_compiled_engine_compiles_at_start_up_and_the_panel_says_so():
-    rt = load_runtime(ServeConfig(demo=True, backend="torch-cpu", engine="compiled", max_tokens=200,
+    # top-k 8 and a 256-position bucket: the graph the backend tests build, so this start-up reuses it
+    rt = load_runtime(ServeConfig(demo=True, backend="torch-cpu", engine="compiled", max_tokens=200, top_k=8,
                                   feature_filter="none"))
     try:
         assert rt.compile_seconds is None, "loading alone compiles nothing (the corpus pass never decodes)"
