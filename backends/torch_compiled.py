@@ -70,6 +70,7 @@ class CompiledStep:
         with torch.inference_mode():
             self.inputs = StepInputs.allocate(sae, model.cfg.vocab_size)
         self._caches: dict[int, KVCache] = {}
+        self.min_size = 0  # the warmed-up bucket: shorter requests use it rather than compile a smaller one
         self.owner: object | None = None
         for t in [*sae.static_tensors(), *self.inputs.tensors(), *model.static_tensors()]:
             torch._dynamo.mark_static_address(t)
@@ -78,7 +79,10 @@ class CompiledStep:
         return "torch.compile, CUDA graphs" if self.cudagraphs else "torch.compile, inductor"
 
     def take(self, size: int) -> tuple[KVCache, StepInputs, object]:
-        """The bucket-``size`` cache (zeroed) and the inputs for a new request, and its ownership token."""
+        """The cache of bucket ``size`` — or of the warmed-up bucket when that is longer: attending over a longer
+        cache costs a request little, a compile in its way costs seconds — zeroed, the inputs for a new request
+        and its ownership token."""
+        size = max(size, self.min_size)
         cache = self._caches.get(size)
         if cache is None:
             with torch.inference_mode():
@@ -108,6 +112,7 @@ class CompiledStep:
         """Compile (and on CUDA record) the instrumented graph of bucket ``size``; returns the seconds spent.
         The bucket's cache is left zeroed for the next request."""
         t0 = time.perf_counter()
+        self.min_size = max(self.min_size, size)
         cache, inputs, _ = self.take(size)
         inputs.load(GenerationParams(max_tokens=1), None)
         inputs.token.zero_()

@@ -179,3 +179,19 @@ def test_everything_the_step_reads_or_writes_keeps_its_address(compiled_cpu, pro
         backend.set_feature_filter(FeatureFilter())
     assert engine._caches[256] is cache
     assert [t.data_ptr() for t in tensors] == before
+
+
+def test_shorter_requests_use_the_warmed_up_bucket(compiled_cpu, prompt_ids):
+    """After start-up's warm-up of a long bucket (``warm_up`` sets ``min_size``; tests/cli/test_engine.py checks
+    that), a short request's prefill takes that bucket's cache, so no compile stands in its way. Only the
+    prefill runs here: decoding in a 512 bucket would compile a graph for nothing else."""
+    backend = compiled_cpu[0]
+    engine = backend.compiled
+    engine.min_size = 512
+    try:
+        pre = backend.prefill(prompt_ids, GenerationParams(max_tokens=20))
+        assert pre.state.cache.size == 512 and pre.state.cache is engine._caches[512]
+    finally:
+        engine.min_size = 0
+        engine._caches.pop(512, None)
+    assert backend.prefill(prompt_ids, GenerationParams(max_tokens=20)).state.cache.size == 256

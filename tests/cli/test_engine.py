@@ -61,6 +61,7 @@ def test_compiled_engine_compiles_at_start_up_and_the_panel_says_so():
         assert rt.backend.compiled is not None
         assert rt.engine == "compiled (torch.compile, inductor)"
         assert rt.compile_seconds is not None and rt.compile_seconds > 0
+        assert rt.backend.compiled.min_size == 256, "shorter requests use the warmed-up bucket"
         panel = _panel_text(rt)
         assert "compiled (torch.compile, inductor), compiled in" in panel
     finally:
