@@ -3,6 +3,7 @@
 # (CUDA graphs) on the tiny checkpoint, then the --full decode benchmark (Gemma-2-2B-shaped random bf16 model,
 # batch 1, 64-token prompt, 256 new tokens; HF generate, eager and compiled, with and without the SAE).
 # Run from the repository root with a CUDA build of torch installed: benchmarks/gpu_check.sh [extra bench flags]
+# (python -m benchmarks.gpu_check --cpu rehearses the checks on a machine without a GPU)
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
