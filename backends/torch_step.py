@@ -20,7 +20,7 @@ import torch
 
 from backends.torch_gemma2 import Gemma2, KVCache
 from backends.torch_sae import TorchSAE, TorchSteer
-from backends.torch_sampling import MAX_LOGPROBS, logprob_tail, process, sample
+from backends.torch_sampling import logprob_tail, process, sample
 from neuroscope.protocol import MAX_STEER_FEATURES, GenerationParams
 
 
@@ -160,4 +160,4 @@ def decode_step(model: Gemma2, sae: TorchSAE, inp: StepInputs, cache: KVCache, l
     return torch.cat(parts)
 
 
-__all__ = ["MAX_LOGPROBS", "NOTHING", "Skips", "StepInputs", "decode_step", "draw"]
+__all__ = ["NOTHING", "Skips", "StepInputs", "decode_step", "draw"]
