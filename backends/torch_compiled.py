@@ -10,7 +10,9 @@ for each request, never reallocated), one :class:`~backends.torch_step.StepInput
 request, the SAE weights and filter buffers. In-place writes to static inputs (the cache's ``index_copy_``,
 the token / position / counts updates) are what cudagraph trees support without skipping ("mutated inputs").
 A CUDA graph's output is overwritten by its next replay, so each record is cloned (one small copy) before
-the next step is queued.
+the next step is queued. The compiled code is process-wide, the CUDA graphs are per thread (cudagraph trees keep
+thread-local managers): a warm-up on the main thread compiles, the generation thread records its own graph in its
+first steps.
 
 The static buffers belong to one request at a time (the server decodes one request at a time); a state whose
 buffers a newer request has taken is refused rather than silently decoded from the newer request's cache.
