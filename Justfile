@@ -27,3 +27,7 @@ bench *ARGS: setup
 # Benchmarks at full size: d_sae 16384 and 65536, a Gemma-2-2B-shaped model (for GPUs and Macs)
 bench-full *ARGS: setup
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE {{python}} -m benchmarks --full {{ARGS}}
+
+# On a CUDA GPU: the compiled engine's parity and CUDA-graph checks, then the full decode benchmark (< 8 min on an H100)
+gpu-check *ARGS: setup
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHON={{python}} benchmarks/gpu_check.sh {{ARGS}}

@@ -1,24 +1,27 @@
 """The torch backend (CUDA and CPU): our own Gemma-2 (``backends/torch_gemma2.py``), SAE top-k on the device.
 
-Per token one fixed-shape step: the forward at a tensor position into a static KV cache (block N's output is
-returned by the model, no hooks; a steered request's steering rewrites it in the same forward), sampling, and
-SAE encode + filter + top-k, packed into one small record ``[token, l0, filtered, k ids, k values]``. The
-decode loop (:mod:`neuroscope.decode`) queues the next step before it copies a record to the host, so on CUDA
-the host work for token t overlaps the device work for token t+1.
+Per token one fixed-shape step (:func:`backends.torch_step.decode_step`): the forward at a tensor position into
+a static KV cache (block N's output is returned by the model, no hooks; steering rewrites it in the same
+forward), SAE encode + filter + top-k, logit processing and sampling, packed into one small record
+``[token, l0, filtered, k ids, k values]``. The engine (``backend.engine``, set before ``load``) runs that step
+eagerly or compiled (:mod:`backends.torch_compiled`); both run the same function, so they decode the same
+tokens. The decode loop (:mod:`neuroscope.decode`) queues the next step before it copies a record to the host,
+so on CUDA the host work for token t overlaps the device work for token t+1.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from backends.torch_compiled import ENGINES, CompiledStep
 from backends.torch_gemma2 import Gemma2, KVCache, cache_size
-from backends.torch_sae import SAE_DTYPES, TorchSAE, TorchSteer
-from backends.torch_sampling import LogitProcessor, sample
+from backends.torch_sae import SAE_DTYPES, TorchSAE
+from backends.torch_sampling import MAX_LOGPROBS, tail_index
+from backends.torch_step import NOTHING, Skips, StepInputs, decode_step, draw
 from neuroscope import checkpoint
 from neuroscope.loading import model_load_error
 from neuroscope.protocol import (
@@ -39,27 +42,30 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass
 class _Request:
-    """One generation's device state: its own cache, last token, position and RNG (nothing outlives it)."""
+    """One generation's device state: its cache and step inputs (its own under the eager engine, the compiled
+    engine's static ones under ``owner``), and how to cut the logprob tail of its records."""
 
     cache: KVCache
-    token: torch.Tensor  # (1,) the last sampled token
-    position: torch.Tensor  # (1,) where that token goes
-    generator: torch.Generator
-    temperature: float
-    top_p: float
-    steer: TorchSteer | None = None  # this request's steering (device tensors), applied in every decode step
-    logits: LogitProcessor | None = None  # bias / penalties / logprobs; None: the plain graph
+    inputs: StepInputs
+    logprobs: bool
+    cut: torch.Tensor | None  # indices keeping the request's n logprobs of the MAX_LOGPROBS the step computes
+    owner: object | None = None  # the compiled engine's ownership token (None: eager)
+    skips: Skips = NOTHING  # the identities an eager step leaves out
 
 
 class _TorchBackend:
     name: ClassVar[str] = "torch"
     device_type: ClassVar[str] = "cpu"
     default_dtype: ClassVar[str] = "float32"
+    engines: ClassVar[tuple[str, ...]] = ENGINES
+    default_engine: ClassVar[str] = "eager"  # what --engine auto picks (measured: see the README)
 
     def __init__(self) -> None:
         self.model: Gemma2 | None = None
         self.sae: TorchSAE | None = None
         self.layer = -1
+        self.engine = self.default_engine  # "eager" or "compiled", read by load()
+        self.compiled: CompiledStep | None = None
         self.capture = True  # False: plain decoding, no residual capture and no SAE (benchmarks' baseline)
         self.prefill_chunk = 2048  # prompt tokens per prefill forward (bounds attention memory on long prompts)
 
@@ -83,6 +89,8 @@ class _TorchBackend:
             raise BackendError(f"unknown dtype {dtype_name!r}; choose one of {', '.join(_DTYPES)}")
         if sae_dtype not in SAE_DTYPES:
             raise BackendError(f"unknown SAE dtype {sae_dtype!r}; choose one of {', '.join(SAE_DTYPES)}")
+        if self.engine not in ENGINES:
+            raise BackendError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         device = torch.device(self.device_type)
         path = checkpoint.local_dir(model)
         config = checkpoint.read_config(path)
@@ -95,6 +103,7 @@ class _TorchBackend:
         sae.check_model(d_model=cfg.hidden_size, n_layers=cfg.num_hidden_layers, layer=layer)
         self.model, self.layer, self.device = lm, layer, device
         self.sae = TorchSAE(sae, device, top_k=top_k, input_norm=sae_input_norm, dtype=sae_dtype)
+        self.compiled = CompiledStep(lm, self.sae, device) if self.engine == "compiled" else None
         return ModelInfo(
             model_id=model.name_or_path,
             tokenizer=tokenizer,
@@ -120,6 +129,23 @@ class _TorchBackend:
     def close(self) -> None:
         self.model = None
         self.sae = None
+        self.compiled = None
+
+    def describe_engine(self) -> str:
+        return f"compiled ({self.compiled.describe()})" if self.compiled is not None else "eager"
+
+    def warm_up(self, positions: int) -> float:
+        """Compile the decode step for the cache bucket of requests of ``positions`` (prompt + max_tokens)
+        before the first one (other buckets compile on first use); returns the seconds spent (0 under the
+        eager engine)."""
+        if self.compiled is None:
+            return 0.0
+        try:
+            return self.compiled.warm_up(cache_size(positions), self.layer)
+        except Exception as exc:  # inductor without a C++ compiler or Triton, an unsupported op, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"--engine compiled could not compile the decode step ({first}); "
+                               "--engine eager runs the same step uncompiled") from exc
 
     # ------------------------------------------------------------------------------------------- the pieces
     @torch.inference_mode()
@@ -127,43 +153,51 @@ class _TorchBackend:
         if self.model is None or self.sae is None:
             raise BackendError("backend is not loaded")
         model, device, capture = self.model, self.device, self.capture
-        gen = torch.Generator(device=device)
-        gen.manual_seed(params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
         n = len(prompt_ids)
         steer = self.sae.steerer(params.steering, self.layer) if params.steering is not None else None
-        cache = model.new_cache(cache_size(n + params.max_tokens))
+        size = cache_size(n + params.max_tokens)
+        owner = None
+        if self.compiled is not None:
+            cache, inputs, owner = self.compiled.take(size)
+        else:
+            cache, inputs = model.new_cache(size), StepInputs.allocate(self.sae, model.cfg.vocab_size)
+        inputs.load(params, steer)
         want_prompt = params.prompt_features and capture
         logits, hidden = model.prefill(
             torch.tensor(prompt_ids, dtype=torch.long, device=device), cache,
             capture=self.layer if capture else None, all_positions=want_prompt, chunk=self.prefill_chunk,
             steer=steer if steer is not None and steer.positions == "all" else None,
         )
-        proc = LogitProcessor(params, logits.shape[-1], device) if params.processes_logits else None
-        token, tail = _draw(logits, params.temperature, params.top_p, gen, proc)
-        state = _Request(cache, token, torch.tensor([n], device=device), gen, params.temperature, params.top_p, steer,
-                         proc)
-        record = self._pack(token, hidden[-1:] if capture else None, tail)
-        return Prefilled(state, record, self.sae.topk(hidden) if want_prompt else None)
+        logprobs = params.logprobs is not None
+        skips = NOTHING if self.compiled is not None else Skips.for_request(params)
+        drawn = draw(logits, inputs, torch.tensor([n], device=device), logprobs, skips)
+        inputs.token.copy_(drawn[0])
+        inputs.position.fill_(n)
+        parts = [drawn[0].float()]
+        if capture:
+            parts.append(self.sae.topk(hidden[-1:])[0])
+        cut = None
+        if logprobs:
+            parts.append(drawn[1])
+            width = sum(p.numel() for p in parts)
+            cut = tail_index(width, min(params.logprobs, MAX_LOGPROBS), device)
+        record = torch.cat(parts)
+        state = _Request(cache, inputs, logprobs, cut, owner, skips)
+        return Prefilled(state, _cut(record, cut), self.sae.topk(hidden) if want_prompt else None)
 
     @torch.inference_mode()
     def decode_step(self, state: _Request) -> torch.Tensor:
-        logits, hidden = self.model.step(
-            state.token, state.position, state.cache, capture=self.layer if self.capture else None, steer=state.steer
-        )
-        state.position = state.position + 1
-        state.token, tail = _draw(logits, state.temperature, state.top_p, state.generator, state.logits)
-        return self._pack(state.token, hidden, tail)
+        capture = self.capture
+        if self.compiled is not None:
+            self.compiled.check_owner(state.owner)
+            record = self.compiled(state.cache, self.layer, capture, state.logprobs)
+        else:
+            record = decode_step(self.model, self.sae, state.inputs, state.cache, self.layer, capture, state.logprobs,
+                                 state.skips)
+        return _cut(record, state.cut)
 
     def to_host(self, record: torch.Tensor) -> np.ndarray:
         return record.cpu().numpy()
-
-    def _pack(self, token: torch.Tensor, hidden: torch.Tensor | None, tail: torch.Tensor | None = None) -> torch.Tensor:
-        parts = [token.float().view(1)]
-        if hidden is not None:
-            parts.append(self.sae.topk(hidden)[0])
-        if tail is not None:
-            parts.append(tail)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def corpus_pass(self, batch: CorpusBatch, *, records: bool = False) -> CorpusResult:
         """Prefill only: block N's output of a padded batch, the SAE encode, statistics reduced on the device."""
@@ -174,13 +208,9 @@ class _TorchBackend:
         return corpus_pass(self.model, self.sae, self.layer, batch, self.device, records=records)
 
 
-def _draw(logits, temperature, top_p, generator, proc: LogitProcessor | None):
-    """Sample from the (processed) logits; returns the token and its record's logprob tail (or None)."""
-    if proc is None:
-        return sample(logits, temperature, top_p, generator), None
-    logits = proc.process(logits)
-    token = sample(logits, temperature, top_p, generator)
-    return token, proc.after(logits, token)
+def _cut(record: torch.Tensor, cut: torch.Tensor | None) -> torch.Tensor:
+    """A record with the request's n logprobs of the step's MAX_LOGPROBS (unchanged without logprobs)."""
+    return record if cut is None else record.index_select(0, cut)
 
 
 class TorchCPUBackend(_TorchBackend):
@@ -197,6 +227,7 @@ class TorchCUDABackend(_TorchBackend):
     name: ClassVar[str] = "torch-cuda"
     device_type: ClassVar[str] = "cuda"
     default_dtype: ClassVar[str] = "bfloat16"
+    default_engine: ClassVar[str] = "compiled"  # CUDA graphs: one launch per token instead of hundreds
 
     @classmethod
     def is_available(cls) -> bool:

@@ -241,6 +241,10 @@ class Gemma2(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
 
+    def static_tensors(self) -> list[torch.Tensor]:
+        """Tensors the forward reads besides its parameters (their addresses never change)."""
+        return [t for t in (self._inv_freq, self._embed_scale) if t is not None]
+
     def new_cache(self, size: int) -> KVCache:
         return KVCache(self.cfg, size, self.dtype, self.model.embed_tokens.weight.device)
 

@@ -34,6 +34,11 @@ class TorchSAE:
         self._mask: torch.Tensor | None = None
         self._scale: torch.Tensor | None = None
         self.device = device
+        # the filter as fixed tensors for the decode step (identity: scale 1, penalty 0), rewritten in place by
+        # set_filter so that a compiled step (and its CUDA graph) reads the new filter at the same addresses
+        self.dense_scale = torch.ones(self.d_sae, dtype=torch.float32, device=device)
+        self.dense_penalty = torch.zeros(self.d_sae, dtype=torch.float32, device=device)
+        self.counts = torch.zeros(self.d_sae, 2, dtype=torch.float32, device=device)
         self.set_filter(FeatureFilter())  # the identity
 
     def set_filter(self, flt: FeatureFilter) -> None:
@@ -49,6 +54,9 @@ class TorchSAE:
             excluded = (~self._mask).float()
             self._penalty = torch.zeros_like(excluded).masked_fill(~self._mask, float("-inf"))
         self._counts = torch.stack([torch.ones_like(excluded), excluded], dim=1)  # (d_sae, 2)
+        self.counts.copy_(self._counts)
+        self.dense_scale.copy_(self._scale if self._scale is not None else torch.ones_like(excluded))
+        self.dense_penalty.copy_(self._penalty if self._penalty is not None else torch.zeros_like(excluded))
         # a masked feature can only win when fewer than k features are allowed: only then zero such winners
         self._zero_masked_winners = self._mask is not None and int(self._mask.sum()) < self.k
 
@@ -94,6 +102,20 @@ class TorchSAE:
         if self._zero_masked_winners:  # a masked-out feature never counts as a winner
             vals = vals.masked_fill(top == float("-inf"), 0.0)
         return torch.cat([head, ids.float(), vals], dim=-1)
+
+
+    def pack_fixed(self, acts: torch.Tensor) -> torch.Tensor:
+        """:meth:`pack` with the filter always applied through :attr:`dense_scale` / :attr:`dense_penalty` (the
+        identity when none is set): the same records, with no Python branch on the filter, for the one decode
+        step graph. ``acts * 1 + 0`` is ``acts`` exactly, so the ranking and values equal :meth:`pack`'s."""
+        head = (acts > 0).float() @ self.counts
+        top, ids = torch.topk(torch.addcmul(self.dense_penalty, acts, self.dense_scale), self.k, dim=-1)
+        vals = acts.gather(-1, ids).masked_fill(top == float("-inf"), 0.0)  # a masked winner never counts
+        return torch.cat([head, ids.float(), vals], dim=-1)
+
+    def static_tensors(self) -> list[torch.Tensor]:
+        """The tensors a compiled step reads, whose addresses never change (weights and filter buffers)."""
+        return [self.W_enc, self.b_enc, self.threshold, self.W_dec, self.dense_scale, self.dense_penalty, self.counts]
 
 
 class TorchSteer:

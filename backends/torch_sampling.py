@@ -1,61 +1,60 @@
-"""Token sampling on the device (greedy, temperature, top-p) with a seeded generator."""
+"""Token sampling on the device with every per-request parameter a tensor: one graph for all requests.
+
+Greedy, temperature and top-p are computed in the same ops whatever the request asks (greedy is selected with
+``torch.where`` on ``temperature > 0``, not a Python branch), and the random draw is Philox keyed by the
+request's seed with the drawn token's position as the counter (:mod:`backends.torch_philox`), so the compiled
+decode step and the eager one draw the same token for the same seed. Logit processing (logit_bias,
+presence / frequency penalties, logprobs) uses dense (vocab,) tensors that are always present (zeros when a
+request asks for none).
+"""
 
 from __future__ import annotations
 
 import torch
 
+from backends.torch_philox import uniform
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """``logits`` (1, vocab) float -> (1,) int64 token id, without leaving the device."""
-    if temperature <= 0.0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, sorted_idx = probs.sort(dim=-1, descending=True)
-        cum = sorted_p.cumsum(dim=-1)
-        # keep the smallest prefix whose mass reaches top_p (always keeps the first token)
-        sorted_p = sorted_p.masked_fill(cum - sorted_p >= top_p, 0.0)
-        choice = torch.multinomial(sorted_p, 1, generator=generator)
-        return sorted_idx.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+MAX_LOGPROBS = 20  # the step always computes this many top logprobs when asked; the record keeps the first n
 
 
-class LogitProcessor:
-    """One request's logit processing on the device, fixed shapes built once: a dense (vocab,) bias, a (vocab,)
-    count of the tokens generated so far (updated on the device after each draw) for the presence / frequency
-    penalties, and the logprob tail of the record (``[logprob, n ids, n logprobs]`` from the log_softmax of the
-    processed logits, before temperature)."""
+def sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seed: torch.Tensor,
+           counter: torch.Tensor) -> torch.Tensor:
+    """``logits`` (1, vocab) float32 -> (1,) int64 token: the argmax when ``temperature`` (a () tensor) is 0,
+    else a draw from the top-``top_p`` nucleus of ``softmax(logits / temperature)`` by inverse CDF with the
+    Philox uniform of (``seed``, ``counter``), the position of the drawn token."""
+    greedy = logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature.clamp_min(1e-6), dim=-1)
+    sorted_p, sorted_idx = probs.sort(dim=-1, descending=True, stable=True)
+    cum = sorted_p.cumsum(dim=-1)
+    # keep the smallest prefix whose mass reaches top_p (always the first token; everything at top_p = 1)
+    keep = ((cum - sorted_p) < top_p) | (top_p >= 1.0)
+    kept = sorted_p * keep
+    cdf = kept.cumsum(dim=-1)
+    u = uniform(seed, counter) * cdf[..., -1:]
+    # the first kept index whose cumulative mass exceeds u (clamped: rounding can put u at the very top)
+    choice = torch.minimum((cdf <= u).sum(dim=-1, keepdim=True), keep.sum(dim=-1, keepdim=True) - 1)
+    sampled = sorted_idx.gather(-1, choice).squeeze(-1)
+    return torch.where(temperature > 0, sampled, greedy)
 
-    def __init__(self, params, vocab: int, device: torch.device) -> None:
-        self.bias = None
-        if params.logit_bias:
-            ids, vals = params.bias_arrays()
-            self.bias = torch.zeros(vocab, dtype=torch.float32, device=device)
-            self.bias.index_put_((torch.from_numpy(ids).to(device),), torch.from_numpy(vals).to(device),
-                                 accumulate=True)
-        self.counts = torch.zeros(vocab, dtype=torch.float32, device=device) if params.penalized else None
-        self.presence = float(params.presence_penalty)
-        self.frequency = float(params.frequency_penalty)
-        self.n = params.logprobs
 
-    def process(self, logits: torch.Tensor) -> torch.Tensor:
-        """(1, vocab) logits -> the processed float32 logits."""
-        logits = logits.float()
-        if self.bias is not None:
-            logits = logits + self.bias
-        if self.counts is not None:
-            logits = logits - (self.frequency * self.counts + self.presence * (self.counts > 0).float())
-        return logits
+def process(logits: torch.Tensor, bias: torch.Tensor, counts: torch.Tensor, presence: torch.Tensor,
+            frequency: torch.Tensor) -> torch.Tensor:
+    """OpenAI's rule on (1, vocab) logits, in float32: ``+ bias``, then ``- (frequency * count + presence *
+    (count > 0))`` with ``count`` the (vocab,) tokens generated so far (all zeros: the logits unchanged)."""
+    return logits.float() + bias - (frequency * counts + presence * (counts > 0).float())
 
-    def after(self, logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor | None:
-        """Count the drawn ``token`` (1,) and return its logprob tail (or None when logprobs are off)."""
-        if self.counts is not None:
-            self.counts.index_add_(0, token.view(1), torch.ones(1, dtype=torch.float32, device=token.device))
-        if self.n is None:
-            return None
-        lp = torch.log_softmax(logits, dim=-1)[0]
-        chosen = lp.gather(0, token.view(1))
-        if self.n == 0:
-            return chosen
-        top = lp.topk(self.n)
-        return torch.cat([chosen, top.indices.float(), top.values])
+
+def logprob_tail(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """The record's logprob tail for the drawn ``token`` (1,): ``[logprob, MAX_LOGPROBS ids, MAX_LOGPROBS
+    logprobs]`` from the log_softmax of the processed logits (the backend keeps the first n of each)."""
+    lp = torch.log_softmax(logits, dim=-1)[0]
+    top = lp.topk(MAX_LOGPROBS)
+    return torch.cat([lp.gather(0, token.view(1)), top.indices.float(), top.values])
+
+
+def tail_index(record_width: int, n: int, device: torch.device) -> torch.Tensor:
+    """Indices that cut a record ending in a ``MAX_LOGPROBS`` tail down to one ending in an ``n`` tail
+    (``neuroscope/records.py``'s ``[logprob, n ids, n logprobs]``)."""
+    head = record_width - (1 + 2 * MAX_LOGPROBS)
+    ids = list(range(head + 1)) + [head + 1 + i for i in range(n)] + [head + 1 + MAX_LOGPROBS + i for i in range(n)]
+    return torch.tensor(ids, dtype=torch.long, device=device)

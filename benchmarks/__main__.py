@@ -20,7 +20,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 def main(
     smoke: Annotated[bool, typer.Option(help="Seconds-long run at tiny shapes (the test suite runs it).")] = False,
     full: Annotated[bool, typer.Option(help="Big shapes: d_sae 16384 and 65536, a Gemma-2-2B-shaped model.")] = False,
-    shape: Annotated[Optional[str], typer.Option(help="Model for decode and corpus: tiny or gemma-2-2b.")] = None,
+    shape: Annotated[Optional[str], typer.Option(help="Model for decode and corpus: tiny, gemma-2-100m or "
+                                                      "gemma-2-2b.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Decode a real model (hub id in the cache, or a dir).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="Model dtype: float32, bfloat16, float16.")] = None,
     layer: Annotated[Optional[int], typer.Option(help="SAE layer for --model (default: 3/4 of the depth).")] = None,
@@ -35,13 +36,17 @@ def main(
     no_sae: Annotated[bool, typer.Option("--no-sae", help="Skip the SAE micro-benchmark.")] = False,
     no_decode: Annotated[bool, typer.Option("--no-decode", help="Skip the decode benchmark.")] = False,
     no_corpus: Annotated[bool, typer.Option("--no-corpus", help="Skip the corpus-pass benchmark.")] = False,
+    no_compiled: Annotated[bool, typer.Option("--no-compiled", help="Skip the torch compiled engine's decode "
+                                                                    "modes (they compile first).")] = False,
+    no_steering: Annotated[bool, typer.Option("--no-steering", help="Skip the steered decode modes.")] = False,
+    prompt_tokens: Annotated[Optional[int], typer.Option(help="Decode prompt length in tokens.", min=1)] = None,
     out: Annotated[Path, typer.Option(help="Where the JSON record goes.")] = RESULTS,
     cache: Annotated[Optional[Path], typer.Option(help="Where benchmark checkpoints are built.")] = None,
 ) -> None:
     if smoke and full:
         raise typer.BadParameter("choose --smoke or --full, not both")
-    if shape is not None and shape not in ("tiny", "gemma-2-2b"):
-        raise typer.BadParameter(f"--shape must be tiny or gemma-2-2b, not {shape!r}")
+    if shape is not None and shape not in ("tiny", "gemma-2-100m", "gemma-2-2b"):
+        raise typer.BadParameter(f"--shape must be tiny, gemma-2-100m or gemma-2-2b, not {shape!r}")
     chosen = tuple(b.strip() for b in backends.split(",") if b.strip())
     unknown = [b for b in chosen if b not in targets.ALL]
     if unknown:
@@ -49,7 +54,7 @@ def main(
     base = SUITES["smoke" if smoke else "full" if full else "default"]
     suite = customise(
         base, model=model, dtype=dtype, layer=layer, tokens=tokens, repeats=repeats, top_k=top_k,
-        decode_shape=shape, backends=chosen, torch_threads=threads,
+        decode_shape=shape, backends=chosen, torch_threads=threads, prompt_tokens=prompt_tokens,
     )
     if d_sae:
         suite.sae_shapes = [(GEMMA_D_MODEL, d) for d in d_sae]
@@ -60,6 +65,10 @@ def main(
         suite.decode = False
     if no_corpus:
         suite.corpus = False
+    if no_compiled:
+        suite.compiled = False
+    if no_steering:
+        suite.steering = False
     try:
         run(suite, out_dir=out, cache=cache or bench_dir())
     except BackendError as exc:

@@ -8,7 +8,9 @@
 - ``filtered``: the same with the ``combined`` filter of a synthetic calibration (a frequency mask and the
   surprise scale applied on the device before top-k, the masked count in the record): the serve default;
 - ``steered-1`` / ``steered-16``: instrumented, with 1 and 16 steered features (add and clamp alternating;
-  the cost does not depend on the mode: every feature's activation is read and its delta applied).
+  the cost does not depend on the mode: every feature's activation is read and its delta applied);
+- ``compiled-capture-off`` / ``compiled``: the torch backends under ``--engine compiled`` (the same decode step
+  under ``torch.compile``; CUDA graphs on a GPU), without and with the SAE: the other modes run the eager engine.
 
 Each run generates ``n`` tokens after a warm-up; modes are interleaved repeat by repeat so drift on a shared
 machine hits them all alike. ms/token is the time from the first generated token to the last over ``n - 1``.
@@ -29,7 +31,9 @@ from benchmarks.timing import summarize_ms
 from neuroscope.decode import generate
 from neuroscope.protocol import GenerationParams, ModelSpec, SteerFeature, Steering
 
-MODES = ("bare", "capture-off", "instrumented", "filtered", "steered-1", "steered-16")
+MODES = ("bare", "capture-off", "instrumented", "filtered", "steered-1", "steered-16", "compiled-capture-off",
+         "compiled")
+COMPILED_MODES = ("compiled-capture-off", "compiled")
 STEERED = {"steered-1": 1, "steered-16": 16}
 MIN_REPEATS = 3
 
@@ -131,12 +135,17 @@ def synthetic_filter(d_sae: int, seed: int = 0):
 class Ours:
     """A Neuroscope backend through the registry, toggled between capture on and off, filter on and off."""
 
-    def __init__(self, name: str, bm: BenchModel, k: int):
+    def __init__(self, name: str, bm: BenchModel, k: int, engine: str | None = None, warm_up_tokens: int = 0):
         from neuroscope import registry
         from neuroscope.protocol import FeatureFilter
 
         self.backend = registry.resolve(name)()
+        if engine is not None:
+            self.backend.engine = engine
         self.info = self.backend.load(ModelSpec(str(bm.path), dtype=bm.dtype), bm.sae, bm.layer, top_k=k)
+        # the compiled engine's start-up compile of the instrumented graph (0 for the eager engine)
+        warm = getattr(self.backend, "warm_up", None)
+        self.compile_s = warm(warm_up_tokens) if warm is not None and engine == "compiled" else None
         self.none = FeatureFilter()
         self.combined = synthetic_filter(bm.sae.d_sae)
 
@@ -218,9 +227,13 @@ def run_backend(
     k: int,
     budget_s: float | None = None,
     log=print,
+    compiled: bool = True,
+    prompt_tokens: int | None = None,
+    steering: bool = True,
 ) -> dict:
-    """Every mode for one backend name ("torch-cpu", "torch-cuda", "mlx"); missing modes say why."""
-    ids = _prompt(bm)
+    """Every mode for one backend name ("torch-cpu", "torch-cuda", "mlx"); missing modes say why. ``compiled``:
+    also the torch backends' compiled engine (its two modes)."""
+    ids = _prompt(bm, prompt_tokens)
     bare = TorchBare(bm, "cuda" if name == "torch-cuda" else "cpu") if name.startswith("torch") else MlxBare(bm)
     runners: dict[str, Runner] = {"bare": bare}
     skipped: dict[str, str] = {}
@@ -232,16 +245,29 @@ def run_backend(
         runners["instrumented"] = ours.runner(True)
         runners["filtered"] = ours.runner(True, filtered=True)
         for mode, m in STEERED.items():
-            runners[mode] = ours.runner(True, bench_steering(m, bm.sae.d_sae))
+            if steering:
+                runners[mode] = ours.runner(True, bench_steering(m, bm.sae.d_sae))
+            else:
+                skipped[mode] = "not asked for (--no-steering)"
     else:
         skipped = {mode: why for mode in MODES if mode != "bare"}
         log(f"[decode] {name}: measuring the bare framework only: {why}")
+    fast = None
+    if ours_ok and name.startswith("torch") and compiled:
+        log(f"[decode] {name}: compiling the decode step (--engine compiled)")
+        fast = Ours(name, bm, k, engine="compiled", warm_up_tokens=len(ids) + n)
+        runners["compiled-capture-off"] = fast.runner(False)
+        runners["compiled"] = fast.runner(True)
+    elif ours_ok:
+        why_not = "not asked for (--engines)" if name.startswith("torch") else f"{name} has one engine"
+        skipped.update({mode: why_not for mode in COMPILED_MODES})
     try:
         modes = _measure(runners, ids, n, repeats, warmup_tokens, budget_s)
     finally:
         bare.close()
-        if ours is not None:
-            ours.close()
+        for o in (ours, fast):
+            if o is not None:
+                o.close()
         gc.collect()
     bw = bandwidths[targets.device_of(name)]
     w_enc_bytes = bm.sae.d_model * bm.sae.d_sae * 4  # the backends hold W_enc in float32
@@ -267,6 +293,11 @@ def run_backend(
         "roofline_ms": bare.weight_bytes / (bw.gbps * 1e9) * 1e3,
         "roofline_instrumented_ms": (bare.weight_bytes + w_enc_bytes) / (bw.gbps * 1e9) * 1e3,
     }
+    # the floor of an instrumented step from the device's measured copy bandwidth: every weight and W_enc read once
+    copies = [v for k, v in bw.samples.items() if k.endswith("-copy")]
+    if copies:
+        rec["copy_bandwidth_gbps"] = max(copies)
+        rec["floor_instrumented_ms"] = (bare.weight_bytes + w_enc_bytes) / (max(copies) * 1e9) * 1e3
     # ratios are medians over repeats of per-repeat ratios: the modes of one repeat ran back to back
     bare_r = np.array(modes["bare"]["ms_per_token_by_repeat"])
     rec["bare_x_roofline"] = modes["bare"]["ms_per_token"] / rec["roofline_ms"]
@@ -285,14 +316,26 @@ def run_backend(
         rec["filtered_vs_instrumented"] = float(np.median(filt_r / inst_r))
         rec["filtered_vs_instrumented_token_median"] = modes["filtered"]["per_token_median_ms"] / inst_t
         for mode, m in STEERED.items():
+            if mode not in modes:
+                continue
             steer_r = np.array(modes[mode]["ms_per_token_by_repeat"])
             rec[f"steered_{m}_vs_instrumented"] = float(np.median(steer_r / inst_r))
             rec[f"steered_{m}_overhead_ms"] = float(np.median(steer_r - inst_r))
             rec[f"steered_{m}_vs_instrumented_token_median"] = modes[mode]["per_token_median_ms"] / inst_t
+    if "compiled" in modes:
+        comp_r = np.array(modes["compiled"]["ms_per_token_by_repeat"])
+        comp_off_r = np.array(modes["compiled-capture-off"]["ms_per_token_by_repeat"])
+        rec["compile_s"] = fast.compile_s
+        rec["compiled_vs_instrumented"] = float(np.median(comp_r / inst_r))  # < 1: compiled is faster
+        rec["compiled_vs_bare"] = float(np.median(comp_r / bare_r))
+        # instrumented tok/s as a fraction of the same engine's tok/s without the SAE (target >= 0.97)
+        rec["compiled_instrumented_vs_no_sae"] = float(np.median(comp_off_r / comp_r))
+        rec["compiled_sae_share_of_step"] = float(np.median((comp_r - comp_off_r) / comp_r))
+        rec["compiled_x_roofline"] = modes["compiled"]["ms_per_token"] / rec["roofline_instrumented_ms"]
     return rec
 
 
-def _prompt(bm: BenchModel) -> list[int]:
+def _prompt(bm: BenchModel, length: int | None = None) -> list[int]:
     from benchmarks.models import prompt_ids
 
-    return prompt_ids(bm.path)
+    return prompt_ids(bm.path, length)

@@ -55,6 +55,17 @@ def gemma2_2b(cache: Path, dtype: str | None, d_sae: int, log=print) -> BenchMod
                       shape.hidden_size, shape.num_hidden_layers, shape.vocab_size)
 
 
+# a ~115M-parameter Gemma-2 (12 layers of 768): big enough that a CPU step is matmuls, not per-op overhead
+SMALL = fixtures.FixtureShape("gemma-2-100m", 16384, 768, 3072, 12, 12, 4, 64, 512, 4096, sae_layer=8, d_sae=4096)
+
+
+def gemma2_100m(cache: Path, dtype: str | None, log=print) -> BenchModel:
+    model_dir = write_bf16_checkpoint(cache / f"gemma-2-100m-bf16-v{CHECKPOINT_VERSION}", SMALL, log=log)
+    sae = fixtures.random_sae(SMALL.hidden_size, SMALL.d_sae)
+    return BenchModel("gemma-2-100m (random)", model_dir, dtype or "float32", sae, SMALL.sae_layer,
+                      SMALL.hidden_size, SMALL.num_hidden_layers, SMALL.vocab_size)
+
+
 def external(name_or_path: str, dtype: str | None, d_sae: int, layer: int | None) -> BenchModel:
     """A real model (hub id in the local cache, or a directory) with a random SAE sized to it."""
     from transformers import AutoConfig
@@ -98,8 +109,15 @@ def write_bf16_checkpoint(out: Path, shape: fixtures.FixtureShape, *, seed: int 
     return model_dir
 
 
-def prompt_ids(model_path: Path | str) -> list[int]:
+def prompt_ids(model_path: Path | str, length: int | None = None) -> list[int]:
+    """The benchmark prompt's ids; with ``length``, exactly that many (the text repeated, then cut)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_path))
-    return list(tok(PROMPT)["input_ids"])
+    ids = list(tok(PROMPT)["input_ids"])
+    if length is None:
+        return ids
+    more = list(tok(" " + PROMPT, add_special_tokens=False)["input_ids"])
+    while len(ids) < length:
+        ids += more
+    return ids[:length]

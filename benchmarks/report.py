@@ -69,6 +69,27 @@ def decode_table(rows: list[dict]) -> Table:
     return t
 
 
+def engines_table(rows: list[dict]) -> Table:
+    """The torch engines side by side: tok/s of HF generate (eager, the baseline), the eager and the compiled
+    decode step with and without the SAE, the compiled step's SAE share, and the floor in tokens/s: the model's
+    weights and ``W_enc`` read once per token at the measured copy bandwidth."""
+    t = Table(title="Decode engines: tokens/s (eager = --engine eager, compiled = --engine compiled)")
+    for c in ("backend", "model", "dtype", "HF generate", "eager", "eager no-SAE", "compiled", "compiled no-SAE",
+              "SAE share", "instr / no-SAE", "compiled / eager", "floor", "compile"):
+        t.add_column(c, justify="left" if c in ("backend", "model", "dtype") else "right")
+    for r in rows:
+        if "compiled_vs_instrumented" not in r:
+            continue
+        tps = lambda m: f"{r['modes'][m]['tokens_per_s']:.1f}"  # noqa: E731
+        t.add_row(
+            r["backend"], r["model"], r["dtype"], tps("bare"), tps("instrumented"), tps("capture-off"),
+            tps("compiled"), tps("compiled-capture-off"), _pct(r["compiled_sae_share_of_step"]),
+            f"{r['compiled_instrumented_vs_no_sae']:.3f}", f"{1 / r['compiled_vs_instrumented']:.2f}x",
+            f"{1e3 / r.get('floor_instrumented_ms', r['roofline_instrumented_ms']):.0f}", f"{r['compile_s']:.1f} s",
+        )
+    return t
+
+
 def corpus_table(rows: list[dict]) -> Table:
     t = Table(title="Corpus pass: tokens/s, block-N forward + SAE + statistics vs the bare forward")
     for c in ("backend", "model", "dtype", "d_sae", "batches", "bare forward", "corpus pass", "SAE + stats"):
@@ -107,6 +128,8 @@ def print_all(console: Console, record: dict) -> None:
         console.print(decode_table(record["decode"]))
         if any("steered_16_vs_instrumented" in r for r in record["decode"]):
             console.print(steering_table(record["decode"]))
+        if any("compiled_vs_instrumented" in r for r in record["decode"]):
+            console.print(engines_table(record["decode"]))
     if record.get("corpus"):
         console.print(corpus_table(record["corpus"]))
     for note in record["notes"]:

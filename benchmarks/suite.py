@@ -27,7 +27,7 @@ CPU_BIG_CORPUS = (2, 2, 128)  # batch size, batches, tokens per sample for a 2B-
 class Suite:
     name: str
     sae_shapes: list[tuple[int, int]]
-    decode_shape: str | None  # "tiny" | "gemma-2-2b" | None (no decode)
+    decode_shape: str | None  # "tiny" | "gemma-2-100m" | "gemma-2-2b" | None (no decode)
     sae_dtypes: tuple[str, ...] = ("float32", "bfloat16")
     sae_iters: int = 200
     sae_warmup: int = 5
@@ -38,6 +38,9 @@ class Suite:
     tokens: int = 64
     repeats: int = 5
     warmup_tokens: int = 8
+    prompt_tokens: int | None = None  # None: the benchmark prompt as it is; n: exactly n tokens
+    compiled: bool = True  # also the torch backends' compiled engine (--engine compiled)
+    steering: bool = True  # the steered-1 / steered-16 decode modes
     decode_budget_s: float | None = 90.0  # per backend: repeats stop (after 3) once this is spent
     top_k: int = 10  # the server's default --top-k
     decode: bool = True  # the decode benchmark (on the model below)
@@ -59,13 +62,14 @@ SUITES = {
     "smoke": Suite(
         "smoke", [(TINY.hidden_size, TINY.d_sae)], "tiny", sae_iters=5, sae_warmup=1, sae_budget_s=0.2,
         bw_cpu_bytes=16 * 2**20, bw_gpu_bytes=64 * 2**20, bw_reps=2, tokens=4, repeats=1, warmup_tokens=2,
-        corpus_batch_size=2, corpus_max_tokens=32, corpus_batches=2, corpus_repeats=1,
+        corpus_batch_size=2, corpus_max_tokens=32, corpus_batches=2, corpus_repeats=1, compiled=False,
     ),
     "default": Suite(
         "default", [(TINY.hidden_size, TINY.d_sae), (GEMMA_D_MODEL, 16384)], "tiny", tokens=64, repeats=25
     ),
     "full": Suite(
         "full", [(GEMMA_D_MODEL, 16384), (GEMMA_D_MODEL, 65536)], "gemma-2-2b", repeats=3, decode_budget_s=None,
+        tokens=256, prompt_tokens=64,
         corpus_batches=4, corpus_repeats=3,
     ),
 }
@@ -137,7 +141,8 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
             with machine.OtherLoad() as other:
                 row = decode_bench.run_backend(
                     name, bm, bws, n=tokens, repeats=repeats, warmup_tokens=suite.warmup_tokens, k=suite.top_k,
-                    budget_s=suite.decode_budget_s, log=log,
+                    budget_s=suite.decode_budget_s, log=log, compiled=suite.compiled,
+                    prompt_tokens=suite.prompt_tokens, steering=suite.steering,
                 )
             row["other_processes_cores"] = other.cores
             if row["repeats"] < repeats:
@@ -192,6 +197,8 @@ def _model(suite: Suite, cache: Path, log) -> models.BenchModel:
         return models.external(suite.model, suite.dtype, suite.d_sae_model, suite.layer)
     if suite.decode_shape == "gemma-2-2b":
         return models.gemma2_2b(cache, suite.dtype, suite.d_sae_model, log=log)
+    if suite.decode_shape == "gemma-2-100m":
+        return models.gemma2_100m(cache, suite.dtype, log=log)
     return models.tiny(cache, suite.dtype)
 
 

@@ -39,6 +39,12 @@ def serve(config: ServeConfig) -> int:  # patched in tests; imports the server l
     return _serve(config, err)
 
 
+class Engine(str, Enum):
+    auto = "auto"
+    eager = "eager"
+    compiled = "compiled"
+
+
 class FilterMode(str, Enum):
     none = "none"
     frequency = "frequency"
@@ -83,6 +89,10 @@ def serve_cmd(
         Optional[DType], typer.Option(help="Model dtype: float32, bfloat16 or float16 (default torch: bfloat16 on CUDA, "
                                     "float32 on CPU; mlx: as stored).")
     ] = None,
+    engine: Annotated[
+        Engine, typer.Option(help="torch decode step: compiled (torch.compile; CUDA graphs on a GPU; compiles at "
+                                  "start-up), eager, or auto (compiled on torch-cuda, eager on torch-cpu).")
+    ] = Engine.auto,
     sae_input_norm: Annotated[
         Norm, typer.Option(help="none: the raw residual (Gemma Scope); rms: divide each vector by its RMS.")
     ] = Norm.none,
@@ -157,6 +167,7 @@ def serve_cmd(
         features_port=features_port,
         backend=backend,
         dtype=dtype.value if dtype else None,
+        engine=engine.value,
         sae_input_norm=sae_input_norm.value,
         sae_dtype=sae_dtype.value,
         labels_path=str(labels_path) if labels_path else None,

@@ -9,6 +9,8 @@ from neuroscope.sae import INPUT_NORMS, SAE_DTYPES
 from neuroscope.server.origins import parse_allowed_origins
 
 FILTER_MODES = ("none", "frequency", "surprise", "combined")  # neuroscope.filters.MODES
+# the torch backends' decode step: auto (compiled on torch-cuda, eager on torch-cpu), eager, or compiled
+ENGINES = ("auto", "eager", "compiled")
 
 DEFAULT_MODEL = "google/gemma-2-2b-it"
 DEFAULT_SAE = "google/gemma-scope-2b-pt-res"
@@ -47,6 +49,7 @@ class ServeConfig:
     features_port: int = 8081
     backend: str = "auto"
     dtype: str | None = None
+    engine: str = "auto"
     sae_input_norm: str = "none"
     sae_dtype: str = "float32"
     labels_path: str | None = None  # the first label source; the rest of the chain is found in the cache
@@ -81,6 +84,8 @@ class ServeConfig:
             raise ValueError(f"--sae-layer must be >= 0, got {self.sae_layer}")
         if self.max_tokens < 1:
             raise ValueError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.sae_dtype not in SAE_DTYPES:
             raise ValueError(f"--sae-dtype must be float32 or bfloat16, got {self.sae_dtype!r}")
         if self.sae_input_norm not in INPUT_NORMS:

@@ -16,6 +16,7 @@ Layout (``<cache>`` is :func:`cache_dir`)::
     <cache>/neuronpedia/<model id>/<source id>/explanations.jsonl   answers from Neuronpedia
     <cache>/neuronpedia/<model id>/<source id>/export.json         which bulk-export batches are merged in
     <cache>/trash/<timestamp>-<what>/                      what ``clean`` moved away
+    <cache>/inductor/                                      torch inductor's kernels (``--engine compiled``)
 
 ``<namespace>`` is :attr:`Namespace.path`: model / SAE (repo + file, or a local file's hash) / layer / input norm,
 so two SAEs never share a file.
@@ -244,3 +245,8 @@ def neuronpedia_export_state_file(model_id: str, source_id: str) -> Path:
 
 def trash_entry(timestamp: str, what: str) -> Path:
     return trash_dir() / f"{safe_component(timestamp)}-{safe_component(what)}"
+
+
+def inductor_dir() -> Path:
+    """``<cache>/inductor``: torch inductor's compiled kernels for the compiled decode step (reused across runs)."""
+    return cache_dir() / "inductor"

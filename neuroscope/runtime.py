@@ -38,6 +38,8 @@ class Runtime:
     fallback_reason: str | None = None
     feature_filter: ActiveFilter | None = None  # the filter in force (set on the backend)
     filter_warning: str | None = None  # why it is none although one was asked (no calibration found)
+    engine: str | None = None  # the torch decode step ("eager", "compiled (...)"); None for other backends
+    compile_seconds: float | None = None  # start-up compile of the decode step (compiled engine)
 
 
 def demo_config(config: ServeConfig) -> ServeConfig:
@@ -57,6 +59,9 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
         backend_cls = registry.resolve(config.backend)
     except (ValueError, BackendError) as exc:
         raise StartupError(str(exc)) from None
+    if config.engine != "auto" and not getattr(backend_cls, "engines", ()):
+        raise StartupError(f"--engine {config.engine} applies to the torch backends; {backend_cls.name} has one "
+                           "engine (use --engine auto)")
     if config.demo:
         status("building the demo checkpoint (first run only)")
         config = demo_config(config)
@@ -75,7 +80,23 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
     except (CalibrationError, OSError, ValueError) as exc:
         rt.backend.close()
         raise StartupError(str(exc)) from None
+    describe = getattr(rt.backend, "describe_engine", None)
+    rt.engine = describe() if describe is not None else None
     return rt
+
+
+def compile_decode_step(rt: Runtime, status: Callable[[str], None] = lambda _: None) -> None:
+    """Under ``--engine compiled``, compile the decode step before the first request (``serve`` does; the
+    corpus pass never decodes): the cache bucket of a short prompt and the default ``max_tokens``, other lengths
+    on first use. Sets ``rt.compile_seconds``; a step that cannot compile is a ``StartupError``."""
+    if rt.engine is None or getattr(rt.backend, "engine", None) != "compiled":
+        return
+    status("compiling the decode step (torch.compile; faster once inductor's cache is warm)")
+    try:
+        rt.compile_seconds = rt.backend.warm_up(rt.config.max_tokens + 1)
+    except BackendError as exc:
+        rt.backend.close()
+        raise StartupError(str(exc)) from None
 
 
 def resolve_filter(config: ServeConfig, d_sae: int, *, demo: bool = False) -> tuple[ActiveFilter, str | None]:
@@ -117,6 +138,8 @@ def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
     sae = load_npz(resolve_sae_file(config.sae, config.sae_path, config.sae_local_path))
     status(f"loading model {config.model} on {backend_cls.name}")
     backend = backend_cls()
+    if config.engine != "auto":
+        backend.engine = config.engine  # read by load(); only backends with engines get here
     spec = ModelSpec(config.model, dtype=config.dtype, offline=offline)
     try:
         info = backend.load(

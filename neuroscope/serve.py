@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from neuroscope.config import ServeConfig, default_labeler
-from neuroscope.runtime import Runtime, StartupError, load_runtime
+from neuroscope.runtime import Runtime, StartupError, compile_decode_step, load_runtime
 from neuroscope.server.access import Access
 from neuroscope.server.app import Bound, NeuroscopeServer, run_until_signalled
 from neuroscope.server.origins import OriginPolicy, is_loopback_host
@@ -82,6 +82,9 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
     t.add_row("SAE", f"{escape(rt.sae_id)}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU, {cfg.sae_dtype})")
     t.add_row("layer", f"output of block {cfg.sae_layer} of {info.n_layers}  (input norm: {cfg.sae_input_norm})")
     t.add_row("backend", f"{rt.backend.name} on {info.device}, {info.dtype}")
+    if rt.engine is not None:
+        took = f", compiled in {rt.compile_seconds:.1f} s" if rt.compile_seconds is not None else ""
+        t.add_row("engine", escape(rt.engine) + took)
     t.add_row("top-k", str(cfg.top_k))
     for name, value in _label_rows(rt):
         t.add_row(name, value)
@@ -103,6 +106,7 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
     console = console or Console(stderr=True)
     with console.status("starting") as status:
         rt = load_runtime(config, lambda msg: status.update(msg))
+        compile_decode_step(rt, lambda msg: status.update(msg))
     server = NeuroscopeServer(
         rt.backend,
         rt.info,

@@ -22,6 +22,21 @@ EACH_BACKEND = pytest.mark.parametrize(
 )
 
 
+COMPILED = "torch-cpu-compiled"  # torch-cpu under --engine compiled (the session's shared compiled backend)
+
+
+@pytest.fixture(scope="module", params=[*BACKENDS, *([COMPILED] if "torch-cpu" in BACKENDS else [])]
+                or [pytest.param(None, marks=pytest.mark.skip("no backend"))])
+def loaded(request, tiny_fixture):
+    """Every backend here, plus torch-cpu's compiled engine: the conformance checks hold for both engines."""
+    if request.param == COMPILED:
+        yield request.getfixturevalue("compiled_cpu")
+        return
+    backend, info, sae = load_backend(request.param, tiny_fixture, top_k=K)
+    yield backend, info, sae
+    backend.close()
+
+
 @pytest.fixture(scope="module")
 def prompt_ids(loaded):
     _, info, _ = loaded
@@ -180,6 +195,8 @@ def test_feature_filter_acts_before_topk(loaded, prompt_ids, tiny_fixture):
 
 def test_capture_off_decodes_the_same_tokens(loaded, prompt_ids):
     backend, _, _ = loaded
+    if getattr(backend, "compiled", None) is not None:
+        pytest.skip("capture off is the benchmarks' baseline: its compiled graph is built by `python -m benchmarks`")
     on = _run(backend, prompt_ids, max_tokens=15)
     backend.capture = False
     try:

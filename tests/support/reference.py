@@ -34,7 +34,11 @@ def residuals(model_dir, ids: list[int], layer: int) -> np.ndarray:
 
 
 def load_backend(name: str, fx, *, top_k: int = 8, norm: str = "none"):
+    """``name`` is a backend, or ``backend:engine`` (``torch-cpu:compiled``) for a torch backend's engine."""
+    name, _, engine = name.partition(":")
     backend = registry.resolve(name)()
+    if engine:
+        backend.engine = engine
     sae = load_npz(fx.sae_path)
     info = backend.load(ModelSpec(str(fx.model_dir)), sae, fx.sae_layer, top_k=top_k, sae_input_norm=norm)
     return backend, info, sae
