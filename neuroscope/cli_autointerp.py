@@ -135,7 +135,8 @@ def score_cmd(
     sae_local_path: SaeLocal = None,
     sae_layer: Layer = DEFAULT_LAYER,
     sae_input_norm: InputNorm = Norm.none,
-    backend: Backend = "auto",
+    backend: Annotated[str, typer.Option(help="As for generate, for the same command line; scoring itself loads no "
+                                              "model (it reads the examples generate made).")] = "auto",
     demo: Demo = False,
     labels: Annotated[
         Optional[Path], typer.Option(help="A labels JSONL (or {index: label} JSON); default: the labeler's labels "
