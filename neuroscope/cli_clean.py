@@ -47,7 +47,8 @@ def _clean(what: str) -> None:
         _fail(f"cannot clean {what}: {exc}")
     out = Console()
     if entry is None:
-        out.print(f"nothing to clean: no {what} data in {escape(str(paths.cache_dir()))}", highlight=False)
+        data = "data" if what == "all" else f"{what} data"
+        out.print(f"nothing to clean: no {data} in {escape(str(paths.cache_dir()))}", highlight=False)
         return
     for item in entry.items:
         out.print(f"  moved {escape(item.original)} ({trash.human(item.size)})", highlight=False, soft_wrap=True)
@@ -93,6 +94,8 @@ def show_cmd() -> None:
         return
     table = Table("trashed", "what", "items", "size", "from", title=escape(str(paths.trash_dir())),
                   title_justify="left")
+    for column in table.columns:  # wrapped, never cut short
+        column.overflow = "fold"
     for entry in found:
         moved = [i for i in entry.items if i.moved]
         origins = ", ".join(sorted({str(Path(i.original).parent) for i in moved}))

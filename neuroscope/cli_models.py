@@ -64,6 +64,8 @@ def models_list_cmd() -> None:
                   f"`neuroscope models pull` downloads the default, {DEFAULT_MODEL}", highlight=False, soft_wrap=True)
         return
     table = Table("model", "revisions", "size", "last used", title=escape(_hub_cache_dir()), title_justify="left")
+    for column in table.columns:  # wrapped, never cut short
+        column.overflow = "fold"
     for m in models:
         name = f"{escape(m.repo)} [bold]*[/]" if m.repo == DEFAULT_MODEL else escape(m.repo)
         table.add_row(name, escape("\n".join(m.revisions)), human(m.size), _ago(m.last_used))
@@ -104,6 +106,8 @@ def sae_list_cmd(
     if saes:
         table = Table("repo", "file", "revision", "d_model × d_sae", "size", title="cached SAE files",
                       title_justify="left")
+        for column in table.columns:  # wrapped, never cut short
+            column.overflow = "fold"
         for s in saes:
             shape = f"{s.d_model} × {s.d_sae}" if s.problem is None else f"[red]{escape(s.problem)}[/]"
             default = s.repo == DEFAULT_SAE and s.path == DEFAULT_SAE_PATH
@@ -118,6 +122,8 @@ def sae_list_cmd(
         table = Table("layer", "width", "d_sae", "average L0 variants", "canonical", "Neuronpedia", "cached",
                       title=f"known: {escape(release['repo'])} — {escape(release['title'])}, d_model "
                             f"{release['d_model']}", title_justify="left")
+        for column in table.columns:  # a narrow terminal wraps ids rather than cutting them short
+            column.overflow = "fold"
         for sae in release["saes"]:
             if layer is not None and sae["layer"] != layer:
                 continue

@@ -122,6 +122,11 @@ def test_sae_list_reads_shapes_from_npz_headers_and_lists_known_releases(hf_cach
     assert len(known) == 2  # 16k and 65k at layer 20
     assert "22 38 71* 139 294" in known[0] and "20-gemmascope-res-16k" in known[0] and known[0].rstrip(" │").endswith("71")
 
+    narrow = CliRunner().invoke(cli.app, ["sae", "list", "--layer", "20"], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0 and "…" not in narrow.stdout, narrow.stdout  # wrapped, never cut short
+    cells = "".join(cell.strip() for line in narrow.stdout.splitlines() for cell in line.split("│")[-3:-2])
+    assert "20-gemmascope-res-16k" in cells  # the Neuronpedia column, read down: whole
+
 
 def test_the_registry_knows_the_default_sae():
     from neuroscope.config import DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH
