@@ -12,7 +12,9 @@ Two wire formats:
 
 Failures: 429 waits ``Retry-After`` (else backoff), 5xx / 529 / timeouts / dropped connections back off
 exponentially with jitter; both are retried up to ``max_retries`` times. 401 / 403 (the key) and 404 (the model
-or endpoint) stop the whole job: after the first one no request is sent. A 200 whose body or JSON does not
+or endpoint) stop the whole job: after the first one no request is sent; so do the first
+``REFUSALS_BEFORE_ANY_ANSWER`` other 4xx refusals when no request has been answered yet (an unknown model id is a
+400 on OpenRouter). Once answers have come, another 4xx fails that feature only. A 200 whose body or JSON does not
 match the schema is asked again (``malformed_retries``), then reported as :class:`MalformedAnswer`. The API key
 is never part of a message: every text that leaves this module has it replaced.
 """
@@ -40,6 +42,9 @@ RETRY_AFTER_CAP_S = 300.0
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_RETRIES = 6
 MALFORMED_RETRIES = 2
+# refusals (a 4xx other than 401/403/404/429) before any answer at all: the request itself is wrong for this
+# backend (OpenRouter answers an unknown model id with 400), so stop rather than fail every feature one by one
+REFUSALS_BEFORE_ANY_ANSWER = 5
 MAX_OUTPUT_TOKENS = 1024
 
 
@@ -152,6 +157,8 @@ class LLMClient:
         self.input_tokens = 0
         self.output_tokens = 0
         self.fatal: FatalLLMError | None = None
+        self.answered = 0  # 200s
+        self.refused = 0  # other 4xx refusals
         self._sem: asyncio.Semaphore | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -258,6 +265,7 @@ class LLMClient:
                 finally:
                     self.in_flight -= 1
             if status == 200:
+                self.answered += 1
                 try:
                     return json.loads(text)
                 except ValueError:
@@ -270,6 +278,11 @@ class LLMClient:
                            f"endpoint ({what})")
             retryable = status is None or status in (408, 409, 425, 429) or status >= 500
             if not retryable:
+                self.refused += 1
+                if self.answered == 0 and self.refused >= REFUSALS_BEFORE_ANY_ANSWER:
+                    self._stop(f"the labeler backend {self.provider.name} refused the first {self.refused} requests "
+                               f"and answered none ({what}); check the model id (--labeler {self.model!r}) and "
+                               "--labeler-backend")
                 raise LLMError(f"the labeler answered {what}")
             if attempt >= self.max_retries:
                 raise LLMError(f"the labeler failed after {attempt + 1} tries: {what}")

@@ -212,6 +212,31 @@ def test_a_refused_key_stops_at_once(tiny_fixture, corpus_dir, cache, openai_fak
     assert not labels.exists() or labels.read_text() == ""
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_model_id_the_backend_refuses_stops_the_run(tiny_fixture, corpus_dir, cache, openai_fake, concurrency):
+    """OpenRouter answers an unknown model id with 400: the first few refusals, before any answer, end the run."""
+    openai_fake.unknown_model = LABELER
+    result = generate(tiny_fixture, corpus_dir, "--labeler-backend", openai_fake.url, "--concurrency",
+                      str(concurrency), env={"LABELER_API_KEY": KEY})
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert f"refused the first {llm.REFUSALS_BEFORE_ANY_ANSWER} requests" in line and "HTTP 400" in line
+    assert "not a valid model ID" in line and "--labeler" in line
+    # the refusals that stop it, plus at most those already in flight
+    assert llm.REFUSALS_BEFORE_ANY_ANSWER <= len(openai_fake.requests) < llm.REFUSALS_BEFORE_ANY_ANSWER + concurrency
+
+
+def test_a_refusal_after_answers_fails_only_that_feature(tiny_fixture, corpus_dir, cache, openai_fake):
+    openai_fake.faults = [""] + ["400"] * (llm.REFUSALS_BEFORE_ANY_ANSWER + 1)  # one answer, then refusals
+    result = generate(tiny_fixture, corpus_dir, "--labeler-backend", openai_fake.url, "--concurrency", "1",
+                      "--features", "0-19", env={"LABELER_API_KEY": KEY})
+    assert result.exit_code == 1, result.output  # some features failed: reported, not fatal
+    failed = lines(paths.autointerp_failed_file(LABELER, namespace(tiny_fixture)))
+    done = lines(paths.autointerp_labels_file(LABELER, namespace(tiny_fixture)))
+    assert len(failed) == llm.REFUSALS_BEFORE_ANY_ANSWER + 1 and "HTTP 400" in json.dumps(failed)
+    assert len(done) + len(failed) == len(openai_fake.requests)  # every feature asked once, none skipped
+
+
 def test_configuration_errors_are_one_line(tiny_fixture, corpus_dir, cache, tmp_path):
     none = generate(tiny_fixture, corpus_dir)
     assert none.exit_code == 1 and "OPENROUTER_API_KEY or ANTHROPIC_API_KEY" in error_line(none)

@@ -29,6 +29,7 @@ class FakeLLM:
         assert kind in ("openai", "anthropic")
         self.kind, self.key = kind, key
         self.faults: list[str] = []  # consumed one per request, in order
+        self.unknown_model: str | None = None  # requests naming it get a 400
         self.delay = 0.0  # seconds each answer takes
         self.block_after: int | None = None  # answer this many, then hold every later request open
         self.detect: Callable[[str, list[str]], list[int]] | None = None  # (user prompt, windows) -> answers
@@ -94,6 +95,8 @@ class FakeLLM:
                 await asyncio.sleep(self.delay)
             if not self._authorised(request) or fault == "401":
                 return self._error(401, "authentication_error", f"Incorrect API key provided: {self._given(request)}")
+            if fault == "400" or body.get("model") == self.unknown_model:  # OpenRouter's answer to a bad model id
+                return self._error(400, "invalid_request_error", f"{body.get('model')} is not a valid model ID")
             if fault == "429":
                 return self._error(429, "rate_limit_error", "Rate limit reached", {"Retry-After": "0"})
             if fault in ("500", "529"):
