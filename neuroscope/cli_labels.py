@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from neuroscope import aio
 from neuroscope.cli_calibrate import Demo, InputNorm, Layer, _config
 from neuroscope.cli_options import Labeler, LabelThreshold, Model, Norm, ReadableCommand, ReadableGroup, Sae, SaeLocal, SaePath
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
@@ -221,7 +221,7 @@ def fetch_cmd(
               "to fetch (see neuroscope/data/neuronpedia.json)")
     base = datasets_url()
     with JobProgress(err) as progress:
-        result = asyncio.run(fetch(ids, settings=ClientSettings.from_env(), base=base, api=api, progress=progress))
+        result = aio.run(fetch(ids, settings=ClientSettings.from_env(), base=base, api=api, progress=progress))
     out = Console()
     export = (f"export: {result.batches_merged} batches merged ({result.export_labels:,} labels)"
               + (f", {result.batches_skipped} merged before" if result.batches_skipped else "")

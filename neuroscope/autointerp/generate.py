@@ -12,7 +12,6 @@ detection scoring, so a label is never scored on the windows it was written from
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -21,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from neuroscope import atomic, calibrate, paths
+from neuroscope import aio, atomic, calibrate, paths
 from neuroscope.autointerp import examples as ex_mod
 from neuroscope.autointerp import prompts, store
 from neuroscope.autointerp.examples import Examples, ExamplesError, ExamplesOptions, ExamplesRun
@@ -125,7 +124,7 @@ def label(examples: Examples, ns: paths.Namespace, tokenizer: Any, provider: Pro
     started = time.perf_counter()
     fh = store.open_append(labels_file)
     try:
-        asyncio.run(_label_all(todo, examples, tokenizer, provider, opts, fh, result, console))
+        aio.run(_label_all(todo, examples, tokenizer, provider, opts, fh, result, console))
     finally:
         fh.close()
         result.elapsed_s = time.perf_counter() - started

@@ -16,7 +16,6 @@ A re-run skips the features this scorer already scored with the same label.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from neuroscope import paths
+from neuroscope import aio, paths
 from neuroscope.autointerp import prompts, store
 from neuroscope.autointerp.examples import Examples, render
 from neuroscope.autointerp.generate import GenerateError, held_out
@@ -167,7 +166,7 @@ def score(examples: Examples, ns: paths.Namespace, tokenizer: Any, labels: dict[
     started = time.perf_counter()
     fh = store.open_append(scores_file)
     try:
-        asyncio.run(_score_all(trials, labels, provider, opts, fh, result, console))
+        aio.run(_score_all(trials, labels, provider, opts, fh, result, console))
     finally:
         fh.close()
         result.elapsed_s = time.perf_counter() - started
