@@ -134,6 +134,11 @@ class _TorchBackend:
     def describe_engine(self) -> str:
         return f"compiled ({self.compiled.describe()})" if self.compiled is not None else "eager"
 
+    def use_eager(self) -> None:
+        """Drop the compiled step (it failed to build): the same step runs uncompiled from now on."""
+        self.compiled = None
+        self.engine = "eager"
+
     def warm_up(self, positions: int) -> float:
         """Compile the decode step for the cache bucket of requests of ``positions`` (prompt + max_tokens)
         before the first one (other buckets compile on first use); returns the seconds spent (0 under the

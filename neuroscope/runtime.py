@@ -40,6 +40,7 @@ class Runtime:
     filter_warning: str | None = None  # why it is none although one was asked (no calibration found)
     engine: str | None = None  # the torch decode step ("eager", "compiled (...)"); None for other backends
     compile_seconds: float | None = None  # start-up compile of the decode step (compiled engine)
+    engine_warning: str | None = None  # why --engine auto fell back to eager (the compile failed)
 
 
 def demo_config(config: ServeConfig) -> ServeConfig:
@@ -88,15 +89,21 @@ def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: 
 def compile_decode_step(rt: Runtime, status: Callable[[str], None] = lambda _: None) -> None:
     """Under ``--engine compiled``, compile the decode step before the first request (``serve`` does; the
     corpus pass never decodes): the cache bucket of a short prompt and the default ``max_tokens``, other lengths
-    on first use. Sets ``rt.compile_seconds``; a step that cannot compile is a ``StartupError``."""
+    on first use. Sets ``rt.compile_seconds``. A step that cannot compile is a ``StartupError`` under an explicit
+    ``--engine compiled``; under ``auto`` (compiled by default on CUDA) the server starts with the eager engine and
+    says why (``rt.engine_warning``)."""
     if rt.engine is None or getattr(rt.backend, "engine", None) != "compiled":
         return
     status("compiling the decode step (torch.compile; faster once inductor's cache is warm)")
     try:
         rt.compile_seconds = rt.backend.warm_up(rt.config.max_tokens + 1)
     except BackendError as exc:
-        rt.backend.close()
-        raise StartupError(str(exc)) from None
+        if rt.config.engine != "auto":
+            rt.backend.close()
+            raise StartupError(str(exc)) from None
+        rt.backend.use_eager()
+        rt.engine = rt.backend.describe_engine()
+        rt.engine_warning = f"{exc}: serving with the eager engine"
 
 
 def resolve_filter(config: ServeConfig, d_sae: int, *, demo: bool = False) -> tuple[ActiveFilter, str | None]:

@@ -85,6 +85,8 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
     if rt.engine is not None:
         took = f", compiled in {rt.compile_seconds:.1f} s" if rt.compile_seconds is not None else ""
         t.add_row("engine", escape(rt.engine) + took)
+        if rt.engine_warning:
+            t.add_row("", f"[yellow]warning: {escape(rt.engine_warning)}[/]")
     t.add_row("top-k", str(cfg.top_k))
     for name, value in _label_rows(rt):
         t.add_row(name, value)

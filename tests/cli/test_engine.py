@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 
 from neuroscope import cli, registry
 from neuroscope.config import ServeConfig
+from neuroscope.decode import generate
+from neuroscope.protocol import GenerationParams
 from neuroscope.runtime import StartupError, compile_decode_step, load_runtime
 from neuroscope.serve import _panel
 from neuroscope.server.app import Bound
@@ -114,3 +116,30 @@ def test_a_compile_failure_is_one_line_naming_the_way_out(monkeypatch):
                                            r"Compiler: .*\); --engine eager runs the same step uncompiled$"):
         compile_decode_step(rt)
     assert rt.backend.model is None, "the backend is closed"
+
+
+@TORCH
+def test_under_auto_a_compile_failure_serves_eager_and_says_why(monkeypatch):
+    """auto picks compiled where it is the default (torch-cuda); a machine that cannot build it still serves."""
+    import torch
+
+    from backends.torch_backend import TorchCPUBackend
+
+    def compile_without_a_compiler(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_without_a_compiler)
+    monkeypatch.setattr(TorchCPUBackend, "default_engine", "compiled")  # as on torch-cuda
+    rt = load_runtime(ServeConfig(demo=True, backend="torch-cpu", max_tokens=8, feature_filter="none"))
+    try:
+        assert rt.backend.compiled is not None
+        compile_decode_step(rt)
+        assert rt.backend.compiled is None and rt.engine == "eager" and rt.compile_seconds is None
+        assert "InvalidCxxCompiler" in rt.engine_warning and "serving with the eager engine" in rt.engine_warning
+        assert "servingwiththeeagerengine" in "".join(ch for ch in _panel_text(rt) if not ch.isspace() and ch != "│")
+        steps = list(generate(rt.backend, rt.info.tokenizer.encode("hello"), GenerationParams(max_tokens=4)))
+        assert len(steps) == 4  # and it decodes
+    finally:
+        rt.backend.close()
