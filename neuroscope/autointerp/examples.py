@@ -38,6 +38,8 @@ import numpy as np
 from rich.console import Console
 
 from neuroscope import atomic, calibration, corpus, corpus_pass, paths
+# the corpus pass's knobs are calibration's: the same batches, sample length and checkpoint interval
+from neuroscope.calibrate import CHECKPOINT_EVERY, DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
 from neuroscope.progress import JobProgress
 from neuroscope.runtime import Runtime
 
@@ -50,10 +52,7 @@ BEFORE, AFTER = 23, 8  # a window: the peak token with up to 23 tokens before it
 WINDOW = BEFORE + 1 + AFTER  # 32 tokens
 DEFAULT_SAMPLES = 5000
 DEFAULT_PER_FEATURE = 20
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_MAX_TOKENS = 256
 DEFAULT_TOP_K = 128  # Gemma Scope 16k averages ~71 features per token: 128 keeps windows (nearly) exact
-CHECKPOINT_EVERY = 50
 
 
 class ExamplesError(RuntimeError):
