@@ -9,28 +9,22 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from neuroscope import __version__
 from neuroscope.cli_calibrate import app as calibrate_app
 from neuroscope.cli_clean import app as clean_app
 from neuroscope.cli_models import models_app, sae_app
-from neuroscope.cli_options import (DType, Labeler, LabelThreshold, Model, Norm, ReadableCommand, ReadableGroup, Sae,
-                                    SAEDType, SaeLocal, SaePath)
+from neuroscope.cli_options import (DType, Labeler, LabelThreshold, Model, Norm, ReadableCommand, Sae, SAEDType,
+                                    SaeLocal, SaePath, err, fail, group)
 from neuroscope.cli_corpus import app as corpus_app
 from neuroscope.cli_labels import app as labels_app
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 from neuroscope.server.origins import split_origins
 
-app = typer.Typer(
-    cls=ReadableGroup,
+app = group(
     name="neuroscope",
     help="An SAE-instrumented LLM server: OpenAI-compatible chat plus a live stream of SAE features per token.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
 
 
 def serve(config: ServeConfig) -> int:  # patched in tests; imports the server lazily
@@ -66,10 +60,6 @@ def main_callback(
 ) -> None:
     """Neuroscope."""
 
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.command("serve", cls=ReadableCommand)
@@ -154,7 +144,7 @@ def serve_cmd(
         clash = [f"--{p.replace('_', '-')}" for p in ("model", "sae", "sae_path", "sae_local_path", "sae_layer")
                  if given(p)]
         if clash:
-            _fail(f"--demo serves the built-in demo model and SAE; it cannot be combined with {', '.join(clash)}", 2)
+            fail(f"--demo serves the built-in demo model and SAE; it cannot be combined with {', '.join(clash)}", 2)
     config = ServeConfig(
         model=model,
         sae=sae,
@@ -188,17 +178,17 @@ def serve_cmd(
     try:
         config.validate()
     except ValueError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
-        _fail(f"unknown --log-level {log_level!r}", 2)
+        fail(f"unknown --log-level {log_level!r}", 2)
     from rich.logging import RichHandler
 
     logging.basicConfig(level=level, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s")
     try:
         code = serve(config)
     except StartupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     raise typer.Exit(code)
 
 

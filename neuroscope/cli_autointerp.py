@@ -11,11 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope.autointerp import examples as ex_mod
-from neuroscope.cli_calibrate import Demo, InputNorm, Layer, _config
-from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath
+from neuroscope.cli_calibrate import BatchSize, CorpusPath, Demo, InputNorm, Layer, MaxTokensPerSample, _config
+from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath, err, fail
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_LABELER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH
 
-err = Console(stderr=True)
 
 Backend = Annotated[str, typer.Option(help="Model backend: auto, mlx, torch-cuda or torch-cpu.")]
 Labeler = Annotated[
@@ -31,10 +30,6 @@ Features = Annotated[Optional[str], typer.Option(help="Only these features, e.g.
 Threshold = Annotated[float, typer.Option(help="The summary counts scores at or above this.", min=0.0, max=1.0)]
 Timeout = Annotated[float, typer.Option(help="Seconds per LLM request before it is retried.", min=1.0)]
 
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
@@ -54,14 +49,10 @@ def generate_cmd(
     backend: Backend = "auto",
     dtype: Annotated[Optional[DType], typer.Option(help="Model dtype (default: as serve picks it).")] = None,
     demo: Demo = False,
-    corpus_path: Annotated[
-        Optional[Path], typer.Option(help="A directory of .txt files (default: the WikiText corpus, built if needed).")
-    ] = None,
+    corpus_path: CorpusPath = None,
     samples: Annotated[int, typer.Option(help="Corpus samples to read.", min=1)] = ex_mod.DEFAULT_SAMPLES,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.", min=1)] = ex_mod.DEFAULT_BATCH_SIZE,
-    max_tokens_per_sample: Annotated[
-        int, typer.Option(help="Tokens per sample, BOS included (longer samples are cut).", min=2)
-    ] = ex_mod.DEFAULT_MAX_TOKENS,
+    batch_size: BatchSize = ex_mod.DEFAULT_BATCH_SIZE,
+    max_tokens_per_sample: MaxTokensPerSample = ex_mod.DEFAULT_MAX_TOKENS,
     examples_per_feature: Annotated[
         int, typer.Option(help="Top activating windows kept per feature (half shown to the labeler, half held out "
                                "for scoring).", min=1)
@@ -100,7 +91,7 @@ def generate_cmd(
                       highlight=False)
         result = gen.label(run.examples, ns, tokenizer, provider, opts, console=err)
     except gen.GenerateError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     fired = int((run.examples.fired > 0).sum())
     out.print(f"labels: {escape(str(result.labels_file))}\n  {result.labeled} labelled now, {result.already} "
               f"already there, {len(result.failed)} failed, {len(result.dead)} dead (never fired; not sent) — "
@@ -121,7 +112,7 @@ def generate_cmd(
             labels = scoring.read_labels(result.labels_file)
             scored = scoring.score(run.examples, ns, tokenizer, labels, provider, sopts, console=err)
         except gen.GenerateError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         _score_summary(out, scored, who, who, threshold)
     if result.failed:
         raise typer.Exit(1)
@@ -163,7 +154,7 @@ def score_cmd(
         fx = fixtures.demo_fixture()
         config.model, config.sae_local_path, config.sae_layer = str(fx.model_dir), str(fx.sae_path), fx.sae_layer
     if config.sae_local_path and not Path(config.sae_local_path).expanduser().exists():
-        _fail(f"SAE file not found: {config.sae_local_path}")
+        fail(f"SAE file not found: {config.sae_local_path}")
     ns = calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
                                    config.sae_layer, config.sae_input_norm, demo=demo)
     who = labeler or default_labeler()
@@ -176,13 +167,13 @@ def score_cmd(
             who = names.pop() if len(names) == 1 else who
         examples = ex_mod.newest(ns)
         if examples is None:
-            _fail("no examples for this model / SAE / layer / norm: run `neuroscope labels generate` with the same "
+            fail("no examples for this model / SAE / layer / norm: run `neuroscope labels generate` with the same "
                   "options first")
         tokenizer = _tokenizer(config.model)
         sopts = scoring.ScoreOptions(who, scorer or who, concurrency, features, threshold, request_timeout)
         result = scoring.score(examples, ns, tokenizer, found, provider, sopts, console=err)
     except gen.GenerateError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _score_summary(Console(), result, who, sopts.scorer, threshold)
     if result.failed:
         raise typer.Exit(1)
@@ -195,7 +186,7 @@ def _check_features(spec: str | None) -> None:
     try:
         parse_features(spec)
     except ValueError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
 
 
 def _tokenizer(model: str):

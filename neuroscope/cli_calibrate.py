@@ -11,28 +11,27 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope import calibrate
-from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, ReadableGroup, Sae, SaeLocal, SaePath
+from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath, err, fail, group
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 
-app = typer.Typer(
-    cls=ReadableGroup,
+app = group(
     help="Calibration statistics (how often and how strongly each SAE feature fires over a corpus) for the filters.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
 
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 # the model / SAE options of `serve`, shared by both commands
 Layer = Annotated[int, typer.Option(help="The output of this decoder block.", min=0)]
 InputNorm = Annotated[Norm, typer.Option(help="none: the raw residual (Gemma Scope); rms: divide by its RMS.")]
 Demo = Annotated[bool, typer.Option("--demo", help="The built-in offline demo model and SAE.")]
+# the corpus pass's options, shared with `labels generate`
+CorpusPath = Annotated[
+    Optional[Path], typer.Option(help="A directory of .txt files (default: the WikiText corpus, built if needed).")
+]
+BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.", min=1)]
+MaxTokensPerSample = Annotated[
+    int, typer.Option(help="Tokens per sample, BOS included (longer samples are cut).", min=2)
+]
 
 
 def _config(ctx: typer.Context, model: str, sae: str, sae_path: str, sae_local_path: Path | None, sae_layer: int,
@@ -41,14 +40,14 @@ def _config(ctx: typer.Context, model: str, sae: str, sae_path: str, sae_local_p
         clash = [f"--{p.replace('_', '-')}" for p in ("model", "sae", "sae_path", "sae_local_path", "sae_layer")
                  if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") != "DEFAULT"]
         if clash:
-            _fail(f"--demo uses the built-in demo model and SAE; it cannot be combined with {', '.join(clash)}", 2)
+            fail(f"--demo uses the built-in demo model and SAE; it cannot be combined with {', '.join(clash)}", 2)
     config = ServeConfig(model=model, sae=sae, sae_path=sae_path,
                          sae_local_path=str(sae_local_path) if sae_local_path else None, sae_layer=sae_layer,
                          sae_input_norm=norm.value, demo=demo, **extra)
     try:
         config.validate()
     except ValueError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     return config
 
 
@@ -66,14 +65,10 @@ def run_cmd(
         Optional[DType], typer.Option(help="Model dtype (torch: bfloat16 on CUDA, float32 on CPU; mlx: as stored).")
     ] = None,
     demo: Demo = False,
-    corpus_path: Annotated[
-        Optional[Path], typer.Option(help="A directory of .txt files (default: the WikiText corpus, built if needed).")
-    ] = None,
+    corpus_path: CorpusPath = None,
     samples: Annotated[int, typer.Option(help="How many corpus samples to read.", min=1)] = calibrate.DEFAULT_SAMPLES,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.", min=1)] = calibrate.DEFAULT_BATCH_SIZE,
-    max_tokens_per_sample: Annotated[
-        int, typer.Option(help="Tokens per sample, BOS included (longer samples are cut).", min=2)
-    ] = calibrate.DEFAULT_MAX_TOKENS,
+    batch_size: BatchSize = calibrate.DEFAULT_BATCH_SIZE,
+    max_tokens_per_sample: MaxTokensPerSample = calibrate.DEFAULT_MAX_TOKENS,
     output: Annotated[
         Optional[Path], typer.Option(help="Where to write the calibration JSON (default: the cache, namespaced).")
     ] = None,
@@ -91,7 +86,7 @@ def run_cmd(
     try:
         result = calibrate.run(config, opts, console=err)
     except calibrate.CalibrateError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out = Console()
     where = escape(str(result.output))
     if result.up_to_date:
@@ -135,12 +130,12 @@ def show_cmd(
         labels_path = labels_path or fx.labels_path
     if stats is None:
         if config.sae_local_path and not Path(config.sae_local_path).expanduser().exists():
-            _fail(f"SAE file not found: {config.sae_local_path}")
+            fail(f"SAE file not found: {config.sae_local_path}")
         ns = calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
                                        config.sae_layer, config.sae_input_norm, demo=demo)
         path = paths.calibration_file(ns)
         if not path.is_file():
-            _fail(f"no calibration for this model / SAE / layer / norm in {path}: run `neuroscope calibrate run` "
+            fail(f"no calibration for this model / SAE / layer / norm in {path}: run `neuroscope calibrate run` "
                   "with the same options, or pass --stats PATH")
     else:
         path = stats
@@ -148,7 +143,7 @@ def show_cmd(
         data = calibrate.load_file(path).data
         labels = Labels.load(labels_path, data["d_sae"])
     except (calibrate.CalibrateError, LabelError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out = Console()
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold cyan", justify="right", no_wrap=True)

@@ -13,17 +13,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope import clean, paths, trash
-from neuroscope.cli_options import ReadableCommand, ReadableGroup
+from neuroscope.cli_options import ReadableCommand, fail, group
 
-app = typer.Typer(
-    cls=ReadableGroup,
+app = group(
     help="Move generated or downloaded data to the trash (undo brings it back); show, undo or empty the trash. "
          "The Hugging Face cache (models, SAEs) is never touched.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
 
 _HELP = {
     "corpus": "The text corpus Neuroscope downloaded (never a --corpus-path of yours).",
@@ -35,16 +30,12 @@ _HELP = {
 }
 
 
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
 
 def _clean(what: str) -> None:
     try:
         entry = clean.clean(what)
     except (OSError, trash.TrashError) as exc:
-        _fail(f"cannot clean {what}: {exc}")
+        fail(f"cannot clean {what}: {exc}")
     out = Console()
     if entry is None:
         data = "data" if what == "all" else f"{what} data"
@@ -87,7 +78,7 @@ def show_cmd() -> None:
     try:
         found = trash.entries()
     except trash.TrashError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out = Console()
     if not found:
         out.print("the trash is empty", highlight=False)
@@ -117,7 +108,7 @@ def undo_cmd() -> None:
         entry = found[0]
         restored = trash.restore(entry)
     except (OSError, trash.TrashError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out = Console()
     for item in restored:
         out.print(f"  restored {escape(item.original)} ({trash.human(item.size)})", highlight=False, soft_wrap=True)
@@ -141,7 +132,7 @@ def empty_cmd(
     size = trash.tree_size(root)
     if not yes:
         if not _interactive():
-            _fail("not asking without a terminal: pass --yes to delete the trash permanently")
+            fail("not asking without a terminal: pass --yes to delete the trash permanently")
         if not typer.confirm(f"Delete {len(found)} trash entr{'y' if len(found) == 1 else 'ies'} "
                              f"({trash.human(size)}) permanently?", default=False):
             Console().print("nothing deleted", highlight=False)
@@ -149,6 +140,6 @@ def empty_cmd(
     try:
         count, size = trash.empty()
     except OSError as exc:
-        _fail(f"cannot empty the trash: {exc}")
+        fail(f"cannot empty the trash: {exc}")
     Console().print(f"deleted {count} trash entr{'y' if count == 1 else 'ies'}, freed {trash.human(size)}",
                     highlight=False)

@@ -11,21 +11,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope import corpus
-from neuroscope.cli_options import ReadableCommand, ReadableGroup
+from neuroscope.cli_options import ReadableCommand, err, fail, group
 
-app = typer.Typer(
-    cls=ReadableGroup,
+app = group(
     help="Build or inspect the text corpus (WikiText from the Hugging Face hub, one .txt per sample).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
 
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.command("build", cls=ReadableCommand)
@@ -46,7 +37,7 @@ def build_cmd(
             out, samples_wanted=samples, dataset=dataset, config=config, split=split, console=err
         )
     except (corpus.CorpusError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     counts, src = manifest["counts"], manifest["source"]
     what = (f"{counts['samples']} samples, {manifest['total_chars']:,} characters, from {src['repo']} "
             f"({src['config']}/{src['split']})")
@@ -71,7 +62,7 @@ def show_cmd(
     root = (path if path is not None else corpus.default_dir()).expanduser()
     if not root.is_dir():
         hint = "" if path is not None else ": run `neuroscope corpus build`"
-        _fail(f"no corpus in {root}{hint}")
+        fail(f"no corpus in {root}{hint}")
     try:
         lengths, shown = [], []
         for sample in corpus.iter_corpus(root):
@@ -81,7 +72,7 @@ def show_cmd(
         manifest = corpus.read_manifest(root)
         intact = manifest is not None and corpus.checksum(corpus.sample_files(root)) == manifest.get("checksum")
     except (corpus.CorpusError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     out = Console()
     summary = Table.grid(padding=(0, 2))

@@ -10,14 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from neuroscope import config, datarepo, trash
-from neuroscope.cli_options import ReadableCommand
-
-err = Console(stderr=True)
+from neuroscope.cli_options import ReadableCommand, err, fail
 
 
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _kinds(kinds: list[str]) -> str:
@@ -42,12 +37,12 @@ def push_cmd(
 
     target = repo or os.environ.get(config.DATA_REPO_ENV)
     if not target:
-        _fail(f"push needs --repo ID (a dataset repo you can write to), or {config.DATA_REPO_ENV}", 2)
+        fail(f"push needs --repo ID (a dataset repo you can write to), or {config.DATA_REPO_ENV}", 2)
     try:
         with err.status(f"pushing to {escape(target)}…"):  # drawn on a terminal only
             files, url = datarepo.push(target, message, private=private)
     except datarepo.DataRepoError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     size = sum(f.size for f in files)
     Console().print(f"pushed {len(files)} file(s) ({_kinds([f.kind for f in files])}; {trash.human(size)}) and "
                     f"{datarepo.MANIFEST} to {escape(target)}\n  {escape(url)}", highlight=False, soft_wrap=True)
@@ -68,9 +63,9 @@ def pull_cmd(
     try:
         result = datarepo.pull(target, console=err)
     except datarepo.DataRepoError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot install {target}: {exc}")
+        fail(f"cannot install {target}: {exc}")
     out = Console()
     for name in result.installed:
         out.print(f"  installed {escape(name)}", highlight=False, soft_wrap=True)

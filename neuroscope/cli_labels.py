@@ -13,22 +13,14 @@ from rich.table import Table
 
 from neuroscope import aio
 from neuroscope.cli_calibrate import Demo, InputNorm, Layer, _config
-from neuroscope.cli_options import Labeler, LabelThreshold, Model, Norm, ReadableCommand, ReadableGroup, Sae, SaeLocal, SaePath
+from neuroscope.cli_options import (Labeler, LabelThreshold, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath, err,
+                                    fail, group)
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 
-app = typer.Typer(
-    cls=ReadableGroup,
+app = group(
     help="Feature labels: generate and score them with an LLM, fetch Neuronpedia's, show where each comes from.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
 
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 class Source(str, Enum):
@@ -58,7 +50,7 @@ def _namespace(config: ServeConfig):
     from neuroscope import calibration
 
     if config.sae_local_path and not Path(config.sae_local_path).expanduser().exists():
-        _fail(f"SAE file not found: {config.sae_local_path}")
+        fail(f"SAE file not found: {config.sae_local_path}")
     return calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
                                      config.sae_layer, config.sae_input_norm, demo=config.demo)
 
@@ -90,14 +82,14 @@ def _d_sae(config: ServeConfig, ns) -> tuple[int, object | None]:
         try:
             return read_d_sae(file), None
         except SAEError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     try:
         ids = lookup(ns)
     except RegistryError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if ids is not None:
         return ids.d_sae, None
-    _fail("cannot tell how many features the SAE has: no calibration file, the SAE file is not on this machine "
+    fail("cannot tell how many features the SAE has: no calibration file, the SAE file is not on this machine "
           "and Neuronpedia's registry does not know it (run `neuroscope calibrate run`, or pass --sae-local-path)")
     raise AssertionError  # unreachable
 
@@ -150,13 +142,13 @@ def show_cmd(
     try:
         wanted = parse_features(features, d_sae)
     except ValueError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     try:
         chain = build_chain(ns, d_sae, labels_path=config.labels_path, labeler=config.labeler,
                             demo_labels_path=fx.labels_path if fx else None, threshold=label_threshold,
                             neuronpedia=not demo)
     except LabelError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     rate = cal.data["features"]["firing_rate"] if cal is not None else None
     example, example_note = _examples(config, ns)
     table = Table(title=f"{len(wanted)} feature{'s' if len(wanted) != 1 else ''} of {d_sae:,}", title_justify="left")
@@ -214,10 +206,10 @@ def fetch_cmd(
     try:
         ids = lookup(ns)
     except RegistryError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if ids is None:
         what = config.sae_local_path or f"{config.sae}/{config.sae_path}"
-        _fail(f"Neuronpedia's registry does not know {what} with model {config.model}: no Neuronpedia source "
+        fail(f"Neuronpedia's registry does not know {what} with model {config.model}: no Neuronpedia source "
               "to fetch (see neuroscope/data/neuronpedia.json)")
     base = datasets_url()
     with JobProgress(err) as progress:

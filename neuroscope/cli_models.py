@@ -11,30 +11,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope import hub_cache
-from neuroscope.cli_options import ReadableCommand, ReadableGroup
+from neuroscope.cli_options import ReadableCommand, err, fail, group
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH
 from neuroscope.trash import human
 
-models_app = typer.Typer(
-    cls=ReadableGroup,
+models_app = group(
     help="Models in the Hugging Face cache; download what serving needs.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-sae_app = typer.Typer(
-    cls=ReadableGroup,
+sae_app = group(
     help="SAE files in the Hugging Face cache and the known Gemma Scope releases; download one.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
 
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _ago(when: float | None) -> str:
@@ -87,7 +74,7 @@ def models_pull_cmd(
     try:
         path = hub_cache.pull_model(model, revision, console=err)
     except hub_cache.HubCacheError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
     Console().print(f"pulled {escape(model)} ({human(size)})\n  {escape(str(path))}", highlight=False,
                     soft_wrap=True)
@@ -153,6 +140,6 @@ def sae_pull_cmd(
     try:
         local, d_model, d_sae = hub_cache.pull_sae(repo, path, console=err)
     except hub_cache.HubCacheError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     Console().print(f"pulled {escape(repo)}/{escape(hub_cache.sae_file(path))}: d_model {d_model} × d_sae {d_sae} "
                     f"({human(local.stat().st_size)})\n  {escape(str(local))}", highlight=False, soft_wrap=True)

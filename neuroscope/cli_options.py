@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
+from rich.console import Console
 from rich.text import Text
 from typer import rich_utils
 from typer.core import TyperArgument, TyperCommand, TyperGroup
@@ -71,6 +72,23 @@ class ReadableCommand(_Readable, TyperCommand):
 
 class ReadableGroup(_Readable, TyperGroup):
     """A command group (``neuroscope``, ``neuroscope calibrate``…) whose own options read as a command's do."""
+
+
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One ``error:`` line on stderr and exit ``code`` (2: bad usage). The message is printed as written: a Text,
+    so brackets (``'.[torch]'``) and colons (a steering spec such as ``12:clamp:0``) are neither markup nor emoji."""
+    err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def group(help: str, **kwargs) -> typer.Typer:
+    """A command group as every one of ours is: readable help, help when called bare, no completion installer, and
+    errors as one line rather than typer's pretty tracebacks."""
+    return typer.Typer(cls=ReadableGroup, help=help, no_args_is_help=True, add_completion=False,
+                       pretty_exceptions_enable=False, **kwargs)
 
 
 class Norm(str, Enum):

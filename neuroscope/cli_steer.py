@@ -144,15 +144,8 @@ def register(app: typer.Typer) -> None:
     """Add ``steer`` to the ``neuroscope`` app. Its option types are ``serve``'s, imported here (not at the top:
     ``neuroscope.cli`` imports this module); the annotations are evaluated as the function is defined, which
     is why this module does not use postponed annotations."""
-    from neuroscope.cli import err
-    from neuroscope.cli_options import DType, Model, Norm, ReadableCommand, Sae, SAEDType, SaeLocal, SaePath
-
-    def _fail(message: str, code: int = 1) -> None:
-        from rich.text import Text
-
-        # a Text: a spec such as 12:clamp:0 must not be read as markup or an emoji code
-        err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
-        raise typer.Exit(code)
+    from neuroscope.cli_options import (DType, Model, Norm, ReadableCommand, Sae, SAEDType, SaeLocal, SaePath, err,
+                                        fail)
 
     @app.command("steer", cls=ReadableCommand)
     def steer_cmd(
@@ -201,23 +194,23 @@ def register(app: typer.Typer) -> None:
             config.validate()
             features = [parse_feature_option(f) for f in feature]
         except (ValueError, SteeringError) as exc:
-            _fail(str(exc), 2)
+            fail(str(exc), 2)
         try:
             with err.status("loading") as status:
                 rt = load_runtime(config, lambda msg: status.update(msg))
         except StartupError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         try:
             try:
                 spec = steering_from_options(features, positions.value, rt.sae.d_sae)
             except SteeringError as exc:
-                _fail(str(exc), 2)
+                fail(str(exc), 2)
             if rt.fallback_reason:
                 err.print(f"[yellow]using the built-in demo model: {escape(rt.fallback_reason)}[/]", highlight=False)
             prompt_ids = chat_prompt(rt.info.tokenizer, prompt)
             room = rt.info.context_length - len(prompt_ids)
             if room < max_tokens:
-                _fail(f"the prompt takes {len(prompt_ids)} of the model's {rt.info.context_length} positions: "
+                fail(f"the prompt takes {len(prompt_ids)} of the model's {rt.info.context_length} positions: "
                       f"--max-tokens must be at most {max(room, 0)}", 2)
             cmp = compare(rt.backend, rt.info.tokenizer, prompt_ids, spec, max_tokens=max_tokens,
                           eos_token_ids=frozenset(rt.info.eos_token_ids))
