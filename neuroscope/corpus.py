@@ -24,6 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from neuroscope import __version__, atomic, paths
+from neuroscope.hf import hub_failure, one_line
 from neuroscope.progress import JobProgress
 from neuroscope.wikitext import SampleOptions, samples
 
@@ -71,36 +72,13 @@ def default_dir(dataset: str = DEFAULT_DATASET, config: str = DEFAULT_CONFIG, sp
     return paths.corpus_dir(resolve_dataset(dataset)[1], config, split)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return first or type(exc).__name__
-
-
 def _hub_failure(exc: BaseException, what: str) -> CorpusError:
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
+    message = hub_failure(exc, what, kind="dataset")
     if isinstance(exc, LocalEntryNotFoundError):
-        return CorpusError(f"cannot download {what}: the Hugging Face hub is unreachable and it is not in the "
-                           f"hub cache; {offline_hint()}")
-    if isinstance(exc, GatedRepoError):
-        return CorpusError(f"cannot download {what}: the dataset is gated (accept its terms on the hub, set HF_TOKEN)")
-    if isinstance(exc, RepositoryNotFoundError):
-        return CorpusError(f"cannot download {what}: no such dataset repo on the hub")
-    if isinstance(exc, RevisionNotFoundError):
-        return CorpusError(f"cannot download {what}: no such revision")
-    if isinstance(exc, EntryNotFoundError):
-        return CorpusError(f"cannot download {what}: no such file in the dataset repo")
-    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
-        return CorpusError(f"cannot download {what}: the hub answered HTTP {exc.response.status_code}")
-    return CorpusError(f"cannot download {what}: {_one_line(exc)}")
+        message += f"; {offline_hint()}"
+    return CorpusError(message)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -190,7 +168,7 @@ def _parquet_rows(local: Path, filename: str) -> Iterator[str | None]:
     except CorpusError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyarrow's errors are many; the user needs the file and the reason
-        raise CorpusError(f"cannot read {filename}: {_one_line(exc)}") from None
+        raise CorpusError(f"cannot read {filename}: {one_line(exc)}") from None
 
 
 # ------------------------------------------------------------------------------------------------ directory
