@@ -13,12 +13,11 @@ import asyncio
 import gzip
 import json
 import os
-import random
 from dataclasses import dataclass
 
 import aiohttp
 
-from neuroscope import atomic, paths
+from neuroscope import atomic, paths, retrying
 from neuroscope.neuronpedia_cache import Answer, NeuronpediaCache, now_iso
 from neuroscope.neuronpedia_client import ClientSettings, NeuronpediaClient, Unreachable, best_explanation
 from neuroscope.neuronpedia_registry import NeuronpediaIds
@@ -108,7 +107,7 @@ async def _get(session: aiohttp.ClientSession, url: str, settings: ClientSetting
         except (asyncio.TimeoutError, aiohttp.ClientError):
             status = 0
         if attempt + 1 < settings.tries:
-            await asyncio.sleep(settings.backoff_s * 2 ** attempt * (0.5 + random.random()))
+            await asyncio.sleep(retrying.backoff(settings.backoff_s, attempt))
     return status, b""
 
 

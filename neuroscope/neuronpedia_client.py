@@ -14,13 +14,12 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field, replace
-from email.utils import parsedate_to_datetime
 
 import aiohttp
 
+from neuroscope import retrying
 from neuroscope.neuronpedia_cache import Answer, now_iso
 from neuroscope.neuronpedia_registry import NeuronpediaIds
 
@@ -90,19 +89,6 @@ def best_explanation(explanations: list) -> tuple[str, float | None] | None:
     return best
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 class NeuronpediaClient:
     """Asks for single features over one ``aiohttp.ClientSession`` (the caller's, or its own)."""
 
@@ -129,7 +115,7 @@ class NeuronpediaClient:
             log.debug("%s", message)
 
     def _backoff(self, attempt: int) -> float:
-        return self.settings.backoff_s * (2 ** attempt) * (0.5 + random.random())
+        return retrying.backoff(self.settings.backoff_s, attempt)
 
     async def _wait_breaker(self) -> None:
         while (left := self._paused_until - time.monotonic()) > 0:
@@ -187,7 +173,7 @@ class NeuronpediaClient:
                 self.answered += 1
                 return Answer(index, None, None, now_iso())
             elif status == 429:
-                wait = _retry_after(retry_after)
+                wait = retrying.retry_after(retry_after)
                 wait = self._backoff(attempt) if wait is None else min(wait, self.settings.max_wait_s)
             elif status in (401, 403):
                 self._warn_once("refused", f"Neuronpedia refused the request ({status}): check {KEY_ENV}")

@@ -22,15 +22,14 @@ is never part of a message: every text that leaves this module has it replaced.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import os
-import random
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import aiohttp
+
+from neuroscope import retrying
 
 OPENROUTER_BASE = "https://openrouter.ai/api/v1"
 ANTHROPIC_BASE = "https://api.anthropic.com"
@@ -124,20 +123,6 @@ class _Malformed(Exception):
     def __init__(self, message: str, tokens: tuple[int, int] = (0, 0)):
         super().__init__(message)
         self.tokens = tokens
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class LLMClient:
@@ -259,7 +244,7 @@ class LLMClient:
                     async with self._session.post(self.provider.url, json=body,
                                                   headers=self.provider.headers()) as resp:
                         status, text = resp.status, await resp.text(errors="replace")
-                        retry_after = _retry_after(resp.headers.get("Retry-After"))
+                        retry_after = retrying.retry_after(resp.headers.get("Retry-After"))
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     status, text, retry_after = None, type(exc).__name__, None
                 finally:
@@ -286,7 +271,7 @@ class LLMClient:
                 raise LLMError(f"the labeler answered {what}")
             if attempt >= self.max_retries:
                 raise LLMError(f"the labeler failed after {attempt + 1} tries: {what}")
-            backoff = min(BACKOFF_CAP_S, self.backoff_base_s * 2 ** attempt) * (0.5 + random.random())
+            backoff = retrying.backoff(self.backoff_base_s, attempt, BACKOFF_CAP_S)
             wait = min(RETRY_AFTER_CAP_S, retry_after) if status == 429 and retry_after is not None else backoff
             attempt += 1
             await asyncio.sleep(wait)

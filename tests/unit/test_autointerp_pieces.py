@@ -10,6 +10,7 @@ import time
 import pytest
 
 from neuroscope.autointerp import llm, prompts, store
+from neuroscope.retrying import retry_after
 
 
 def test_features_syntax():
@@ -56,10 +57,10 @@ def test_the_labeler_backend_from_the_environment():
 
 
 def test_retry_after_in_seconds_or_as_a_date():
-    assert llm._retry_after("7") == 7.0 and llm._retry_after("0.5") == 0.5 and llm._retry_after(None) is None
-    assert llm._retry_after("soon") is None and llm._retry_after("-3") == 0.0
+    assert retry_after("7") == 7.0 and retry_after("0.5") == 0.5 and retry_after(None) is None
+    assert retry_after("soon") is None and retry_after("-3") == 0.0
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 < llm._retry_after(later) <= 30
+    assert 25 < retry_after(later) <= 30
 
 
 def test_answers_are_checked_against_their_schema():
