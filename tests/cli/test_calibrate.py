@@ -17,6 +17,7 @@ from neuroscope.paths import Namespace
 from neuroscope.sae import load_npz
 from tests.support import wikitext_data as wt
 from tests.support.calib import reference_statistics, write_corpus
+from tests.support.cli import error_line
 from tests.support.fake_hub import FakeHub, point_in_process, refused_endpoint
 
 MAX_TOKENS = 40
@@ -55,13 +56,6 @@ def default_file(fx, norm: str = "none", layer: int | None = None) -> Path:
     ns = Namespace.for_local_sae(str(Path(fx.model_dir).resolve()), fx.sae_path,
                                  fx.sae_layer if layer is None else layer, norm)
     return paths.calibration_file(ns)
-
-
-def error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 @pytest.mark.parametrize("backend", registry.available() or [pytest.param(None, marks=pytest.mark.skip("none"))])

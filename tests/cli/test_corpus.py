@@ -14,6 +14,7 @@ from neuroscope import cli, corpus
 from neuroscope.hf import hub_reachable
 from neuroscope.wikitext import samples
 from tests.support import wikitext_data as wt
+from tests.support.cli import error_line
 from tests.support.fake_hub import COMMIT, FakeHub, point_in_process, refused_endpoint
 
 SAMPLE = re.compile(r"^\d{6}\.txt$")
@@ -44,13 +45,6 @@ def run(*args: str):
     result = CliRunner().invoke(cli.app, ["corpus", *args], env={"COLUMNS": "200"})
     assert "Traceback" not in result.output
     return result
-
-
-def error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def samples_in(directory: Path) -> dict[str, bytes]:

@@ -17,6 +17,7 @@ from neuroscope.autointerp.generate import LABEL_FIELDS
 from neuroscope.paths import Namespace
 from neuroscope.sae import load_npz, save_npz
 from tests.support.calib import write_corpus
+from tests.support.cli import error_line
 from tests.support.fake_llm import KEY, FakeLLM, label_for
 
 SAMPLES = 16
@@ -79,13 +80,6 @@ def namespace(fx, sae: Path | None = None) -> Namespace:
 
 def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
-
-
-def error_line(result) -> str:
-    got = [x for x in result.stderr.splitlines() if x.strip()]
-    assert len(got) == 1, result.stderr
-    assert got[0].startswith("error: ")
-    return got[0]
 
 
 def no_key_anywhere(result, cache: Path, key: str = KEY) -> None:

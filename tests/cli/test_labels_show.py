@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from neuroscope import calibration, cli, paths
 from neuroscope.config import DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH
+from tests.support.cli import error_line
 
 D = 16384
 
@@ -18,13 +19,6 @@ def invoke(*args: str):
     result = CliRunner().invoke(cli.app, ["labels", "show", *args], env={"COLUMNS": "200"})
     assert "Traceback" not in result.output, result.output
     return result
-
-
-def error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def rows(result) -> dict[int, list[str]]:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from neuroscope import clean, cli, paths, trash
 from neuroscope.paths import Namespace
+from tests.support.cli import error_line
 
 NS = Namespace.for_hub_sae("google/gemma-2-2b-it", "google/gemma-scope-2b-pt-res", "layer_20/params.npz", 20)
 LABELER = "deepseek/deepseek-v3.2"
@@ -23,13 +24,6 @@ def run(*args: str, input: str | None = None):
     result = CliRunner().invoke(cli.app, ["clean", *args], env={"COLUMNS": "200"}, input=input)
     assert "Traceback" not in result.output, result.output
     return result
-
-
-def error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def put(path: Path, data: bytes) -> Path:

@@ -20,6 +20,7 @@ from neuroscope.calibration import Accumulator, identity
 from neuroscope.paths import Namespace
 from neuroscope.protocol import BatchStats
 from tests.data.conftest import READ_TOKEN, WRITE_TOKEN
+from tests.support.cli import error_line
 
 REPO = "alice/neuroscope-data"
 HUB_NS = Namespace.for_hub_sae("google/gemma-2-2b-it", "google/gemma-scope-2b-pt-res",
@@ -31,13 +32,6 @@ def run(*args: str, env: dict | None = None):
     result = CliRunner().invoke(cli.app, list(args), env={"COLUMNS": "200", **(env or {})})
     assert "Traceback" not in result.output, result.output
     return result
-
-
-def error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def calibration_json(ns: Namespace, d_sae: int = 8, seed: int = 0) -> str:

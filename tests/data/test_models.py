@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from neuroscope import cli, hub_cache
 from neuroscope.fixtures import random_sae
 from neuroscope.sae import save_npz
+from tests.support.cli import error_line
 from tests.support.fake_hub import subprocess_env
 
 MODEL = "acme/tiny-lm"
@@ -28,13 +29,6 @@ def run(*args: str, env: dict | None = None):
     result = CliRunner().invoke(cli.app, list(args), env={"COLUMNS": "250", **(env or {})})
     assert "Traceback" not in result.output, result.output
     return result
-
-
-def error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def npz_bytes(d_model: int = 16, d_sae: int = 48, drop: str | None = None) -> bytes:
