@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from neuroscope import checkpoint
-from neuroscope.loading import model_load_error
-from neuroscope.protocol import (
+from neuroscope.core import checkpoint
+from neuroscope.core.loading import model_load_error
+from neuroscope.core.protocol import (
     BackendError,
     CorpusBatch,
     CorpusResult,
@@ -30,7 +30,7 @@ from neuroscope.protocol import (
     Prefilled,
     SAEInputNorm,
 )
-from neuroscope.sae import SAEWeights
+from neuroscope.core.sae import SAEWeights
 
 _MODEL_DTYPES = ("float32", "bfloat16", "float16")
 

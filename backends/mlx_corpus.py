@@ -7,14 +7,14 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from neuroscope.protocol import BatchStats, CorpusBatch, CorpusResult
+from neuroscope.core.protocol import BatchStats, CorpusBatch, CorpusResult
 
 
 @mx.compile
 def reduce(acts: mx.array, counted: mx.array) -> mx.array:
     """``acts`` (n, d_sae) float32, ``counted`` (n,) bool -> (4, d_sae) float32: per feature, over the counted
     positions where it fired, how many, the sum of the activations, the sum of their squared deviations from
-    this batch's mean (see :class:`neuroscope.protocol.BatchStats`) and the largest."""
+    this batch's mean (see :class:`neuroscope.core.protocol.BatchStats`) and the largest."""
     a = mx.where(counted[:, None], acts, mx.zeros_like(acts))  # JumpReLU activations are >= 0
     fired = a > 0
     count = fired.astype(mx.float32).sum(axis=0)

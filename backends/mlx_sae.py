@@ -13,8 +13,8 @@ import functools
 import mlx.core as mx
 import numpy as np
 
-from neuroscope.protocol import FeatureFilter, Steering
-from neuroscope.sae import RMS_EPS, SAEWeights, check_encoder_options
+from neuroscope.core.protocol import FeatureFilter, Steering
+from neuroscope.core.sae import RMS_EPS, SAEWeights, check_encoder_options
 
 SAE_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 
@@ -102,7 +102,7 @@ class MLXSAE:
 
     def topk(self, x: mx.array) -> mx.array:
         """``x`` (n, d_model) -> packed float32 (n, 2 + 2k): [l0, filtered, ids..., values...], lazily (the layout
-        of ``neuroscope/records.py``).
+        of ``neuroscope/core/records.py``).
 
         Ids travel as float32 (exact below 2**24) so a token's whole record is one small array.
         """

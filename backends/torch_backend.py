@@ -5,7 +5,7 @@ a static KV cache (block N's output is returned by the model, no hooks; steering
 forward), SAE encode + filter + top-k, logit processing and sampling, packed into one small record
 ``[token, l0, filtered, k ids, k values]``. The engine (``backend.engine``, set before ``load``) runs that step
 eagerly or compiled (:mod:`backends.torch_compiled`); both run the same function, so they decode the same
-tokens. The decode loop (:mod:`neuroscope.decode`) queues the next step before it copies a record to the host,
+tokens. The decode loop (:mod:`neuroscope.core.decode`) queues the next step before it copies a record to the host,
 so on CUDA the host work for token t overlaps the device work for token t+1.
 """
 
@@ -22,9 +22,9 @@ from backends.torch_gemma2 import Gemma2, KVCache, cache_size
 from backends.torch_sae import SAE_DTYPES, TorchSAE
 from backends.torch_sampling import MAX_LOGPROBS, tail_index
 from backends.torch_step import NOTHING, Skips, StepInputs, decode_step, draw
-from neuroscope import checkpoint
-from neuroscope.loading import model_load_error
-from neuroscope.protocol import (
+from neuroscope.core import checkpoint
+from neuroscope.core.loading import model_load_error
+from neuroscope.core.protocol import (
     BackendError,
     CorpusBatch,
     CorpusResult,
@@ -35,7 +35,7 @@ from neuroscope.protocol import (
     Prefilled,
     SAEInputNorm,
 )
-from neuroscope.sae import SAEWeights
+from neuroscope.core.sae import SAEWeights
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -29,8 +29,8 @@ import torch
 from backends.torch_gemma2 import Gemma2, KVCache
 from backends.torch_sae import TorchSAE
 from backends.torch_step import StepInputs, decode_step
-from neuroscope import paths
-from neuroscope.protocol import BackendError, GenerationParams
+from neuroscope.core.protocol import BackendError, GenerationParams
+from neuroscope.store import paths
 
 ENGINES = ("eager", "compiled")
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"

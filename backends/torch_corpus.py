@@ -9,13 +9,13 @@ import torch
 
 from backends.torch_gemma2 import Gemma2
 from backends.torch_sae import TorchSAE
-from neuroscope.protocol import BatchStats, CorpusBatch, CorpusResult
+from neuroscope.core.protocol import BatchStats, CorpusBatch, CorpusResult
 
 
 def reduce(acts: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
     """``acts`` (n, d_sae) float32, ``counted`` (n,) bool -> (4, d_sae) float32: per feature, over the counted
     positions where it fired, how many, the sum of the activations, the sum of their squared deviations from
-    this batch's mean (see :class:`neuroscope.protocol.BatchStats`) and the largest."""
+    this batch's mean (see :class:`neuroscope.core.protocol.BatchStats`) and the largest."""
     a = acts.masked_fill(~counted[:, None], 0.0)  # JumpReLU activations are >= 0: zero is "did not fire"
     fired = a > 0
     count = fired.sum(0, dtype=torch.float32)

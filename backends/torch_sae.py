@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from neuroscope.protocol import FeatureFilter, Steering
-from neuroscope.sae import RMS_EPS, SAEWeights, check_encoder_options
-
+from neuroscope.core.protocol import FeatureFilter, Steering
+from neuroscope.core.sae import RMS_EPS, SAEWeights, check_encoder_options
 
 SAE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -81,7 +80,7 @@ class TorchSAE:
 
     def topk(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (n, d_model) -> packed float32 (n, 2 + 2k): [l0, filtered, ids..., values...] (ids exact below
-        2**24; the layout of ``neuroscope/records.py``)."""
+        2**24; the layout of ``neuroscope/core/records.py``)."""
         return self.pack(self.encode(x))
 
     def pack(self, acts: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ def logprob_tail(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
 
 def tail_index(record_width: int, n: int, device: torch.device) -> torch.Tensor:
     """Indices that cut a record ending in a ``MAX_LOGPROBS`` tail down to one ending in an ``n`` tail
-    (``neuroscope/records.py``'s ``[logprob, n ids, n logprobs]``)."""
+    (``neuroscope/core/records.py``'s ``[logprob, n ids, n logprobs]``)."""
     head = record_width - (1 + 2 * MAX_LOGPROBS)
     ids = list(range(head + 1)) + [head + 1 + i for i in range(n)] + [head + 1 + MAX_LOGPROBS + i for i in range(n)]
     return torch.tensor(ids, dtype=torch.long, device=device)

@@ -21,7 +21,7 @@ import torch
 from backends.torch_gemma2 import Gemma2, KVCache
 from backends.torch_sae import TorchSAE, TorchSteer
 from backends.torch_sampling import logprob_tail, process, sample
-from neuroscope.protocol import MAX_STEER_FEATURES, GenerationParams
+from neuroscope.core.protocol import MAX_STEER_FEATURES, GenerationParams
 
 
 @dataclass

@@ -9,8 +9,8 @@ import typer
 
 from benchmarks import targets
 from benchmarks.suite import GEMMA_D_MODEL, SUITES, customise, run
-from neuroscope.paths import bench_dir
-from neuroscope.protocol import BackendError
+from neuroscope.core.protocol import BackendError
+from neuroscope.store.paths import bench_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)

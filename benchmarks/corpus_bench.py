@@ -16,9 +16,9 @@ import numpy as np
 
 from benchmarks import targets
 from benchmarks.models import BenchModel
-from neuroscope import corpus_pass
-from neuroscope.fixtures import _CORPUS
-from neuroscope.protocol import CorpusBatch, ModelSpec
+from neuroscope.calibration import corpus_pass
+from neuroscope.core.fixtures import _CORPUS
+from neuroscope.core.protocol import CorpusBatch, ModelSpec
 
 MODES = ("bare-forward", "corpus-pass")
 SAMPLE_CHARS = 1500  # about what a corpus sample holds (neuroscope corpus build joins paragraphs up to ~1,500)
@@ -64,7 +64,7 @@ def _bare(backend, name: str):
 
 def run_backend(name: str, bm: BenchModel, *, batch_size: int, max_tokens: int, batches: int, repeats: int,
                 log=print) -> dict:
-    from neuroscope import registry
+    from neuroscope.core import registry
 
     backend = registry.resolve(name)()
     info = backend.load(ModelSpec(str(bm.path), dtype=bm.dtype), bm.sae, bm.layer, top_k=10)

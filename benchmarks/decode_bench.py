@@ -28,8 +28,8 @@ from benchmarks import targets
 from benchmarks.bandwidth import Bandwidth
 from benchmarks.models import BenchModel
 from benchmarks.timing import summarize_ms
-from neuroscope.decode import generate
-from neuroscope.protocol import GenerationParams, ModelSpec, SteerFeature, Steering
+from neuroscope.core.decode import generate
+from neuroscope.core.protocol import GenerationParams, ModelSpec, SteerFeature, Steering
 
 MODES = ("bare", "capture-off", "instrumented", "filtered", "steered-1", "steered-16", "compiled-capture-off",
          "compiled")
@@ -122,8 +122,8 @@ class MlxBare:
 def synthetic_filter(d_sae: int, seed: int = 0):
     """The ``combined`` filter of a made-up calibration (firing rates spread over [0, 1], some above the 0.5
     threshold): its cost on the device does not depend on the values."""
-    from neuroscope.calibration import Calibration
-    from neuroscope.filters import build
+    from neuroscope.calibration.filters import build
+    from neuroscope.calibration.stats import Calibration
 
     rng = np.random.default_rng(seed)
     rate = (rng.random(d_sae) ** 3).tolist()
@@ -136,8 +136,8 @@ class Ours:
     """A Neuroscope backend through the registry, toggled between capture on and off, filter on and off."""
 
     def __init__(self, name: str, bm: BenchModel, k: int, engine: str | None = None, warm_up_tokens: int = 0):
-        from neuroscope import registry
-        from neuroscope.protocol import FeatureFilter
+        from neuroscope.core import registry
+        from neuroscope.core.protocol import FeatureFilter
 
         self.backend = registry.resolve(name)()
         if engine is not None:

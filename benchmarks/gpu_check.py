@@ -23,10 +23,10 @@ def main(argv: list[str]) -> int:
     import torch
     from torch._dynamo.utils import counters
 
-    from neuroscope import fixtures, registry
-    from neuroscope.decode import generate
-    from neuroscope.protocol import FeatureFilter, GenerationParams, ModelSpec, SteerFeature, Steering
-    from neuroscope.sae import load_npz
+    from neuroscope.core import fixtures, registry
+    from neuroscope.core.decode import generate
+    from neuroscope.core.protocol import FeatureFilter, GenerationParams, ModelSpec, SteerFeature, Steering
+    from neuroscope.core.sae import load_npz
 
     name = "torch-cpu" if "--cpu" in argv else "torch-cuda"
     if name == "torch-cuda" and not torch.cuda.is_available():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neuroscope import fixtures
-from neuroscope.sae import SAEWeights, load_npz
+from neuroscope.core import fixtures
+from neuroscope.core.sae import SAEWeights, load_npz
 
 CHECKPOINT_VERSION = 1
 PROMPT = (
@@ -70,7 +70,7 @@ def external(name_or_path: str, dtype: str | None, d_sae: int, layer: int | None
     """A real model (hub id in the local cache, or a directory) with a random SAE sized to it."""
     from transformers import AutoConfig
 
-    from neuroscope.loading import model_load_error
+    from neuroscope.core.loading import model_load_error
 
     try:
         cfg = AutoConfig.from_pretrained(name_or_path)

@@ -15,7 +15,7 @@ import numpy as np
 from benchmarks import targets
 from benchmarks.bandwidth import Bandwidth
 from benchmarks.timing import summarize_ms, time_calls
-from neuroscope.sae import SAEWeights, encode_reference, topk_reference
+from neuroscope.core.sae import SAEWeights, encode_reference, topk_reference
 
 N_INPUTS = 16  # distinct residual vectors, cycled, so no call sees the previous call's input
 RESIDUAL_STD = 3.0  # a Gemma-2 mid-layer residual is O(1..10) per coordinate; the timing does not depend on it
@@ -60,7 +60,7 @@ def _numpy_runner(sae: SAEWeights, case: Case, xs: np.ndarray) -> Runner:
         acts = encode_reference(sae, xs[i % N_INPUTS])
         return topk_reference(acts, case.k)
 
-    return Runner(run, "neuroscope.sae.encode_reference + topk_reference", sae.W_enc.nbytes, run)
+    return Runner(run, "neuroscope.core.sae.encode_reference + topk_reference", sae.W_enc.nbytes, run)
 
 
 # ----------------------------------------------------------------------------------------------- torch

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from benchmarks import bandwidth, corpus_bench, decode_bench, machine, models, report, sae_bench, targets
-from neuroscope import fixtures
+from neuroscope.core import fixtures
 
 GEMMA_D_MODEL = fixtures.SHAPES["gemma-2-2b"].hidden_size
 TINY = fixtures.SHAPES["tiny"]

@@ -64,7 +64,7 @@ def device_label(name: str) -> str:
 
 def neuroscope_backend_status(name: str) -> tuple[bool, str]:
     """(usable, reason if not) for Neuroscope's own backend ``name`` (through the registry)."""
-    from neuroscope import registry
+    from neuroscope.core import registry
 
     if name not in registry.names():
         return False, f"Neuroscope has no {name!r} backend"

@@ -1,3 +1,3 @@
-from neuroscope.cli import main
+from neuroscope.cli.serve import main
 
 main()

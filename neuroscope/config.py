@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from neuroscope.sae import INPUT_NORMS, SAE_DTYPES
+from neuroscope.core.sae import INPUT_NORMS, SAE_DTYPES
 from neuroscope.server.origins import parse_allowed_origins
 
-FILTER_MODES = ("none", "frequency", "surprise", "combined")  # neuroscope.filters.MODES
+FILTER_MODES = ("none", "frequency", "surprise", "combined")  # neuroscope.calibration.filters.MODES
 # the torch backends' decode step: auto (compiled on torch-cuda, eager on torch-cpu), eager, or compiled
 ENGINES = ("auto", "eager", "compiled")
 
@@ -60,7 +60,7 @@ class ServeConfig:
     max_tokens: int = 1024  # default completion length when a request names none
     # when the default model/SAE cannot be fetched (offline, gated without a token), serve the demo instead
     demo_fallback: bool = False
-    # serve-time feature filter from calibration statistics (neuroscope/filters.py): none, frequency, surprise,
+    # serve-time feature filter from calibration statistics (neuroscope/calibration/filters.py): none, frequency, surprise,
     # combined; without calibration the filter is none (with a warning)
     feature_filter: str = "combined"
     filter_threshold: float = 0.5  # frequency: features firing on more than this fraction of tokens are hidden

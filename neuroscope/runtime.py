@@ -7,17 +7,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from neuroscope import calibration, filters, fixtures, paths, registry
-from neuroscope.calibration import CalibrationError
+from neuroscope.calibration import filters
+from neuroscope.calibration import stats as calibration
+from neuroscope.calibration.filters import ActiveFilter
+from neuroscope.calibration.stats import CalibrationError
 from neuroscope.config import ServeConfig
-from neuroscope.filters import ActiveFilter
-from neuroscope.hf import hub_reachable
-from neuroscope.label_chain import LabelChain
-from neuroscope.label_sources import build_chain
-from neuroscope.labels import LabelError
-from neuroscope.protocol import Backend, BackendError, ModelInfo, ModelSpec
-from neuroscope.sae import SAEError, SAEWeights, load_npz, resolve_sae_file
-
+from neuroscope.core import fixtures, registry
+from neuroscope.core.protocol import Backend, BackendError, ModelInfo, ModelSpec
+from neuroscope.core.sae import SAEError, SAEWeights, load_npz, resolve_sae_file
+from neuroscope.labels.chain import LabelChain
+from neuroscope.labels.sources import build_chain
+from neuroscope.labels.table import LabelError
+from neuroscope.store import paths
+from neuroscope.store.hf import hub_reachable
 
 DEMO_MODEL_ID = "neuroscope-demo"
 
@@ -164,11 +166,11 @@ def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
 
 
 def load_labels(config: ServeConfig, d_sae: int) -> LabelChain:
-    """The label chain of the served SAE (see :mod:`neuroscope.label_chain`), with a lazy Neuronpedia fetcher when
+    """The label chain of the served SAE (see :mod:`neuroscope.labels.chain`), with a lazy Neuronpedia fetcher when
     the registry knows the SAE. Only a broken ``--labels-path`` raises (:class:`LabelError`)."""
-    from neuroscope.neuronpedia_cache import NeuronpediaCache
-    from neuroscope.neuronpedia_client import ClientSettings
-    from neuroscope.neuronpedia_lazy import LazyNeuronpedia
+    from neuroscope.labels.neuronpedia.cache import NeuronpediaCache
+    from neuroscope.labels.neuronpedia.client import ClientSettings
+    from neuroscope.labels.neuronpedia.lazy import LazyNeuronpedia
 
     ns = calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
                                    config.sae_layer, config.sae_input_norm, demo=config.demo)
@@ -194,7 +196,7 @@ class _Probe(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        from neuroscope.neuronpedia_client import probe
+        from neuroscope.labels.neuronpedia.client import probe
 
         self.error = probe(self.base_url)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from neuroscope import fixtures
+from neuroscope.core import fixtures
 
 
 @pytest.fixture(scope="session")

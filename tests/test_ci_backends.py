@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from neuroscope import registry
+from neuroscope.core import registry
 
 INSTALLED_BY_THE_TEST_COMMAND = ("torch-cpu", "mlx")  # torch's CPU wheel and mlx[cpu], see the README
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from neuroscope.engine import Engine
-from neuroscope.feature_hub import FeatureHub
-from neuroscope.filters import ActiveFilter
-from neuroscope.label_chain import LabelChain
-from neuroscope.labels import Labels
-from neuroscope.protocol import Backend, ModelInfo
+from neuroscope.calibration.filters import ActiveFilter
+from neuroscope.core.engine import Engine
+from neuroscope.core.feature_hub import FeatureHub
+from neuroscope.core.protocol import Backend, ModelInfo
+from neuroscope.labels.chain import LabelChain
+from neuroscope.labels.table import Labels
 from neuroscope.server.access import Access
 from neuroscope.server.chat import make_chat_app
 from neuroscope.server.errors import APIError

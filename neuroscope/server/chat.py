@@ -15,8 +15,8 @@ from typing import Any, Callable
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from neuroscope.engine import Chunk, Done, Job, TokenLogprob
-from neuroscope.protocol import GenerationParams
+from neuroscope.core.engine import Chunk, Done, Job, TokenLogprob
+from neuroscope.core.protocol import GenerationParams
 from neuroscope.server import access
 from neuroscope.server.body import read_json
 from neuroscope.server.errors import APIError, openai_errors

@@ -9,7 +9,7 @@ from aiohttp_sse import sse_response
 from yarl import URL
 
 from neuroscope import __version__
-from neuroscope.feature_hub import HISTORY_REQUESTS
+from neuroscope.core.feature_hub import HISTORY_REQUESTS
 from neuroscope.server import access
 from neuroscope.server.errors import APIError, openai_errors
 from neuroscope.server.origins import host_of

@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily
 
 if TYPE_CHECKING:
-    from neuroscope.engine import Engine
-    from neuroscope.feature_hub import FeatureHub
+    from neuroscope.core.engine import Engine
+    from neuroscope.core.feature_hub import FeatureHub
 
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

@@ -8,9 +8,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from neuroscope.protocol import Steering
+from neuroscope.core.protocol import Steering
+from neuroscope.core.steering import SteeringError, parse_steering
 from neuroscope.server.errors import APIError
-from neuroscope.steering import SteeringError, parse_steering
 
 ROLES = ("system", "developer", "user", "assistant")
 UNSUPPORTED_ROLES = ("tool", "function")

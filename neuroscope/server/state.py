@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from neuroscope.engine import Engine
-from neuroscope.feature_hub import FeatureHub
-from neuroscope.label_chain import LabelChain
+from neuroscope.core.engine import Engine
+from neuroscope.core.feature_hub import FeatureHub
+from neuroscope.labels.chain import LabelChain
 from neuroscope.server.access import Access
 
 if TYPE_CHECKING:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from neuroscope import fixtures, paths
 from neuroscope.config import ServeConfig
+from neuroscope.core import fixtures
 from neuroscope.runtime import demo_config
+from neuroscope.store import paths
 
 
 @pytest.fixture

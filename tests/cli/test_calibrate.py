@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli, corpus, paths, registry
-from neuroscope.checkpoint import load_tokenizer
-from neuroscope.hf import hub_reachable
-from neuroscope.paths import Namespace
-from neuroscope.sae import load_npz
+from neuroscope.calibration import corpus
+from neuroscope.cli import serve as cli
+from neuroscope.core import registry
+from neuroscope.core.checkpoint import load_tokenizer
+from neuroscope.core.sae import load_npz
+from neuroscope.store import paths
+from neuroscope.store.hf import hub_reachable
+from neuroscope.store.paths import Namespace
 from tests.support import wikitext_data as wt
 from tests.support.calib import reference_statistics, write_corpus
 from tests.support.cli import error_line

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import neuroscope
-from neuroscope import cli
+from neuroscope.cli import serve as cli
 from neuroscope.config import ServeConfig
 from neuroscope.runtime import StartupError
 
@@ -106,7 +106,7 @@ def test_unknown_backend_fails_with_one_line(runner):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and "'nope'" in lines[0]
-    from neuroscope import registry
+    from neuroscope.core import registry
 
     for name in registry.available() or ["none"]:
         assert name in lines[0]

@@ -8,8 +8,9 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli, registry
+from neuroscope.cli import serve as cli
 from neuroscope.config import ServeConfig
+from neuroscope.core import registry
 from neuroscope.runtime import StartupError
 
 

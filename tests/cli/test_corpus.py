@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli, corpus
-from neuroscope.hf import hub_reachable
-from neuroscope.wikitext import samples
+from neuroscope.calibration import corpus
+from neuroscope.calibration.wikitext import samples
+from neuroscope.cli import serve as cli
+from neuroscope.store.hf import hub_reachable
 from tests.support import wikitext_data as wt
 from tests.support.cli import error_line
 from tests.support.fake_hub import COMMIT, FakeHub, point_in_process, refused_endpoint

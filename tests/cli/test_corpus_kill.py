@@ -97,7 +97,7 @@ def test_killed_mid_build_then_rerun_equals_an_uninterrupted_build(big_hub, tmp_
 
 KILL_IN_FSYNC = """
 import os, sys, time
-from neuroscope import atomic
+from neuroscope.store import atomic
 
 def slow_fsync(fd):  # a very slow disk: the new bytes are written, not yet in place
     print("syncing", flush=True)
@@ -109,7 +109,8 @@ atomic.write_bytes(sys.argv[1], "new text\\n".encode() * 1000)
 
 
 def test_a_sample_killed_while_being_written_never_shows(tmp_path):
-    from neuroscope import atomic, corpus
+    from neuroscope.calibration import corpus
+    from neuroscope.store import atomic
 
     target = tmp_path / "000000.txt"
     target.write_text("old text\n")

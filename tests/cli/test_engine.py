@@ -7,13 +7,14 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from neuroscope import cli, registry
+from neuroscope.cli import serve as cli
 from neuroscope.config import ServeConfig
-from neuroscope.decode import generate
-from neuroscope.protocol import GenerationParams
+from neuroscope.core import registry
+from neuroscope.core.decode import generate
+from neuroscope.core.protocol import GenerationParams
 from neuroscope.runtime import StartupError, compile_decode_step, load_runtime
-from neuroscope.serve import _panel
 from neuroscope.server.app import Bound
+from neuroscope.server.serve import _panel
 
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
 TORCH = pytest.mark.skipif("torch-cpu" not in registry.available(), reason="torch-cpu is not available here")

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli, paths
-from neuroscope.calibration import Accumulator
+from neuroscope.calibration.stats import Accumulator
+from neuroscope.cli import serve as cli
 from neuroscope.config import ServeConfig
-from neuroscope.fixtures import random_sae
-from neuroscope.protocol import BatchStats
-from neuroscope.sae import save_npz
+from neuroscope.core.fixtures import random_sae
+from neuroscope.core.protocol import BatchStats
+from neuroscope.core.sae import save_npz
+from neuroscope.store import paths
 
 
 def _file(tmp_path: Path, fx, **over) -> Path:

@@ -10,8 +10,9 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli, paths
-from neuroscope.neuronpedia_cache import NeuronpediaCache
+from neuroscope.cli import serve as cli
+from neuroscope.labels.neuronpedia.cache import NeuronpediaCache
+from neuroscope.store import paths
 from tests.support.neuronpedia_fake import FakeNeuronpedia, explanation
 
 D = 16384

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli, paths
-from neuroscope.autointerp import llm
-from neuroscope.autointerp.generate import LABEL_FIELDS
-from neuroscope.paths import Namespace
-from neuroscope.sae import load_npz, save_npz
+from neuroscope.cli import serve as cli
+from neuroscope.core.sae import load_npz, save_npz
+from neuroscope.labels.autointerp import llm
+from neuroscope.labels.autointerp.generate import LABEL_FIELDS
+from neuroscope.store import paths
+from neuroscope.store.paths import Namespace
 from tests.support.calib import write_corpus
 from tests.support.cli import error_line
 from tests.support.fake_llm import KEY, FakeLLM, label_for

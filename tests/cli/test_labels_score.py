@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli, paths
-from neuroscope.autointerp import examples as ex_mod
-from neuroscope.autointerp.scoring import balanced_accuracy
-from neuroscope.checkpoint import load_tokenizer
-from neuroscope.paths import Namespace
+from neuroscope.cli import serve as cli
+from neuroscope.core.checkpoint import load_tokenizer
+from neuroscope.labels.autointerp import examples as ex_mod
+from neuroscope.labels.autointerp.scoring import balanced_accuracy
+from neuroscope.store import paths
+from neuroscope.store.paths import Namespace
 from tests.support.calib import write_corpus
 from tests.support.fake_llm import KEY, FakeLLM
 

@@ -8,8 +8,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import calibration, cli, paths
+from neuroscope.calibration import stats as calibration
+from neuroscope.cli import serve as cli
 from neuroscope.config import DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH
+from neuroscope.store import paths
 from tests.support.cli import error_line
 
 D = 16384

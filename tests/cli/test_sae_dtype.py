@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli
+from neuroscope.cli import serve as cli
 from neuroscope.config import ServeConfig
 
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}

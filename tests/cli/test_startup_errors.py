@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope.cli import app
-from neuroscope.fixtures import random_sae
-from neuroscope.sae import save_npz
+from neuroscope.cli.serve import app
+from neuroscope.core.fixtures import random_sae
+from neuroscope.core.sae import save_npz
 
 
 @pytest.fixture

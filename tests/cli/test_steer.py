@@ -7,9 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli, registry
-from neuroscope.decode import generate
-from neuroscope.protocol import GenerationParams, SteerFeature, Steering
+from neuroscope.cli import serve as cli
+from neuroscope.core import registry
+from neuroscope.core.decode import generate
+from neuroscope.core.protocol import GenerationParams, SteerFeature, Steering
 from tests.support.reference import load_backend
 
 BACKENDS = registry.available()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from neuroscope import registry
+from neuroscope.core import registry
 from tests.support.server import RunningServer
 
 BACKENDS = registry.available()

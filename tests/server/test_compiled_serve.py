@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from neuroscope import registry
+from neuroscope.core import registry
 from tests.server.test_chat_api import (  # noqa: F401  (collected here, with this module's server)
     test_non_stream_completion_with_usage,
     test_seed_reproduces_sampled_output,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from neuroscope.labels import Labels
-from neuroscope.protocol import ModelInfo, Prefilled
+from neuroscope.core.protocol import ModelInfo, Prefilled
+from neuroscope.labels.table import Labels
 from neuroscope.server.app import NeuroscopeServer
 
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from neuroscope import cli
+from neuroscope.cli import serve as cli
 from tests.support.calib import write_corpus
 from tests.support.process import start_serve
 from tests.support.server import SSEReader

@@ -10,9 +10,12 @@ import math
 import numpy as np
 import pytest
 
-from neuroscope import calibrate, calibration, filters, registry
+from neuroscope.calibration import filters
+from neuroscope.calibration import run as calibrate
+from neuroscope.calibration import stats as calibration
 from neuroscope.config import ServeConfig
-from neuroscope.sae import load_npz
+from neuroscope.core import registry
+from neuroscope.core.sae import load_npz
 from tests.support.calib import write_corpus
 from tests.support.reference import reference_acts, residuals
 from tests.support.server import RunningServer, SSEReader

@@ -11,12 +11,12 @@ import time
 import httpx
 import pytest
 
-from neuroscope import registry
-from neuroscope.label_chain import LabelChain, Layer, NeuronpediaInfo
-from neuroscope.neuronpedia_cache import NeuronpediaCache
-from neuroscope.neuronpedia_client import ClientSettings
-from neuroscope.neuronpedia_lazy import LazyNeuronpedia
-from neuroscope.neuronpedia_registry import NeuronpediaIds
+from neuroscope.core import registry
+from neuroscope.labels.chain import LabelChain, Layer, NeuronpediaInfo
+from neuroscope.labels.neuronpedia.cache import NeuronpediaCache
+from neuroscope.labels.neuronpedia.client import ClientSettings
+from neuroscope.labels.neuronpedia.lazy import LazyNeuronpedia
+from neuroscope.labels.neuronpedia.registry import NeuronpediaIds
 from tests.support.neuronpedia_fake import FakeNeuronpedia, explanation
 from tests.support.server import RunningServer, SSEReader
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from neuroscope.feature_hub import HISTORY_REQUESTS
+from neuroscope.core.feature_hub import HISTORY_REQUESTS
 from tests.support.server import RunningServer, SSEReader
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}

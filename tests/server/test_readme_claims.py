@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from neuroscope.decode import generate
-from neuroscope.protocol import GenerationParams
+from neuroscope.core.decode import generate
+from neuroscope.core.protocol import GenerationParams
 from neuroscope.server.prompt import render_prompt
 from tests.support.reference import load_backend
 from tests.support.sampling import next_token_logits, outside_nucleus

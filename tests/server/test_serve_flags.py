@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from neuroscope.sae import encode_reference, load_npz
+from neuroscope.core.sae import encode_reference, load_npz
 from neuroscope.server.prompt import render_prompt
 from tests.support.process import start_serve
 from tests.support.reference import residuals

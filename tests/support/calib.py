@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuroscope.fixtures import _CORPUS
+from neuroscope.core.fixtures import _CORPUS
 from tests.support.reference import reference_acts, residuals
 
 LINES = [line for line in _CORPUS.splitlines() if line.strip()]

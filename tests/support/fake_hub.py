@@ -419,7 +419,7 @@ def point_in_process(monkeypatch, endpoint: str, hf_cache) -> None:
     ``huggingface_hub.constants`` (its own tests patch those constants the same way)."""
     from huggingface_hub import constants
 
-    from neuroscope.hf import hub_reachable
+    from neuroscope.store.hf import hub_reachable
 
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")

@@ -6,9 +6,9 @@ import functools
 
 import numpy as np
 
-from neuroscope import registry
-from neuroscope.protocol import ModelSpec
-from neuroscope.sae import encode_reference, load_npz
+from neuroscope.core import registry
+from neuroscope.core.protocol import ModelSpec
+from neuroscope.core.sae import encode_reference, load_npz
 
 
 @functools.lru_cache(maxsize=4)

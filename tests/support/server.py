@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from neuroscope.labels import Labels
+from neuroscope.labels.table import Labels
 from neuroscope.server.access import Access
 from neuroscope.server.app import Bound, NeuroscopeServer
 from tests.support.reference import load_backend

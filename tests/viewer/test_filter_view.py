@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from neuroscope import calibrate, calibration, filters
+from neuroscope.calibration import filters
+from neuroscope.calibration import run as calibrate
+from neuroscope.calibration import stats as calibration
 from neuroscope.config import ServeConfig
 from tests.support.calib import write_corpus
 from tests.support.server import RunningServer, SSEReader

@@ -1,0 +1,315 @@
+"""The generation thread: one thread owns the backend and runs queued jobs one at a time.
+
+The event loop never runs a forward pass. Per token the thread turns the backend's Step into a text delta
+(for the chat response) and a feature event (for the hub), and hands both to the loop with one
+``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from neuroscope.core import decode
+from neuroscope.core.feature_hub import FeatureHub
+from neuroscope.core.protocol import Backend, GenerationParams, ModelInfo, Step
+from neuroscope.core.text import Detokenizer, StopMatcher
+
+if TYPE_CHECKING:  # the engine only calls them; the core does not import the data half
+    from neuroscope.calibration.filters import ActiveFilter
+    from neuroscope.labels.table import Labels
+
+log = logging.getLogger("neuroscope.engine")
+
+
+def new_request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    params: GenerationParams
+    stop: list[str] = field(default_factory=list)
+    request_id: str = field(default_factory=new_request_id)
+    created: int = field(default_factory=lambda: int(time.time()))
+    # filled by the engine
+    out: asyncio.Queue | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the top-n alternatives, as text (for the response shapes)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    offset: int  # where the token's text starts in the generated text
+    top: tuple[tuple[str, float, list[int]], ...] = ()  # (token, logprob, bytes), most likely first
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens of this chunk, when the request asked for logprobs
+
+
+@dataclass(frozen=True)
+class Done:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None
+
+
+class Engine:
+    """Owns the backend on its own thread; ``submit`` queues a job and returns its output queue."""
+
+    def __init__(self, backend: Backend, info: ModelInfo, hub: FeatureHub, labels: Labels, *, layer: int,
+                 feature_filter: ActiveFilter | None = None):
+        self.backend = backend
+        # the filter the backend applies before top-k; when calibrated, events report surprise and filtered_count
+        self.feature_filter = feature_filter
+        self.info = info
+        self.hub = hub
+        self.labels = labels
+        self.layer = layer
+        self.eos_ids = frozenset(info.eos_token_ids)
+        self.special_ids = frozenset(getattr(info.tokenizer, "all_special_ids", ()) or ()) | self.eos_ids
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._current: Job | None = None
+        self.completed = 0
+        self.unfinished = 0  # submitted and not yet completed (loop thread only)
+        # called on the generation thread per generated token with the seconds since the previous one (None for
+        # the first)
+        self.on_token: Callable[[float | None], None] | None = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> "Engine":
+        self.start(asyncio.get_running_loop())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="neuroscope-generation", daemon=True)
+        self._thread.start()
+
+    def stop_all(self) -> None:
+        """Cancel every queued and running job; the thread finishes each with ``cancelled``."""
+        with self._jobs.mutex:
+            pending = list(self._jobs.queue)
+        for job in pending:
+            if job is not None:
+                job.cancel()
+        current = self._current
+        if current is not None:
+            current.cancel()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel everything queued or running and join the thread."""
+        self.stop_all()
+        self._jobs.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def queued(self) -> int:
+        return self._jobs.qsize()
+
+    def submit(self, job: Job) -> asyncio.Queue:
+        """Queue ``job`` (call on the loop thread); its output queue yields Chunk items then one Done."""
+        if self._thread is None:
+            raise RuntimeError("engine is not running")
+        job.out = asyncio.Queue()
+        self.unfinished += 1
+        self._jobs.put(job)
+        return job.out
+
+    # ------------------------------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self._current = job
+            try:
+                self._run_job(job)
+            except Exception as exc:  # a failed generation must not take the server down
+                log.exception("generation %s failed", job.request_id)
+                self._finish(job, "error", error=f"generation failed: {exc}")
+            finally:
+                self._current = None
+
+    def _post(self, fn, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _run_job(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            self._finish(job, "cancelled")
+            return
+        tok = self.info.tokenizer
+        params = job.params
+        if self.hub.prompt_subscribers > 0 and not params.prompt_features:
+            params = replace(params, prompt_features=True)
+        if not params.eos_token_ids:
+            params = replace(params, eos_token_ids=self.eos_ids)
+        detok = Detokenizer(tok)
+        prompt_detok = Detokenizer(tok, skip_special_tokens=False)
+        stops = StopMatcher(job.stop)
+        finish = "length"
+        on_token = self.on_token
+        gen = decode.generate(self.backend, job.prompt_ids, params)
+        last: float | None = None  # the first token's time is the prefill's: not a time per token
+        offset = 0  # characters generated so far (the text offset of the next token)
+        try:
+            for step in gen:
+                if job.cancelled.is_set():
+                    finish = "cancelled"
+                    break
+                if step.prompt:
+                    self._post(self._publish, "feature_activation", self._event(job, step, prompt_detok.add(step.token_id)), True)
+                    continue
+                if step.finish_reason == "stop":  # EOS ends the turn: no text, but its features are the
+                    finish = "stop"                # model's state as it decided to stop
+                    self._post(self._publish, "feature_activation", self._event(job, step, ""), False)
+                    break
+                delta = detok.add(step.token_id)
+                if step.finish_reason == "length":
+                    delta += detok.flush()
+                event = self._event(job, step, delta)
+                job.completion_tokens += 1
+                if on_token is not None:
+                    now = time.perf_counter()
+                    on_token(None if last is None else now - last)
+                    last = now
+                lps = () if step.logprob is None else (self._logprob(step, offset),)
+                offset += len(delta)
+                visible = stops.feed(delta)
+                self._post(self._deliver, job, visible, event, lps)
+                if stops.stopped:
+                    finish = "stop"
+                    break
+                if step.finish_reason == "length":
+                    finish = "length"
+                    break
+        finally:
+            gen.close()
+        if finish != "cancelled":
+            # text held back as a possible stop-string prefix is released now. Bytes of an unfinished UTF-8
+            # character before EOS are dropped: they decode to nothing and belong to no token event.
+            rest = stops.finish()
+            if rest:
+                self._post(self._deliver, job, rest, None)
+        self._finish(job, finish)
+
+    def _token_text(self, token_id: int) -> tuple[str, list[int]]:
+        """A token's own text and its UTF-8 bytes (a byte-fallback token ``<0xNN>`` is that one byte)."""
+        tok = self.info.tokenizer
+        piece = tok.convert_ids_to_tokens(token_id)
+        if isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            try:
+                b = [int(piece[3:5], 16)]
+                return bytes(b).decode("utf-8", errors="replace"), b
+            except ValueError:
+                pass
+        text = tok.decode([token_id])
+        return text, list(text.encode("utf-8"))
+
+    def _logprob(self, step: Step, offset: int) -> TokenLogprob:
+        text, b = self._token_text(step.token_id)
+        top = tuple((*self._token_text(t), lp) for t, lp in step.top_logprobs or ())
+        return TokenLogprob(text, step.logprob, b, offset, tuple((t, lp, tb) for t, tb, lp in top))
+
+    def _event(self, job: Job, step: Step, token_text: str) -> dict[str, Any]:
+        index = step.position if step.prompt else job.completion_tokens
+        steering = job.params.steering
+        return {
+            "request_id": job.request_id,
+            "token_index": index,
+            "token": token_text,
+            "token_id": step.token_id,
+            "position": step.position,
+            "prompt": step.prompt,
+            "special": step.token_id in self.special_ids,
+            "layer": self.layer,
+            "l0": step.l0,
+            # whether this position's residual (the one these features read) was steered
+            "steered": steering is not None and steering.steers(step.position, len(job.prompt_ids)),
+            "top_features": self._features(step),
+        } | self._filter_fields(step)
+
+    def _features(self, step: Step) -> list[dict[str, Any]]:
+        """The step's features; under a calibrated filter each also carries its ``surprise`` (the raw activation
+        times ``-log10(rate) / max`` from calibration)."""
+        labels = self.labels
+        flt = self.feature_filter
+        surprise = flt.surprise if flt is not None else None
+        out = []
+        ids = step.feature_ids.tolist()
+        labels.observe(ids)  # a label chain may ask for labels of features it has not seen (never waits)
+        for i, v in zip(ids, step.feature_values.tolist()):
+            f = {"index": i, "label": labels[i], "activation": round(v, 6)}
+            if surprise is not None:
+                f["surprise"] = round(v * float(surprise[i]), 6)
+            out.append(f)
+        return out
+
+    def _filter_fields(self, step: Step) -> dict[str, Any]:
+        """Under a calibrated filter: how many fired features the mask hid (counted on the device)."""
+        flt = self.feature_filter
+        if flt is None or flt.surprise is None:
+            return {}
+        return {"filtered_count": step.filtered}
+
+    def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
+        job.finish_reason = reason
+        done = Done(reason, len(job.prompt_ids), job.completion_tokens, error)
+        self._post(self._complete, job, done)
+
+    # ------------------------------------------------------------------------------------------ loop side
+    def _publish(self, name: str, data: dict[str, Any], prompt: bool) -> None:
+        self.hub.publish(name, data, prompt=prompt)
+
+    def _deliver(self, job: Job, text: str, event: dict[str, Any] | None, logprobs: tuple = ()) -> None:
+        if event is not None:
+            self.hub.publish("feature_activation", event)
+        if text or logprobs:
+            job.out.put_nowait(Chunk(text, logprobs))
+
+    def _complete(self, job: Job, done: Done) -> None:
+        self.completed += 1
+        self.unfinished -= 1
+        self.hub.publish(
+            "generation_complete",
+            {
+                "request_id": job.request_id,
+                "tokens": done.completion_tokens,
+                "prompt_tokens": done.prompt_tokens,
+                "finish_reason": done.finish_reason,
+                "steering": None if job.params.steering is None else job.params.steering.to_json(),
+                **({"error": done.error} if done.error else {}),
+            },
+        )
+        job.out.put_nowait(done)
+

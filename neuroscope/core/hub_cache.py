@@ -1,0 +1,210 @@
+"""Models and SAEs in the Hugging Face cache: what is there (``models list``, ``sae list``), fetching what serving
+needs (``models pull``, ``sae pull``), and the registry of known SAE releases (``neuroscope/data``).
+
+The cache is huggingface_hub's own (``scan_cache_dir``); Neuroscope never writes into it except through
+huggingface_hub's downloads, and ``clean`` never touches it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from neuroscope.core.checkpoint import ALLOW_PATTERNS
+from neuroscope.core.sae import SAEError
+
+SAE_KEYS = ("W_enc", "b_enc", "threshold", "W_dec", "b_dec")
+REGISTRY_FORMAT = "neuroscope-sae-registry/1"
+
+
+class HubCacheError(Exception):
+    """A list or pull that cannot go ahead; the message is one line a user can act on."""
+
+
+# ------------------------------------------------------------------------------------------------ listing
+@dataclass(frozen=True)
+class CachedModel:
+    repo: str
+    revisions: tuple[str, ...]  # "abc1234 (main)" per cached revision
+    size: int
+    last_used: float | None  # the newest access time of its files (POSIX seconds)
+
+
+@dataclass(frozen=True)
+class CachedSae:
+    repo: str
+    revision: str  # short commit
+    path: str  # the file in the repo
+    d_model: int | None
+    d_sae: int | None
+    size: int
+    problem: str | None = None  # why its header could not be read
+
+
+def _scan():
+    from huggingface_hub import constants, scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        return scan_cache_dir(constants.HF_HUB_CACHE).repos
+    except CacheNotFound:
+        return frozenset()
+
+
+def _revisions(repo) -> tuple[str, ...]:
+    out = []
+    for rev in sorted(repo.revisions, key=lambda r: -r.last_modified):
+        refs = ", ".join(sorted(rev.refs))
+        out.append(f"{rev.commit_hash[:7]}" + (f" ({refs})" if refs else ""))
+    return tuple(out)
+
+
+def cached_models() -> list[CachedModel]:
+    """Model repos in the hub cache that hold a ``config.json`` (a checkpoint, not only an SAE), by repo id."""
+    found = []
+    for repo in _scan():
+        if repo.repo_type != "model":
+            continue
+        names = {f.file_name for rev in repo.revisions for f in rev.files}
+        if "config.json" not in names:
+            continue
+        found.append(CachedModel(repo.repo_id, _revisions(repo), repo.size_on_disk, repo.last_accessed))
+    return sorted(found, key=lambda m: m.repo)
+
+
+def npz_header(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an ``.npz``, read from the array headers only (no data)."""
+    out = {}
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with zf.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            out[name[: -len(".npy")]] = (tuple(int(n) for n in shape), dtype)
+    return out
+
+
+def sae_shape(path: str | Path) -> tuple[int, int]:
+    """``(d_model, d_sae)`` of a Gemma Scope style ``params.npz`` from its headers, or :class:`SAEError` saying
+    what is wrong (a missing array, a shape that does not fit the others)."""
+    try:
+        header = npz_header(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise SAEError(f"{path} is not a readable .npz file: {exc}") from None
+    missing = [k for k in SAE_KEYS if k not in header]
+    if missing:
+        raise SAEError(f"{path} is not an SAE params.npz: it lacks {', '.join(missing)}")
+    w_enc = header["W_enc"][0]
+    if len(w_enc) != 2:
+        raise SAEError(f"{path}: W_enc has shape {w_enc}, expected (d_model, d_sae)")
+    d_model, d_sae = w_enc
+    want = {"b_enc": (d_sae,), "threshold": (d_sae,), "W_dec": (d_sae, d_model), "b_dec": (d_model,)}
+    for key, shape in want.items():
+        if header[key][0] != shape:
+            raise SAEError(f"{path}: {key} has shape {header[key][0]}, expected {shape} for W_enc {w_enc}")
+    return d_model, d_sae
+
+
+def cached_saes() -> list[CachedSae]:
+    """Every ``.npz`` file in model repos of the hub cache, with its shape read from the headers."""
+    found = []
+    for repo in _scan():
+        if repo.repo_type != "model":
+            continue
+        for rev in repo.revisions:
+            for f in rev.files:
+                if not f.file_name.endswith(".npz"):
+                    continue
+                in_repo = f.file_path.relative_to(rev.snapshot_path).as_posix()
+                try:
+                    d_model, d_sae = sae_shape(f.file_path)
+                    problem = None
+                except SAEError as exc:
+                    d_model = d_sae = None
+                    problem = str(exc).split(": ", 1)[-1]
+                found.append(CachedSae(repo.repo_id, rev.commit_hash[:7], in_repo, d_model, d_sae, f.size_on_disk,
+                                       problem))
+    return sorted(found, key=lambda s: (s.repo, s.path, s.revision))
+
+
+# ------------------------------------------------------------------------------------------------ registry
+@lru_cache(maxsize=1)
+def registry() -> dict:
+    """The known SAE releases (package data: ``neuroscope/data/gemma_scope.json``)."""
+    data = json.loads(resources.files("neuroscope.data").joinpath("gemma_scope.json").read_text(encoding="utf-8"))
+    if data.get("format") != REGISTRY_FORMAT:
+        raise ValueError(f"unknown SAE registry format {data.get('format')!r}")
+    return data
+
+
+def releases_for(model: str) -> list[dict]:
+    """The registry's releases made for ``model`` (a hub id)."""
+    return [r for r in registry()["releases"] if model in r["models"]]
+
+
+def release_path(release: dict, layer: int, width: str, l0: int) -> str:
+    return release["path"].format(layer=layer, width=width, l0=l0)
+
+
+# ------------------------------------------------------------------------------------------------ pulling
+def pull_model(repo: str, revision: str | None = None, *, console=None) -> Path:
+    """Download what serving needs from model ``repo`` (config, tokenizer files, safetensors and their index;
+    not GGUF, PyTorch bins or ONNX) into the hub cache; returns the snapshot directory."""
+    from huggingface_hub import snapshot_download
+
+    from neuroscope.progress import JobProgress
+    from neuroscope.store.hf import hub_failure
+
+    with JobProgress(console) as progress:
+        try:
+            path = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                          tqdm_class=progress.download_bar(f"pull {repo}", use_desc=True)))
+        except (OSError, ValueError) as exc:  # huggingface_hub's errors derive from these
+            raise HubCacheError(hub_failure(exc, f"model {repo}", kind="model repo")) from None
+    if not (path / "config.json").is_file():
+        raise HubCacheError(f"{repo} has no config.json: not a model checkpoint Neuroscope can serve")
+    if not any(path.glob("*.safetensors")):
+        raise HubCacheError(f"{repo} has no safetensors weights (Neuroscope loads safetensors checkpoints)")
+    return path
+
+
+def sae_file(path: str) -> str:
+    """``layer_20/width_16k/average_l0_71`` and ``…/params.npz`` name the same file."""
+    path = path.strip("/")
+    return path if path.endswith(".npz") else f"{path}/params.npz"
+
+
+def pull_sae(repo: str, path: str, *, console=None) -> tuple[Path, int, int]:
+    """Download one SAE file into the hub cache and check it is a well-formed params.npz:
+    ``(local file, d_model, d_sae)``."""
+    from huggingface_hub import hf_hub_download
+
+    from neuroscope.progress import JobProgress
+    from neuroscope.store.hf import hub_failure
+
+    filename = sae_file(path)
+    with JobProgress(console) as progress:
+        extra = {}
+        if "tqdm_class" in inspect.signature(hf_hub_download).parameters:  # huggingface_hub >= 1.0
+            extra["tqdm_class"] = progress.download_bar(f"pull {filename.rsplit('/', 1)[-1]}")
+        try:
+            local = Path(hf_hub_download(repo, filename, **extra))
+        except (OSError, ValueError) as exc:
+            raise HubCacheError(hub_failure(exc, f"SAE {repo}/{filename}", kind="SAE repo")) from None
+    try:
+        d_model, d_sae = sae_shape(local)
+    except SAEError as exc:
+        raise HubCacheError(f"downloaded {repo}/{filename}, but {str(exc).split(': ', 1)[-1]}") from None
+    return local, d_model, d_sae

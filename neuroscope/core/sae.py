@@ -1,0 +1,188 @@
+"""Gemma Scope JumpReLU SAE weights: loading, validation and the numpy reference encoder.
+
+``params.npz`` keys: ``W_enc [d_model, d_sae]``, ``b_enc [d_sae]``, ``threshold [d_sae]``,
+``W_dec [d_sae, d_model]``, ``b_dec [d_model]``. JumpReLU: ``pre = x @ W_enc + b_enc``;
+``acts = relu(pre) * (pre > threshold)`` (Gemma Scope's reference code and SAELens: without the relu a
+negative threshold would let negative pre-activations through).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REQUIRED_KEYS = ("W_enc", "b_enc", "threshold", "W_dec", "b_dec")
+_FLOAT_KINDS = ("f",)
+RMS_EPS = 1e-6
+
+
+class SAEError(ValueError):
+    """The SAE file is missing, malformed or does not fit the model. The message is user-facing."""
+
+
+@dataclass(frozen=True)
+class SAEWeights:
+    W_enc: np.ndarray  # (d_model, d_sae) float32
+    b_enc: np.ndarray  # (d_sae,)
+    threshold: np.ndarray  # (d_sae,)
+    W_dec: np.ndarray  # (d_sae, d_model)
+    b_dec: np.ndarray  # (d_model,)
+    source: str = ""
+
+    @property
+    def d_model(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.W_enc.shape[1])
+
+    def check_model(self, *, d_model: int, n_layers: int, layer: int) -> None:
+        """Fail clearly when the SAE does not fit the model or the layer does not exist."""
+        if self.d_model != d_model:
+            raise SAEError(
+                f"SAE {self.source or ''} expects d_model={self.d_model} but the model's hidden size is {d_model}"
+            )
+        if not 0 <= layer < n_layers:
+            raise SAEError(f"SAE layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+
+
+def load_npz(path: str | os.PathLike[str], *, dtype: np.dtype | type = np.float32) -> SAEWeights:
+    """Load and validate a Gemma Scope style ``params.npz`` (never unpickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SAEError(f"SAE file not found: {path}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise SAEError(f"SAE file {path} is not a readable .npz archive: {exc}") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise SAEError(f"SAE file {path} is a single array, not a .npz archive of W_enc, b_enc, threshold, W_dec, b_dec")
+    with npz:
+        missing = [k for k in REQUIRED_KEYS if k not in npz.files]
+        if missing:
+            raise SAEError(
+                f"SAE file {path} lacks {', '.join(missing)} (has: {', '.join(sorted(npz.files)) or 'nothing'})"
+            )
+        try:
+            arrays = {k: npz[k] for k in REQUIRED_KEYS}
+        except ValueError as exc:  # object arrays need pickle, which we refuse
+            raise SAEError(f"SAE file {path} holds a non-numeric array: {exc}") from exc
+    return from_arrays(arrays, source=str(path), dtype=dtype)
+
+
+def read_d_sae(path: str | os.PathLike[str]) -> int:
+    """The SAE's width from the header of ``threshold`` in a ``params.npz``, without reading any weights."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("threshold.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(f)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise SAEError(f"cannot read the SAE's width from {path}: {exc}") from None
+    if len(shape) != 1 or shape[0] < 1:
+        raise SAEError(f"SAE file {path}: threshold has shape {shape}, expected (d_sae,)")
+    return int(shape[0])
+
+
+def from_arrays(arrays: dict[str, np.ndarray], *, source: str = "", dtype=np.float32) -> SAEWeights:
+    for k in REQUIRED_KEYS:
+        a = arrays[k]
+        if a.dtype.kind not in _FLOAT_KINDS and a.dtype.name != "bfloat16":
+            raise SAEError(f"SAE array {k} has dtype {a.dtype}; expected a floating-point type")
+    W_enc, b_enc, thr, W_dec, b_dec = (arrays[k] for k in REQUIRED_KEYS)
+    if W_enc.ndim != 2:
+        raise SAEError(f"SAE W_enc must be 2-D [d_model, d_sae], got shape {W_enc.shape}")
+    d_model, d_sae = W_enc.shape
+    expected = {
+        "b_enc": (d_sae,),
+        "threshold": (d_sae,),
+        "W_dec": (d_sae, d_model),
+        "b_dec": (d_model,),
+    }
+    for k, shape in expected.items():
+        if arrays[k].shape != shape:
+            raise SAEError(
+                f"SAE {k} has shape {arrays[k].shape} but W_enc {W_enc.shape} implies {shape}"
+                + (f" ({source})" if source else "")
+            )
+    cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+    return SAEWeights(cast(W_enc), cast(b_enc), cast(thr), cast(W_dec), cast(b_dec), source=source)
+
+
+def save_npz(path: str | os.PathLike[str], sae: SAEWeights) -> None:
+    np.savez(path, W_enc=sae.W_enc, b_enc=sae.b_enc, threshold=sae.threshold, W_dec=sae.W_dec, b_dec=sae.b_dec)
+
+
+def resolve_sae_file(
+    repo_id: str | None, filename: str | None, local_path: str | None, *, revision: str | None = None
+) -> Path:
+    """A local ``params.npz``: ``local_path`` if given, else downloaded (or read from the cache) via huggingface_hub."""
+    if local_path:
+        p = Path(local_path).expanduser()
+        if p.is_dir():
+            p = p / "params.npz"
+        if not p.is_file():
+            raise SAEError(f"SAE file not found: {p}")
+        return p
+    if not repo_id or not filename:
+        raise SAEError("give --sae and --sae-path (a hub repo and a file in it) or --sae-local-path")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from neuroscope.store.hf import hub_reachable
+
+    try:
+        return Path(
+            hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, local_files_only=not hub_reachable())
+        )
+    except LocalEntryNotFoundError as exc:
+        raise SAEError(
+            f"cannot fetch SAE {repo_id}/{filename}: offline and not in the Hugging Face cache "
+            "(connect once, or pass --sae-local-path)"
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise SAEError(f"cannot fetch SAE {repo_id}/{filename}: {str(exc).splitlines()[0]}") from exc
+
+
+INPUT_NORMS = ("none", "rms")
+SAE_DTYPES = ("float32", "bfloat16")
+
+
+def check_encoder_options(input_norm: str, dtype: str) -> None:
+    """The options every backend's encoder takes; a bad one is a ValueError naming the choices."""
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"unknown SAE input norm {input_norm!r} (choose {' or '.join(INPUT_NORMS)})")
+    if dtype not in SAE_DTYPES:
+        raise ValueError(f"unknown SAE dtype {dtype!r} (choose {' or '.join(SAE_DTYPES)})")
+
+
+# ---------------------------------------------------------------------------------------------- reference
+def normalize_input(x: np.ndarray, norm: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if norm == "none":
+        return x
+    if norm == "rms":
+        rms = np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + RMS_EPS)
+        return x / rms
+    raise ValueError(f"unknown SAE input norm {norm!r} (choose none or rms)")
+
+
+def encode_reference(sae: SAEWeights, x: np.ndarray, norm: str = "none") -> np.ndarray:
+    """JumpReLU activations in float32 (the numpy reference every backend is tested against)."""
+    x = normalize_input(x, norm)
+    f32 = lambda a: a.astype(np.float32, copy=False)  # noqa: E731 - no per-call copy of float32 weights
+    pre = x @ f32(sae.W_enc) + f32(sae.b_enc)
+    return np.where(pre > f32(sae.threshold), np.maximum(pre, np.float32(0)), np.float32(0)).astype(np.float32, copy=False)
+
+
+def topk_reference(acts: np.ndarray, k: int, scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (strongest first) and activations of the k best features of a 1-D activation vector."""
+    s = acts if scores is None else scores
+    k = min(k, s.shape[-1])
+    ids = np.argsort(-s, kind="stable")[:k]
+    return ids.astype(np.int64), acts[ids].astype(np.float32)

@@ -1,0 +1,133 @@
+"""The examples pass on the tiny checkpoint: top-N windows against a brute-force computation over transformers'
+residuals and the numpy encoder; an interrupted run resumes to the same arrays; ``example_window``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuroscope.config import ServeConfig
+from neuroscope.core.sae import load_npz
+from neuroscope.labels.autointerp import examples
+from neuroscope.labels.autointerp.examples import AFTER, BEFORE, ExamplesOptions
+from neuroscope.labels.autointerp.generate import load_runtime
+from neuroscope.store import paths
+from tests.support.calib import write_corpus
+from tests.support.reference import reference_acts, residuals
+
+SAMPLES, PER_FEATURE, MAX_TOKENS, POOL = 12, 3, 40, 5
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_fixture):
+    config = ServeConfig(model=str(tiny_fixture.model_dir), sae_local_path=str(tiny_fixture.sae_path),
+                         sae_layer=tiny_fixture.sae_layer, backend="torch-cpu")
+    rt = load_runtime(config, 128, None)
+    yield rt
+    rt.backend.close()
+
+
+def options(corpus: Path, **kw) -> ExamplesOptions:
+    return ExamplesOptions(corpus_path=str(corpus), samples=SAMPLES, per_feature=PER_FEATURE, batch_size=4,
+                           max_tokens_per_sample=MAX_TOKENS, pool=POOL, **kw)
+
+
+def brute_force(fx, tokenizer, texts):
+    """Per sample: ids and the (n, d_sae) activations with position 0 and specials zeroed."""
+    sae = load_npz(fx.sae_path)
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for text in texts:
+        ids = ([tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False))[:MAX_TOKENS]
+        acts = reference_acts(sae, residuals(fx.model_dir, ids, fx.sae_layer))
+        counted = np.array([j > 0 and t not in special for j, t in enumerate(ids)])
+        out.append((ids, np.where(counted[:, None], acts, 0.0)))
+    return out
+
+
+def test_top_windows_equal_a_brute_force_computation(tiny_fixture, runtime, cache, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", SAMPLES)
+    run = examples.run(runtime, options(corpus))
+    ex = run.examples
+    assert not run.up_to_date and ex.meta["truncated_positions"] == 0
+    texts = [s.text for s in examples.read_samples(str(corpus), SAMPLES, None)[1]]
+    ref = brute_force(tiny_fixture, runtime.info.tokenizer, texts)
+    d_sae = ref[0][1].shape[1]
+    np.testing.assert_array_equal(ex.fired, sum((a > 0).sum(0) for _, a in ref))
+    for f in range(d_sae):
+        cands = [(float(a[:, f].max()), s, int(np.argmax(a[:, f])))
+                 for s, (_, a) in enumerate(ref) if a[:, f].max() > 0]
+        want = sorted(cands, key=lambda c: (-c[0], c[1]))[:PER_FEATURE]
+        got = ex.windows(f)
+        assert [(w.sample, w.start + w.peak) for w in got] == [(s, p) for _, s, p in want], f
+        for w, (value, s, peak) in zip(got, want):
+            ids, a = ref[s]
+            start, end = max(1, peak - BEFORE), min(len(ids), peak + AFTER + 1)
+            assert w.start == start and list(w.tokens) == ids[start:end]
+            np.testing.assert_allclose(w.acts, a[start:end, f], rtol=1e-4, atol=1e-4)
+            assert w.value == pytest.approx(value, rel=1e-4)
+    pool = ex.pool()
+    assert len(pool) == POOL
+    for w in pool:
+        ids, a = ref[w.sample]
+        end = w.start + len(w.tokens)
+        assert list(w.tokens) == ids[w.start:end]
+        assert w.fired == {int(f) for f in np.flatnonzero(a[w.start:end].max(0) > 0)}
+
+    again = examples.run(runtime, options(corpus))
+    assert again.up_to_date and again.examples.directory == ex.directory
+
+
+class Interrupting:
+    """The real backend, failing on its n-th corpus pass (a crash in the middle of a run)."""
+
+    def __init__(self, backend, n: int):
+        self._backend, self._n, self.name = backend, n, backend.name
+
+    def corpus_pass(self, batch, *, records=False):
+        self._n -= 1
+        if self._n == 0:
+            raise KeyboardInterrupt
+        return self._backend.corpus_pass(batch, records=records)
+
+
+def test_an_interrupted_run_resumes_to_the_same_arrays(runtime, cache, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    corpus = write_corpus(tmp_path / "corpus", SAMPLES)
+    reference = examples.run(runtime, options(corpus, checkpoint_every=4)).examples
+    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "other"))
+    broken = replace(runtime, backend=Interrupting(runtime.backend, 3))
+    with pytest.raises(KeyboardInterrupt):
+        examples.run(broken, options(corpus, checkpoint_every=4))
+    assert list((tmp_path / "other").rglob("state.npz")) and not list((tmp_path / "other").rglob("meta.json"))
+    resumed = examples.run(runtime, options(corpus, checkpoint_every=4))
+    assert resumed.resumed_from == 8
+    assert set(resumed.examples.arrays) == set(reference.arrays)
+    for k, v in reference.arrays.items():
+        np.testing.assert_array_equal(resumed.examples.arrays[k], v, err_msg=k)
+    assert not list((tmp_path / "other").rglob("state.npz"))
+
+
+def test_example_window_marks_the_max_token(runtime, cache, tmp_path):
+    ns = examples.namespace(runtime)
+    tok = runtime.info.tokenizer
+    assert examples.example_window(ns, 0, tok) is None  # no run yet
+    ex = examples.run(runtime, options(write_corpus(tmp_path / "corpus", SAMPLES))).examples
+    f = int(np.argmax(ex.fired))
+    w = ex.windows(f)[0]
+    text = examples.example_window(ns, f, tok)
+    assert text.count("<<") == 1 and text.count(">>") == 1
+    peak_text = tok.decode([int(w.tokens[w.peak])])
+    assert f"<<{peak_text}>>" in text
+    assert text.replace("<<", "").replace(">>", "") == tok.decode([int(t) for t in w.tokens]).replace("\n", "\\n")
+    assert examples.example_window(ns, 10**6, tok) is None
+    assert paths.examples_root() in ex.directory.parents

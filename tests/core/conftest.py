@@ -1,0 +1,1 @@
+from tests.support.hub_fixtures import cache, hub  # noqa: F401  (fixtures)
