@@ -1,9 +1,9 @@
 """``neuroscope calibrate run``: the corpus pass over a text corpus, accumulated into one calibration file.
 
-Samples are read in corpus order, tokenized as ``[BOS] + text`` (truncated to ``max_tokens_per_sample``) and
-batched by index: batch j always holds samples ``j * batch_size .. (j + 1) * batch_size - 1``, so a resumed run
-sees exactly the batches an uninterrupted one does and adds them up in the same order (bit-identical sums).
-Every ``checkpoint_every`` samples the accumulated state is written atomically under
+The pass is :mod:`neuroscope.calibration.driver`'s: samples in corpus order, ``[BOS] + text`` (truncated to
+``max_tokens_per_sample``), batched by index, so a resumed run sees exactly the batches an uninterrupted one does
+and adds them up in the same order (bit-identical sums); :class:`~neuroscope.calibration.stats.Accumulator` is
+the fold. Every ``checkpoint_every`` samples the accumulated state is written atomically under
 ``<cache>/checkpoints/calibration/<namespace>/<run key>/`` (the run key hashes every option that changes the
 result); a killed run started again resumes from there. A finished run leaves ``done.json`` beside its state, so
 running it again with the same options says it is up to date (``force`` starts over).
@@ -11,7 +11,6 @@ running it again with the same options says it is up to date (``force`` starts o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -21,24 +20,22 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 
-from neuroscope.calibration import corpus, corpus_pass
-from neuroscope.calibration import stats as calibration
+from neuroscope.calibration import stats
+from neuroscope.calibration.driver import (CHECKPOINT_EVERY, DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, CorpusPassError,
+                                           PassSettings, corpus_key, drive, read_samples, sha)
 from neuroscope.calibration.stats import Accumulator, CalibrationError
 from neuroscope.config import ServeConfig
-from neuroscope.progress import JobProgress
 from neuroscope.runtime import Runtime, StartupError, load_runtime
 from neuroscope.store import atomic, paths
 
 if TYPE_CHECKING:
+    from neuroscope.calibration.corpus import Sample
     from neuroscope.labels.table import Labels
 
 STATE = "state.json"
 DONE = "done.json"
 STATE_FORMAT = "neuroscope-calibration-checkpoint/1"
 DEFAULT_SAMPLES = 1000
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_MAX_TOKENS = 256
-CHECKPOINT_EVERY = 50
 
 
 class CalibrateError(RuntimeError):
@@ -80,25 +77,6 @@ class RunResult:
     tokens_processed: int = 0  # positions through the model in this run (BOS and pads excluded from stats only)
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
-
-
-def _read_samples(opts: RunOptions, console: Console | None) -> tuple[Path, list[corpus.Sample]]:
-    try:
-        root = corpus.ensure_corpus(opts.corpus_path, samples_wanted=opts.samples, console=console)
-        chosen: list[corpus.Sample] = []
-        for sample in corpus.iter_corpus(root):
-            chosen.append(sample)
-            if len(chosen) == opts.samples:
-                break
-    except (corpus.CorpusError, OSError) as exc:
-        raise CalibrateError(str(exc)) from None
-    if not chosen:
-        raise CalibrateError(f"the corpus in {root} holds no text")
-    return root, chosen
-
-
 def load(config: ServeConfig, status: Callable[[str], None] = lambda _: None) -> Runtime:
     """The backend, model, SAE and tokenizer, loaded as ``serve`` loads them (never the demo as a fallback)."""
     try:
@@ -115,7 +93,10 @@ def run(config: ServeConfig, opts: RunOptions, *, console: Console | None = None
         config.validate()
     except ValueError as exc:
         raise CalibrateError(str(exc)) from None
-    root, samples = _read_samples(opts, console)
+    try:
+        root, samples = read_samples(opts.corpus_path, opts.samples, console)
+    except CorpusPassError as exc:
+        raise CalibrateError(str(exc)) from None
     if runtime is not None:
         rt = runtime
     elif console is not None:
@@ -130,17 +111,16 @@ def run(config: ServeConfig, opts: RunOptions, *, console: Console | None = None
             rt.backend.close()
 
 
-def _run(rt: Runtime, opts: RunOptions, root: Path, samples: list[corpus.Sample],
+def _run(rt: Runtime, opts: RunOptions, root: Path, samples: list[Sample],
          console: Console | None) -> RunResult:
     cfg, info, d_sae = rt.config, rt.info, rt.sae.d_sae
-    ns = calibration.namespace_for(cfg.model, cfg.sae, cfg.sae_path, cfg.sae_local_path, cfg.sae_layer,
-                                   cfg.sae_input_norm, demo=rt.demo)
-    ident = calibration.identity(ns, d_sae)
+    ns = stats.namespace_for(cfg.model, cfg.sae, cfg.sae_path, cfg.sae_local_path, cfg.sae_layer,
+                             cfg.sae_input_norm, demo=rt.demo)
+    ident = stats.identity(ns, d_sae)
     output = Path(opts.output).expanduser() if opts.output else paths.calibration_file(ns)
     # every option that changes the statistics: the texts read, how they are cut and batched, the numerics
-    run_key = _sha({
-        "format": STATE_FORMAT, "identity": ident,
-        "corpus": _sha([[s.name, hashlib.sha256(s.text.encode("utf-8")).hexdigest()] for s in samples]),
+    run_key = sha({
+        "format": STATE_FORMAT, "identity": ident, "corpus": corpus_key(samples),
         "samples": len(samples), "batch_size": opts.batch_size, "max_tokens": opts.max_tokens_per_sample,
         "backend": rt.backend.name, "dtype": info.dtype,
     })
@@ -164,22 +144,12 @@ def _run(rt: Runtime, opts: RunOptions, root: Path, samples: list[corpus.Sample]
     ckdir.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_tmp(ckdir)
 
-    tok = info.tokenizer
-    skip, pad = corpus_pass.special_ids(tok), corpus_pass.pad_id(tok)
-    bs, every = opts.batch_size, opts.checkpoint_every
-    started, processed = time.perf_counter(), 0
-    with JobProgress(console) as progress:
-        bar = progress.items("calibrating", len(samples), completed=acc.samples)
-        for start in range(acc.samples, len(samples), bs):
-            batch = [corpus_pass.tokenize(tok, s.text, opts.max_tokens_per_sample) for s in samples[start:start + bs]]
-            stats = corpus_pass.run_batch(rt.backend, batch, skip, pad).stats
-            before = acc.samples
-            acc.add(stats, samples=len(batch))
-            processed += sum(len(b) for b in batch)
-            bar.advance(len(batch), tokens=processed)
-            if acc.samples // every > before // every and acc.samples < len(samples):
-                atomic.write_json(ckdir / STATE, {"format": STATE_FORMAT, "key": run_key,
-                                                  "accumulator": acc.state()})
+    def save() -> None:
+        atomic.write_json(ckdir / STATE, {"format": STATE_FORMAT, "key": run_key, "accumulator": acc.state()})
+
+    started = time.perf_counter()
+    settings = PassSettings(opts.batch_size, opts.max_tokens_per_sample, opts.checkpoint_every)
+    processed = drive(rt.backend, info.tokenizer, samples, acc, settings, save, label="calibrating", console=console)
     if acc.tokens < 1:
         raise CalibrateError(f"no token of the {len(samples)} samples counted (each sample needs a token after BOS)")
     data = acc.to_json(ident)
@@ -211,8 +181,8 @@ def rarest(data: dict[str, Any], n: int) -> list[int]:
     return sorted((i for i in range(len(rate)) if rate[i] > 0), key=lambda i: (rate[i], i))[:n]
 
 
-def load_file(path: str | Path) -> calibration.Calibration:
+def load_file(path: str | Path) -> stats.Calibration:
     try:
-        return calibration.load(path)
+        return stats.load(path)
     except CalibrationError as exc:
         raise CalibrateError(str(exc)) from None

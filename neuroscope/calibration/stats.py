@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from neuroscope.core.protocol import BatchStats  # the backends' device reduction of one batch
+from neuroscope.core.protocol import BatchStats, CorpusBatch, CorpusResult  # BatchStats: a batch reduced on the device
 from neuroscope.store import paths
 
 FORMAT = "neuroscope-calibration/1"
@@ -77,6 +77,16 @@ class Accumulator:
         for name in _ARRAYS:
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.d_sae, dtype=np.float64))
+
+    records = False  # a corpus pass for calibration needs the batch statistics only
+
+    @property
+    def samples_done(self) -> int:
+        return self.samples
+
+    def add_batch(self, start: int, ids: list[list[int]], batch: CorpusBatch, result: CorpusResult) -> None:
+        """The corpus-pass driver's fold (:mod:`neuroscope.calibration.driver`): one batch's statistics."""
+        self.add(result.stats, samples=len(ids))
 
     def add(self, batch: BatchStats, samples: int) -> None:
         """Fold one batch in: counts and sums add up; the squared deviations combine with the shift between the

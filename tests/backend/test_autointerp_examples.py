@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neuroscope.calibration.driver import read_samples
 from neuroscope.config import ServeConfig
 from neuroscope.core.sae import load_npz
 from neuroscope.labels.autointerp import examples
@@ -58,7 +59,7 @@ def test_top_windows_equal_a_brute_force_computation(tiny_fixture, runtime, cach
     run = examples.run(runtime, options(corpus))
     ex = run.examples
     assert not run.up_to_date and ex.meta["truncated_positions"] == 0
-    texts = [s.text for s in examples.read_samples(str(corpus), SAMPLES, None)[1]]
+    texts = [s.text for s in read_samples(str(corpus), SAMPLES, None)[1]]
     ref = brute_force(tiny_fixture, runtime.info.tokenizer, texts)
     d_sae = ref[0][1].shape[1]
     np.testing.assert_array_equal(ex.fired, sum((a > 0).sum(0) for _, a in ref))
