@@ -20,6 +20,7 @@ from neuroscope.store.paths import Namespace
 from tests.support.calib import write_corpus
 from tests.support.cli import error_line
 from tests.support.fake_llm import KEY, FakeLLM, label_for
+from tests.support.net import closed_port
 
 SAMPLES = 16
 LABELER = "test-org/labeler-1"
@@ -219,6 +220,21 @@ def test_a_model_id_the_backend_refuses_stops_the_run(tiny_fixture, corpus_dir, 
     assert "not a valid model ID" in line and "--labeler" in line
     # the refusals that stop it, plus at most those already in flight
     assert llm.REFUSALS_BEFORE_ANY_ANSWER <= len(openai_fake.requests) < llm.REFUSALS_BEFORE_ANY_ANSWER + concurrency
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_labeler_where_nothing_listens_stops_the_run_at_once(tiny_fixture, corpus_dir, cache, concurrency):
+    """Connection refused before any answer is the backend's fault, not a feature's: one line, no per-feature
+    retries, nothing filed as failed."""
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    result = generate(tiny_fixture, corpus_dir, "--labeler-backend", url, "--concurrency", str(concurrency),
+                      env={"LABELER_API_KEY": KEY})
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "cannot be reached" in line and url in line and "--labeler-backend" in line
+    assert "failed after" not in result.output
+    failed = paths.autointerp_failed_file(LABELER, namespace(tiny_fixture))
+    assert not failed.exists() or failed.read_text() == ""
 
 
 def test_a_refusal_after_answers_fails_only_that_feature(tiny_fixture, corpus_dir, cache, openai_fake):
