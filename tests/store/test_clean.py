@@ -61,6 +61,8 @@ def filled(cache, hf_cache) -> dict[str, list[Path]]:
                    put(paths.examples_dir(NS, "run1") / "examples.jsonl", b"{}\n"),
                    put(paths.neuronpedia_file("gemma-2-2b", "20-gemmascope-res-16k"), b'{"index": 1}\n')],
         "calibration": [put(paths.calibration_file(NS), b'{"format": "x"}')],
+        "compile": [put(paths.inductor_dir() / "fxgraph" / "ab" / "graph.py", b"# kernel"),
+                    put(paths.inductor_dir() / "aotautograd" / "entry", os.urandom(100))],
     }
 
 
@@ -69,7 +71,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
             if p.is_file() and "trash" not in p.relative_to(root).parts}
 
 
-@pytest.mark.parametrize("what", ["corpus", "checkpoints", "labels", "calibration"])
+@pytest.mark.parametrize("what", ["corpus", "checkpoints", "labels", "calibration", "compile"])
 def test_each_target_moves_only_its_data(filled, cache, hf_cache, what):
     hf_before = snapshot(hf_cache)
     before = snapshot(cache)
