@@ -11,7 +11,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope.cli.calibrate import BatchSize, CorpusPath, Demo, InputNorm, Layer, MaxTokensPerSample, _config
-from neuroscope.cli.options import DType, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath, err, fail
+from neuroscope.cli.options import (
+    DType,
+    Model,
+    Norm,
+    ReadableCommand,
+    Sae,
+    SaeLocal,
+    SaePath,
+    demo_hint,
+    err,
+    fail,
+)
 from neuroscope.config import DEFAULT_LABELER, DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH
 from neuroscope.labels.autointerp import examples as ex_mod
 
@@ -83,6 +94,9 @@ def generate_cmd(
     out = Console()
     try:
         provider = gen.provider_for(labeler_backend)  # before the long pass: a missing key fails at once
+    except gen.GenerateError as exc:
+        fail(str(exc))
+    try:
         run, ns, tokenizer = gen.collect(config, exopts, console=err)
         _examples_summary(out, run)
         if run.samples_in_corpus < samples:
@@ -90,7 +104,7 @@ def generate_cmd(
                       highlight=False)
         result = gen.label(run.examples, ns, tokenizer, provider, opts, console=err)
     except gen.GenerateError as exc:
-        fail(str(exc))
+        fail(str(exc) + demo_hint(ctx, demo))
     fired = int((run.examples.fired > 0).sum())
     out.print(f"labels: {escape(str(result.labels_file))}\n  {result.labeled} labelled now, {result.already} "
               f"already there, {len(result.failed)} failed, {len(result.dead)} dead (never fired; not sent) — "

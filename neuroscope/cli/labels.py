@@ -21,6 +21,7 @@ from neuroscope.cli.options import (
     Sae,
     SaeLocal,
     SaePath,
+    demo_hint,
     err,
     fail,
     group,
@@ -182,7 +183,8 @@ def show_cmd(
     where = f"Neuronpedia {np_info.ids}" if np_info.ids else f"Neuronpedia skipped: {np_info.skipped}"
     out.print(f"labeler {escape(config.labeler or _default_labeler())}; {escape(where)}"
               + ("" if cal is not None else "; no calibration (no firing rates)")
-              + (f"; {escape(example_note)}" if example_note else ""), highlight=False, soft_wrap=True)
+              + (f"; {escape(example_note)}" if example_note else "")
+              + escape(demo_hint(ctx, demo) if cal is None else ""), highlight=False, soft_wrap=True)
     for w in chain.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
 

@@ -84,6 +84,34 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+MODEL_OPTIONS = ("model", "sae", "sae_path", "sae_local_path")
+
+
+def uses_defaults(ctx: typer.Context) -> bool:
+    """Whether the command runs on the default model and SAE (none of the model / SAE options given)."""
+    return not any(getattr(ctx.get_parameter_source(p), "name", "DEFAULT") != "DEFAULT" for p in MODEL_OPTIONS
+                   if p in ctx.params)
+
+
+def _default_model_here() -> bool:
+    from neuroscope.config import DEFAULT_MODEL
+    from neuroscope.core.checkpoint import local_dir
+    from neuroscope.core.protocol import ModelSpec
+
+    try:
+        return (local_dir(ModelSpec(DEFAULT_MODEL, offline=True)) / "config.json").is_file()
+    except Exception:  # noqa: BLE001 - not in the hub cache, in whatever way huggingface_hub says it
+        return False
+
+
+def demo_hint(ctx: typer.Context, demo: bool, *, always: bool = False) -> str:
+    """What every command on the default model says when that model (or its data) is not here: the built-in
+    demo is one flag away. ``always``: say it even when the default model is on this machine."""
+    if demo or not uses_defaults(ctx) or (not always and _default_model_here()):
+        return ""
+    return " (for the built-in offline demo model, add --demo)"
+
+
 def group(help: str, **kwargs) -> typer.Typer:
     """A command group as every one of ours is: readable help, help when called bare, no completion installer, and
     errors as one line rather than typer's pretty tracebacks."""
