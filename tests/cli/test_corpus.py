@@ -203,7 +203,9 @@ def test_offline_build_says_what_to_do(offline, tmp_path):
     result = run("build")
     assert result.exit_code == 1
     line = error_line(result)
-    assert "unreachable" in line and "--corpus-path" in line and "neuroscope corpus build" in line
+    assert "unreachable" in line and "neuroscope corpus build` again when online" in line
+    assert "pass --corpus-path" not in line  # corpus build has no such option: the commands that do are named
+    assert "`calibrate run` and `labels generate` also read a directory of .txt files" in line
 
 
 def test_offline_build_uses_the_hub_cache(hub, tmp_path, monkeypatch):
