@@ -35,6 +35,17 @@ if not getattr(rich_utils._get_parameter_help, "folds", False):
     rich_utils._get_parameter_help = _folding(rich_utils._get_parameter_help)
 
 
+def _usage_name(param: TyperArgument):
+    """An argument on the usage line as usage lines write them: ``PROMPT`` (required), ``[MODEL]`` (optional)."""
+
+    def name() -> str:
+        text = (param.name or "").upper()
+        text = text if param.required else f"[{text}]"
+        return text + ("..." if param.nargs != 1 else "")
+
+    return name
+
+
 class _Readable:
     """Help with plain metavars (TEXT, INTEGER, PATH, a|b) instead of typer's type tags (``<str>``, ``<bool>``,
     ``<int range>``); a flag shows none. Shorter metavars leave the help column room for long defaults."""
@@ -44,6 +55,7 @@ class _Readable:
         for param in self.params:
             if isinstance(param, TyperArgument):  # its name column already says what it is
                 param.display_type_rich = lambda ctx: None
+                param._usage_display_name = _usage_name(param)  # PROMPT, [MODEL]: not {prompt}, [model]
                 continue
             if getattr(param, "metavar", "") is not None or not hasattr(param, "type_descriptor"):
                 continue
