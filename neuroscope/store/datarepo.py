@@ -357,5 +357,19 @@ def pull(repo: str, *, console=None) -> PullResult:
             snapshot = Path(snapshot_download(repo, repo_type="dataset", local_files_only=offline,
                                               tqdm_class=progress.download_bar(f"pull {repo}", use_desc=True)))
         except (OSError, ValueError) as exc:  # huggingface_hub's errors derive from these
-            raise DataRepoError(hub_failure(exc, f"the data repo {repo}", kind="dataset repo")) from None
+            message = hub_failure(exc, f"the data repo {repo}", kind="dataset repo")
+            if _missing_repo(exc):
+                message += f"; {MAKE_IT_HERE}"
+            raise DataRepoError(message) from None
     return install(verify(snapshot))
+
+
+# what works without a published data repo
+MAKE_IT_HERE = ("without one: `neuroscope labels fetch` (Neuronpedia's labels), or `neuroscope calibrate run` and "
+                "`neuroscope labels generate` (your own), then `neuroscope push --repo ID` to share them")
+
+
+def _missing_repo(exc: BaseException) -> bool:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    return isinstance(exc, RepositoryNotFoundError) and not isinstance(exc, GatedRepoError)
