@@ -86,6 +86,9 @@ def generate_cmd(
     config = _config(ctx, model, sae, sae_path, sae_local_path, sae_layer, sae_input_norm, demo, backend=backend,
                      dtype=dtype.value if dtype else None)
     _check_features(features)
+    if labeler is None and labeler_backend.strip().startswith(("http://", "https://")):
+        fail("--labeler-backend URL needs --labeler MODEL (or LABELER_MODEL): the model that server runs, whose "
+             "name the labels are filed under", 2)
     who = labeler or default_labeler()
     opts = gen.LabelOptions(who, labeler_backend, concurrency, features, str(output) if output else None,
                             request_timeout)

@@ -38,7 +38,7 @@ def run(*args: str):
 @pytest.mark.parametrize("command", [
     ("calibrate", "show"),
     ("calibrate", "run", "--samples", "4"),
-    ("labels", "generate", "--labeler-backend", "http://127.0.0.1:9/v1", "--samples", "4"),
+    ("labels", "generate", "--labeler-backend", "http://127.0.0.1:9/v1", "--labeler", "org/model", "--samples", "4"),
 ])
 def test_a_command_on_the_default_model_that_is_not_here_names_demo(offline_and_empty, command):
     line = error_line(run(*command))  # (`calibrate show` after `calibrate run --demo` included)

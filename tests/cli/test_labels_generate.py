@@ -303,3 +303,14 @@ def test_generated_labels_are_shown_with_their_windows_and_served_in_the_stream(
     for f in features:
         assert f["label"] == labels.get(f["index"], f"feature_{f['index']}")
     assert info["labels"]["sources"]["autointerp"] == len(labels)
+
+
+def test_a_labeler_url_needs_the_labelers_name(tiny_fixture, corpus_dir, cache, openai_fake):
+    """Labels from a server of one's own are filed under the model it runs, never the default labeler's name."""
+    args = ["labels", "generate", "--model", str(tiny_fixture.model_dir), "--sae-local-path",
+            str(tiny_fixture.sae_path), "--sae-layer", str(tiny_fixture.sae_layer), "--corpus-path", str(corpus_dir),
+            "--labeler-backend", openai_fake.url]
+    result = CliRunner().invoke(cli.app, args, env={"COLUMNS": "200", "LABELER_API_KEY": KEY})
+    assert result.exit_code == 2
+    assert "--labeler-backend URL needs --labeler MODEL" in error_line(result)
+    assert openai_fake.requests == [] and not (cache / "autointerp_labels").exists()
