@@ -117,7 +117,8 @@ export function renderFeature(panel, conv, info) {
     list.append(li);
   }
   const label = d && d.source !== "numeric" ? d.label : conv.label(f); // a label that arrived since is newer
-  panel.replaceChildren(h2, el("p", "flabel-big", label), facts, el("h3", "", "Strongest tokens"), list);
+  const about = d && d.description && d.label === label ? [el("p", "fdescription", d.description)] : [];
+  panel.replaceChildren(h2, el("p", "flabel-big", label), ...about, facts, el("h3", "", "Strongest tokens"), list);
 }
 
 export function renderTop(list, empty, conv, n = 12) {

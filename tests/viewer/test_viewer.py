@@ -244,3 +244,24 @@ def test_label_source_and_score_from_the_chain(viewer_server, open_page):
     row.click()
     expect(p.page.locator("#feature-detail .facts")).to_contain_text(f"label source{want}")
     assert p.errors == []
+
+
+def test_the_feature_panel_shows_the_labelers_description(viewer_server, open_page):
+    p = open_page(f"{viewer_server.features}/")
+    shown = p.page.evaluate("""async () => {
+        const { Conversation } = await import("/conversation.js");
+        const { renderFeature, setLabelDetail } = await import("/panels.js");
+        const conv = new Conversation(document.createElement("div"));
+        const turn = conv.addTurn("hi", false);
+        conv.add(turn, { request_id: "r", token_index: 0, token: "Bonjour", prompt: false,
+                         top_features: [{ index: 5, label: "French text", activation: 3 }] });
+        setLabelDetail({ "5": { label: "French text", source: "autointerp", score: 0.9,
+                                description: "Fires on French words inside English prose." } });
+        conv.select(5);
+        const panel = document.createElement("div");
+        renderFeature(panel, conv, null);
+        const about = panel.querySelector(".fdescription");
+        return about ? about.textContent : null;
+    }""")
+    assert shown == "Fires on French words inside English prose."
+    assert p.errors == []
