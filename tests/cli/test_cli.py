@@ -25,19 +25,6 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-@pytest.fixture
-def captured(monkeypatch) -> list[ServeConfig]:
-    """``serve`` replaced by a recorder: the CLI is tested without starting a server."""
-    configs: list[ServeConfig] = []
-
-    def fake_serve(config: ServeConfig) -> int:
-        configs.append(config)
-        return 0
-
-    monkeypatch.setattr(cli, "serve", fake_serve)
-    return configs
-
-
 def invoke_serve(runner, captured, *args) -> ServeConfig:
     result = runner.invoke(cli.app, ["serve", *args])
     assert result.exit_code == 0, result.output
