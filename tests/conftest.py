@@ -33,6 +33,13 @@ def suite_cache(tmp_path_factory) -> Path:
             os.environ[name] = value
 
 
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A Neuroscope cache of the test's own, empty: ``$NEUROSCOPE_CACHE`` is ``tmp_path / "cache"``."""
+    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="session")
 def tiny_fixture(tmp_path_factory) -> fixtures.Fixture:
     return fixtures.build(tmp_path_factory.mktemp("fixture") / "tiny", "tiny")

@@ -23,21 +23,19 @@ ALL = len(list(samples(wt.rows())))  # every sample the fake dataset holds
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
+def hub(tmp_path, monkeypatch, cache):
     fake = FakeHub()
     wt.add_to(fake)
     fake.start()
     point_in_process(monkeypatch, fake.endpoint, tmp_path / "hf")
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
     yield fake
     fake.stop()
     hub_reachable.cache_clear()
 
 
 @pytest.fixture
-def offline(tmp_path, monkeypatch):
+def offline(tmp_path, monkeypatch, cache):
     point_in_process(monkeypatch, refused_endpoint(), tmp_path / "hf-offline")
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
     yield
     hub_reachable.cache_clear()
 

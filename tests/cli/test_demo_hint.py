@@ -14,11 +14,10 @@ HINT = "for the built-in offline demo model, add --demo"
 
 
 @pytest.fixture
-def offline_and_empty(tmp_path, monkeypatch):
+def offline_and_empty(tmp_path, monkeypatch, cache):
     """No network, nothing in the Hugging Face cache, an empty Neuroscope cache."""
     from huggingface_hub import constants
 
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))

@@ -29,12 +29,11 @@ KEYS = ("OPENROUTER_API_KEY", "ANTHROPIC_API_KEY", "LABELER_API_KEY", "LABELER_M
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def cache(cache, monkeypatch) -> Path:
     for k in KEYS:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(llm, "BACKOFF_BASE_S", 0.01)  # retries without the real one-second waits
-    return tmp_path / "cache"
+    return cache
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,7 @@ def rows(result) -> dict[int, list[str]]:
 
 
 @pytest.fixture
-def ns(monkeypatch, tmp_path):
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def ns(cache, monkeypatch):
     for name in ("LABELER_MODEL", "NEURONPEDIA_REGISTRY"):
         monkeypatch.delenv(name, raising=False)
     return paths.Namespace.for_hub_sae(DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, 20)

@@ -227,10 +227,7 @@ def test_every_hub_command_fails_fast_and_quietly_when_the_hub_is_unreachable(tm
     env = subprocess_env(refused_endpoint(), tmp_path)
     done = subprocess.run([sys.executable, "-m", "neuroscope", *command], env=env, capture_output=True, text=True,
                           timeout=60)
-    assert done.returncode == 1
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    assert "the Hugging Face hub is unreachable and it is not in the hub cache" in lines[0]
+    assert "the Hugging Face hub is unreachable and it is not in the hub cache" in error_line(done, 1)
 
 
 def test_a_cached_sae_pulls_without_the_hub(models_hub, monkeypatch):

@@ -21,8 +21,7 @@ LABELER = "deepseek/deepseek-v3.2"
 
 
 @pytest.fixture
-def ns(monkeypatch, tmp_path):
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def ns(cache, monkeypatch):
     monkeypatch.delenv("LABELER_MODEL", raising=False)
     return paths.Namespace.for_hub_sae(MODEL, SAE, SAE_PATH, 20)
 
