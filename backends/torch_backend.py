@@ -40,6 +40,16 @@ from neuroscope.core.sae import SAEWeights
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cpu_threads() -> int:
+    """The torch CPU threads Neuroscope runs with (serve, steer, the benchmarks alike): torch's default, one per
+    core, but never more than the CPUs this process may run on (a container or ``taskset`` limits those; more
+    threads than CPUs make every parallel op wait on a thread that is not running)."""
+    import os
+
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), allowed))
+
+
 @dataclass
 class _Request:
     """One generation's device state: its cache and step inputs (its own under the eager engine, the compiled
@@ -92,6 +102,8 @@ class _TorchBackend:
         if self.engine not in ENGINES:
             raise BackendError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         device = torch.device(self.device_type)
+        if device.type == "cpu":
+            torch.set_num_threads(cpu_threads())
         path = checkpoint.local_dir(model)
         config = checkpoint.read_config(path)
         try:

@@ -27,6 +27,14 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:+.1f} %"
 
 
+TOO_NOISY = "too noisy"
+
+
+def _share(x) -> str:
+    """A share of the step's time (or an overhead): below zero it measured noise, not the SAE, and says so."""
+    return TOO_NOISY if x is not None and x < 0 else _pct(x)
+
+
 def bandwidth_table(bws: list[dict]) -> Table:
     t = Table(title="Memory bandwidth (measured in this run)")
     for c in ("device", "GB/s", "best kernel", "all kernels (GB/s)", "buffer"):
@@ -63,7 +71,7 @@ def decode_table(rows: list[dict]) -> Table:
         ratio, filt = r.get("instrumented_vs_bare"), r.get("filtered_vs_instrumented")
         t.add_row(
             r["backend"], r["model"], r["dtype"], *cells,
-            "-" if ratio is None else f"{ratio:.3f}", _pct(r.get("sae_share_of_step")),
+            "-" if ratio is None else f"{ratio:.3f}", _share(r.get("sae_share_of_step")),
             "-" if filt is None else f"{filt:.3f}", _f(r["roofline_ms"]),
         )
     return t
@@ -83,7 +91,7 @@ def engines_table(rows: list[dict]) -> Table:
         tps = lambda m: f"{r['modes'][m]['tokens_per_s']:.1f}"  # noqa: E731
         t.add_row(
             r["backend"], r["model"], r["dtype"], tps("bare"), tps("instrumented"), tps("capture-off"),
-            tps("compiled"), tps("compiled-capture-off"), _pct(r["compiled_sae_share_of_step"]),
+            tps("compiled"), tps("compiled-capture-off"), _share(r["compiled_sae_share_of_step"]),
             f"{r['compiled_instrumented_vs_no_sae']:.3f}", f"{1 / r['compiled_vs_instrumented']:.2f}x",
             f"{1e3 / r.get('floor_instrumented_ms', r['roofline_instrumented_ms']):.0f}", f"{r['compile_s']:.1f} s",
         )
@@ -98,7 +106,7 @@ def corpus_table(rows: list[dict]) -> Table:
         t.add_row(
             r["backend"], r["model"], r["dtype"], str(r["d_sae"]), f"{r['batches']} x {r['batch_size']} x "
             f"{r['max_tokens']}", f"{r['modes']['bare-forward']['tokens_per_s']:,.0f}",
-            f"{r['modes']['corpus-pass']['tokens_per_s']:,.0f}", _pct(r["sae_stats_overhead"]),
+            f"{r['modes']['corpus-pass']['tokens_per_s']:,.0f}", _share(r["sae_stats_overhead"]),
         )
     return t
 
@@ -132,6 +140,12 @@ def print_all(console: Console, record: dict) -> None:
             console.print(engines_table(record["decode"]))
     if record.get("corpus"):
         console.print(corpus_table(record["corpus"]))
+    noisy = [f"{r['backend']} {r['model']}" for r in record["decode"] + record.get("corpus", [])
+             if any((r.get(k) or 0) < 0 for k in ("sae_share_of_step", "compiled_sae_share_of_step", "sae_stats_overhead"))]
+    if noisy:
+        console.print(f"[dim]note:[/dim] {TOO_NOISY}: the SAE's share came out below zero for {', '.join(noisy)} — "
+                      "other work on the machine moved the timings more than the SAE costs; run again on a quieter "
+                      "machine, or with --threads 1")
     for note in record["notes"]:
         console.print(f"[dim]note:[/dim] {note}")
 

@@ -54,7 +54,7 @@ class Suite:
     layer: int | None = None
     d_sae_model: int = fixtures.SHAPES["gemma-2-2b"].d_sae
     backends: tuple[str, ...] = targets.ALL
-    torch_threads: int | None = None  # None: torch's default (one per core)
+    torch_threads: int | None = None  # None: as serve picks them (backends.torch_backend.cpu_threads)
     notes: list[str] = field(default_factory=list)
 
 
@@ -65,7 +65,8 @@ SUITES = {
         corpus_batch_size=2, corpus_max_tokens=32, corpus_batches=2, corpus_repeats=1, compiled=False,
     ),
     "default": Suite(
-        "default", [(TINY.hidden_size, TINY.d_sae), (GEMMA_D_MODEL, 16384)], "tiny", tokens=64, repeats=25
+        "default", [(TINY.hidden_size, TINY.d_sae), (GEMMA_D_MODEL, 16384)], "tiny", tokens=64, repeats=9,
+        sae_budget_s=1.0, decode_budget_s=20.0, corpus_repeats=3,
     ),
     "full": Suite(
         "full", [(GEMMA_D_MODEL, 16384), (GEMMA_D_MODEL, 65536)], "gemma-2-2b", repeats=3, decode_budget_s=None,
@@ -79,10 +80,10 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
     console = console or Console(width=None if _tty() else 150)
     log = lambda msg: console.log(msg)  # noqa: E731
     t_start = time.perf_counter()
-    if suite.torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(suite.torch_threads)
+    threads = _torch_threads(suite)
+    if threads is not None:
+        log(f"torch CPU threads: {threads}" + (" (--threads)" if suite.torch_threads else " (as serve picks them: "
+                                                "one per core this process may use; --threads N to change)"))
     rec = report.new_record(suite.name, machine.describe(), _config(suite))
     whole = machine.OtherLoad().__enter__()
     usable = []
@@ -186,6 +187,17 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
     path = report.write(rec, out_dir)
     console.print(f"wrote {path} ({rec['duration_s']:.0f} s)")
     return rec, path
+
+
+def _torch_threads(suite: Suite) -> int | None:
+    """Set torch's CPU threads for the run, as ``serve`` picks them unless ``--threads`` says; None without torch."""
+    try:
+        import torch
+        from backends.torch_backend import cpu_threads
+    except ImportError:
+        return None
+    torch.set_num_threads(suite.torch_threads or cpu_threads())
+    return torch.get_num_threads()
 
 
 def _tty() -> bool:

@@ -36,6 +36,10 @@ def record(tmp_path_factory):
     files = list(out.glob("*.json"))
     assert len(files) == 1, files
     assert "SAE encode + top-k" in result.output and "Decode" in result.output and "Corpus pass" in result.output
+    if framework_status("torch-cpu")[0]:  # the thread count serve would use, said before any figure
+        from backends.torch_backend import cpu_threads
+
+        assert f"torch CPU threads: {cpu_threads()} (as serve picks them" in result.output
     if any(neuroscope_backend_status(n)[0] for n in ("torch-cpu", "torch-cuda", "mlx")):
         assert "Decode with steering" in result.output
     return json.loads(files[0].read_text())
@@ -127,3 +131,25 @@ def test_corpus_rows_compare_the_corpus_pass_with_a_bare_forward(record):
             assert len(d["s_by_repeat"]) == r["repeats"] and all(_measured(x) for x in d["s_by_repeat"])
             assert d["tokens_per_s"] == pytest.approx(r["tokens"] / d["seconds"])
         assert math.isfinite(r["sae_stats_overhead"]) and r["sae_stats_overhead"] > -1
+
+
+def test_a_share_below_zero_is_reported_as_noise_never_as_a_negative_share():
+    import io
+
+    from rich.console import Console
+
+    from benchmarks import report
+
+    mode = {"ms_per_token": 1.0, "tokens_per_s": 1000.0}
+    row = {"backend": "torch-cpu", "model": "tiny", "dtype": "float32", "roofline_ms": 0.1,
+           "modes": {m: mode for m in ("bare", "capture-off", "instrumented", "filtered")},
+           "instrumented_vs_bare": 0.66, "sae_share_of_step": -0.525, "filtered_vs_instrumented": 1.0}
+    record = {"bandwidth": [], "sae": [], "decode": [row], "corpus": [], "notes": []}
+    screen = io.StringIO()
+    report.print_all(Console(file=screen, width=250, color_system=None), record)
+    shown = screen.getvalue()
+    assert "too noisy" in shown and "-52.5" not in shown
+    row["sae_share_of_step"] = 0.125
+    screen = io.StringIO()
+    report.print_all(Console(file=screen, width=250, color_system=None), record)
+    assert "+12.5 %" in screen.getvalue() and "too noisy" not in screen.getvalue()

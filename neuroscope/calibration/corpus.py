@@ -58,7 +58,14 @@ class CorpusError(Exception):
 
 
 def offline_hint() -> str:
+    """For the commands that read a corpus (``calibrate run``, ``labels generate``)."""
     return "pass --corpus-path DIR (a directory of .txt files), or run `neuroscope corpus build` when online"
+
+
+def build_offline_hint() -> str:
+    """For ``corpus build`` itself, which has no --corpus-path."""
+    return ("run `neuroscope corpus build` again when online (what it downloads stays in the hub cache); "
+            "`calibrate run` and `labels generate` also read a directory of .txt files of your own (--corpus-path DIR)")
 
 
 # ------------------------------------------------------------------------------------------------ datasets
@@ -78,7 +85,7 @@ def _hub_failure(exc: BaseException, what: str) -> CorpusError:
 
     message = hub_failure(exc, what, kind="dataset")
     if isinstance(exc, LocalEntryNotFoundError):
-        message += f"; {offline_hint()}"
+        message += f"; {build_offline_hint()}"
     return CorpusError(message)
 
 
@@ -103,7 +110,7 @@ def parquet_files(repo: str, config: str, split: str, *, online: bool) -> list[s
         return list(known)
     if not online:
         raise CorpusError(f"cannot list {repo} (config {config}, split {split}): the Hugging Face hub is "
-                          f"unreachable; {offline_hint()}")
+                          f"unreachable; {build_offline_hint()}")
     from huggingface_hub import HfApi
 
     listed = _with_retries(lambda: HfApi().list_repo_files(repo, repo_type="dataset"), f"the file list of {repo}")

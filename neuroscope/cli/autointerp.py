@@ -11,7 +11,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope.cli.calibrate import BatchSize, CorpusPath, Demo, InputNorm, Layer, MaxTokensPerSample, _config
-from neuroscope.cli.options import DType, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath, err, fail
+from neuroscope.cli.options import (
+    DType,
+    Model,
+    Norm,
+    ReadableCommand,
+    Sae,
+    SaeLocal,
+    SaePath,
+    demo_hint,
+    err,
+    fail,
+)
 from neuroscope.config import DEFAULT_LABELER, DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH
 from neuroscope.labels.autointerp import examples as ex_mod
 
@@ -75,6 +86,9 @@ def generate_cmd(
     config = _config(ctx, model, sae, sae_path, sae_local_path, sae_layer, sae_input_norm, demo, backend=backend,
                      dtype=dtype.value if dtype else None)
     _check_features(features)
+    if labeler is None and labeler_backend.strip().startswith(("http://", "https://")):
+        fail("--labeler-backend URL needs --labeler MODEL (or LABELER_MODEL): the model that server runs, whose "
+             "name the labels are filed under", 2)
     who = labeler or default_labeler()
     opts = gen.LabelOptions(who, labeler_backend, concurrency, features, str(output) if output else None,
                             request_timeout)
@@ -83,6 +97,9 @@ def generate_cmd(
     out = Console()
     try:
         provider = gen.provider_for(labeler_backend)  # before the long pass: a missing key fails at once
+    except gen.GenerateError as exc:
+        fail(str(exc))
+    try:
         run, ns, tokenizer = gen.collect(config, exopts, console=err)
         _examples_summary(out, run)
         if run.samples_in_corpus < samples:
@@ -90,7 +107,7 @@ def generate_cmd(
                       highlight=False)
         result = gen.label(run.examples, ns, tokenizer, provider, opts, console=err)
     except gen.GenerateError as exc:
-        fail(str(exc))
+        fail(str(exc) + demo_hint(ctx, demo))
     fired = int((run.examples.fired > 0).sum())
     out.print(f"labels: {escape(str(result.labels_file))}\n  {result.labeled} labelled now, {result.already} "
               f"already there, {len(result.failed)} failed, {len(result.dead)} dead (never fired; not sent) — "

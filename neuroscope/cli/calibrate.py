@@ -11,7 +11,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from neuroscope.calibration import run as calibrate
-from neuroscope.cli.options import DType, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath, err, fail, group
+from neuroscope.cli.options import (
+    DType,
+    Model,
+    Norm,
+    ReadableCommand,
+    Sae,
+    SaeLocal,
+    SaePath,
+    demo_hint,
+    err,
+    fail,
+    group,
+)
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 
 app = group(
@@ -86,7 +98,7 @@ def run_cmd(
     try:
         result = calibrate.run(config, opts, console=err)
     except calibrate.CalibrateError as exc:
-        fail(str(exc))
+        fail(str(exc) + demo_hint(ctx, demo))
     out = Console()
     where = escape(str(result.output))
     if result.up_to_date:
@@ -138,7 +150,7 @@ def show_cmd(
         path = paths.calibration_file(ns)
         if not path.is_file():
             fail(f"no calibration for this model / SAE / layer / norm in {path}: run `neuroscope calibrate run` "
-                  "with the same options, or pass --stats PATH")
+                 f"with the same options, or pass --stats PATH{demo_hint(ctx, demo, always=True)}")
     else:
         path = stats
     try:

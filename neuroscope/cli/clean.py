@@ -1,4 +1,5 @@
-"""``neuroscope clean corpus | checkpoints | labels | calibration | all | show | undo | empty``: reversible."""
+"""``neuroscope clean corpus | checkpoints | labels | calibration | compile | all | show | undo | empty``:
+reversible."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ _HELP = {
     "labels": "Auto-interp labels of every labeler (with scores, failures, dead lists), label examples and the "
               "Neuronpedia cache.",
     "calibration": "Calibration statistics.",
+    "compile": "The compiled decode step's kernels (torch inductor's cache of --engine compiled; rebuilt on the next "
+               "compiled start).",
     "all": "All of the above, as one trash entry.",
 }
 

@@ -21,6 +21,7 @@ from neuroscope.cli.options import (
     Sae,
     SaeLocal,
     SaePath,
+    demo_hint,
     err,
     fail,
     group,
@@ -164,10 +165,12 @@ def show_cmd(
     rate = cal.data["features"]["firing_rate"] if cal is not None else None
     example, example_note = _examples(config, ns)
     table = Table(title=f"{len(wanted)} feature{'s' if len(wanted) != 1 else ''} of {d_sae:,}", title_justify="left")
-    columns = ("feature", "label", "source", "score", "firing rate") + (("example",) if example else ())
+    described = any(chain.entry(i).description for i in wanted)
+    columns = (("feature", "label") + (("description",) if described else ()) + ("source", "score", "firing rate")
+               + (("example",) if example else ()))
     for col in columns:
         table.add_column(col, justify="right" if col in ("feature", "score", "firing rate") else "left",
-                         no_wrap=col not in ("label", "example"), overflow="fold")
+                         no_wrap=col not in ("label", "description", "example"), overflow="fold")
     for i in wanted:
         e = chain.entry(i)
         score = "" if e.score is None else f"{e.score:.2f}"
@@ -175,14 +178,16 @@ def show_cmd(
             score = f"[yellow]{score} low[/]"
         fr = "" if rate is None else f"{100 * rate[i]:.3g} %"
         window = (escape(example(i) or "(never fired)"),) if example else ()
-        table.add_row(str(i), escape(e.label), e.source, score, fr, *window)
+        about = (escape(e.description or ""),) if described else ()
+        table.add_row(str(i), escape(e.label), *about, e.source, score, fr, *window)
     out = Console()
     out.print(table)
     np_info = chain.neuronpedia
     where = f"Neuronpedia {np_info.ids}" if np_info.ids else f"Neuronpedia skipped: {np_info.skipped}"
     out.print(f"labeler {escape(config.labeler or _default_labeler())}; {escape(where)}"
               + ("" if cal is not None else "; no calibration (no firing rates)")
-              + (f"; {escape(example_note)}" if example_note else ""), highlight=False, soft_wrap=True)
+              + (f"; {escape(example_note)}" if example_note else "")
+              + escape(demo_hint(ctx, demo) if cal is None else ""), highlight=False, soft_wrap=True)
     for w in chain.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
 

@@ -35,6 +35,17 @@ if not getattr(rich_utils._get_parameter_help, "folds", False):
     rich_utils._get_parameter_help = _folding(rich_utils._get_parameter_help)
 
 
+def _usage_name(param: TyperArgument):
+    """An argument on the usage line as usage lines write them: ``PROMPT`` (required), ``[MODEL]`` (optional)."""
+
+    def name() -> str:
+        text = (param.name or "").upper()
+        text = text if param.required else f"[{text}]"
+        return text + ("..." if param.nargs != 1 else "")
+
+    return name
+
+
 class _Readable:
     """Help with plain metavars (TEXT, INTEGER, PATH, a|b) instead of typer's type tags (``<str>``, ``<bool>``,
     ``<int range>``); a flag shows none. Shorter metavars leave the help column room for long defaults."""
@@ -44,6 +55,7 @@ class _Readable:
         for param in self.params:
             if isinstance(param, TyperArgument):  # its name column already says what it is
                 param.display_type_rich = lambda ctx: None
+                param._usage_display_name = _usage_name(param)  # PROMPT, [MODEL]: not {prompt}, [model]
                 continue
             if getattr(param, "metavar", "") is not None or not hasattr(param, "type_descriptor"):
                 continue
@@ -82,6 +94,34 @@ def fail(message: str, code: int = 1) -> NoReturn:
     so brackets (``'.[torch]'``) and colons (a steering spec such as ``12:clamp:0``) are neither markup nor emoji."""
     err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     raise typer.Exit(code)
+
+
+MODEL_OPTIONS = ("model", "sae", "sae_path", "sae_local_path")
+
+
+def uses_defaults(ctx: typer.Context) -> bool:
+    """Whether the command runs on the default model and SAE (none of the model / SAE options given)."""
+    return not any(getattr(ctx.get_parameter_source(p), "name", "DEFAULT") != "DEFAULT" for p in MODEL_OPTIONS
+                   if p in ctx.params)
+
+
+def _default_model_here() -> bool:
+    from neuroscope.config import DEFAULT_MODEL
+    from neuroscope.core.checkpoint import local_dir
+    from neuroscope.core.protocol import ModelSpec
+
+    try:
+        return (local_dir(ModelSpec(DEFAULT_MODEL, offline=True)) / "config.json").is_file()
+    except Exception:  # noqa: BLE001 - not in the hub cache, in whatever way huggingface_hub says it
+        return False
+
+
+def demo_hint(ctx: typer.Context, demo: bool, *, always: bool = False) -> str:
+    """What every command on the default model says when that model (or its data) is not here: the built-in
+    demo is one flag away. ``always``: say it even when the default model is on this machine."""
+    if demo or not uses_defaults(ctx) or (not always and _default_model_here()):
+        return ""
+    return " (for the built-in offline demo model, add --demo)"
 
 
 def group(help: str, **kwargs) -> typer.Typer:

@@ -47,6 +47,9 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
@@ -56,6 +59,13 @@ def load_tokenizer(path: Path):
         raise model_load_error(str(path), exc) from exc
     if getattr(tokenizer, "pad_token_id", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
+    template = path / CHAT_TEMPLATE_FILE
+    if not getattr(tokenizer, "chat_template", None) and template.is_file():
+        # newer transformers save the template there (and many hub repos ship it so); older ones do not read it
+        try:
+            tokenizer.chat_template = template.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise model_load_error(str(path), exc) from exc
     return tokenizer
 
 

@@ -257,7 +257,14 @@ class Engine:
             # whether this position's residual (the one these features read) was steered
             "steered": steering is not None and steering.steers(step.position, len(job.prompt_ids)),
             "top_features": self._features(step),
-        } | self._filter_fields(step)
+        } | self._special_name(step) | self._filter_fields(step)
+
+    def _special_name(self, step: Step) -> dict[str, Any]:
+        """``{"special_token": "<start_of_turn>"}`` for a special token (its text is empty in a reply), else {}."""
+        if step.token_id not in self.special_ids:
+            return {}
+        name = self.info.tokenizer.convert_ids_to_tokens(step.token_id)
+        return {"special_token": name} if isinstance(name, str) else {}
 
     def _features(self, step: Step) -> list[dict[str, Any]]:
         """The step's features; under a calibrated filter each also carries its ``surprise`` (the raw activation

@@ -165,11 +165,13 @@ def pull_model(repo: str, revision: str | None = None, *, console=None) -> Path:
     from huggingface_hub import snapshot_download
 
     from neuroscope.progress import JobProgress
-    from neuroscope.store.hf import hub_failure
+    from neuroscope.store.hf import download_mode, hub_failure
 
+    console, offline = download_mode(console)
     with JobProgress(console) as progress:
         try:
             path = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                          local_files_only=offline,
                                           tqdm_class=progress.download_bar(f"pull {repo}", use_desc=True)))
         except (OSError, ValueError) as exc:  # huggingface_hub's errors derive from these
             raise HubCacheError(hub_failure(exc, f"model {repo}", kind="model repo")) from None
@@ -192,11 +194,12 @@ def pull_sae(repo: str, path: str, *, console=None) -> tuple[Path, int, int]:
     from huggingface_hub import hf_hub_download
 
     from neuroscope.progress import JobProgress
-    from neuroscope.store.hf import hub_failure
+    from neuroscope.store.hf import download_mode, hub_failure
 
     filename = sae_file(path)
+    console, offline = download_mode(console)
     with JobProgress(console) as progress:
-        extra = {}
+        extra: dict = {"local_files_only": offline}
         if "tqdm_class" in inspect.signature(hf_hub_download).parameters:  # huggingface_hub >= 1.0
             extra["tqdm_class"] = progress.download_bar(f"pull {filename.rsplit('/', 1)[-1]}")
         try:

@@ -173,6 +173,11 @@ def parse_feature_option(text: str) -> SteerFeature:
     return SteerFeature(index, mode, value)  # type: ignore[arg-type]
 
 
+def _spec(f: SteerFeature) -> str:
+    """A feature as ``--feature`` takes it: ``999:add:4``, ``5:ablate``."""
+    return f"{f.index}:ablate" if f.mode == "ablate" else f"{f.index}:{f.mode}:{f.value:g}"
+
+
 def steering_from_options(features: list[SteerFeature], positions: str, d_sae: int) -> Steering:
     """The CLI's ``--feature`` list and ``--positions`` once the SAE (hence ``d_sae``) is known."""
     if not features:
@@ -185,7 +190,8 @@ def steering_from_options(features: list[SteerFeature], positions: str, d_sae: i
     for f in features:
         if not 0 <= f.index < d_sae:
             raise SteeringError(
-                f"--feature {f.index}:{f.mode}: index out of range: the SAE has {d_sae} features (0..{d_sae - 1})",
+                f"--feature {_spec(f)}: index {f.index} is out of range: the SAE has {d_sae} features "
+                f"(0..{d_sae - 1})",
                 "--feature",
             )
         if f.index in seen:

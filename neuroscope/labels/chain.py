@@ -25,6 +25,7 @@ class Entry:
     label: str
     source: str
     score: float | None = None
+    description: str | None = None  # the labeler's longer account of the feature, when it gave one
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Layer:
     name: str
     where: str
     labels: dict[int, tuple[str, float | None]] = field(default_factory=dict)
+    descriptions: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,7 +60,7 @@ class LabelChain(Labels):
         self._entries: dict[int, Entry] = {}
         for lay in reversed(order):  # the best source is written last and wins
             for i, (label, score) in lay.labels.items():
-                self._entries[i] = Entry(label, lay.name, score)
+                self._entries[i] = Entry(label, lay.name, score, lay.descriptions.get(i))
         self._np_none: set[int] = set(np_none or ())  # features Neuronpedia has no label for (fresh answers)
         self._seen: set[int] = set()
         super().__init__(d_sae, {i: e.label for i, e in self._entries.items()}, source="fallback")
@@ -88,11 +90,13 @@ class LabelChain(Labels):
         return self._entries.get(index) or Entry(f"feature_{index}", NUMERIC)
 
     def detail(self) -> dict[str, dict]:
-        """``{"<index>": {"label", "source", "score"?, "low_confidence"?}}`` for every feature."""
+        """``{"<index>": {"label", "source", "score"?, "low_confidence"?, "description"?}}`` for every feature."""
         out = {}
         for i in range(self.d_sae):
             e = self.entry(i)
             d: dict = {"label": e.label, "source": e.source}
+            if e.description:
+                d["description"] = e.description
             if e.score is not None:
                 d["score"] = e.score
                 if e.score < self.threshold:

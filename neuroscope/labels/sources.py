@@ -34,16 +34,21 @@ def read_autointerp(labeler: str, ns: paths.Namespace, d_sae: int) -> Layer:
     were given to the current label (the last such line wins; a score of an older label is stale)."""
     path = paths.autointerp_labels_file(labeler, ns)
     labels: dict[int, str] = {}
+    descriptions: dict[int, str] = {}
     for row in jsonl.read_objects(path):
-        i, label = _index(row.get("index"), d_sae), row.get("label")
+        i, label, description = _index(row.get("index"), d_sae), row.get("label"), row.get("description")
         if i is not None and isinstance(label, str) and label.strip():
             labels[i] = label.strip()
+            if isinstance(description, str) and description.strip():
+                descriptions[i] = description.strip()
+            else:
+                descriptions.pop(i, None)  # the last line wins, description and all
     scores: dict[int, float] = {}
     for row in jsonl.read_objects(paths.autointerp_scores_file(labeler, ns)):
         i, score, label = _index(row.get("index"), d_sae), _score(row.get("score")), row.get("label")
         if i in labels and score is not None and isinstance(label, str) and label.strip() == labels[i]:
             scores[i] = score
-    return Layer("autointerp", str(path), {i: (label, scores.get(i)) for i, label in labels.items()})
+    return Layer("autointerp", str(path), {i: (label, scores.get(i)) for i, label in labels.items()}, descriptions)
 
 
 def read_file_layer(name: str, path: str | Path, d_sae: int) -> Layer:

@@ -17,6 +17,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints",),
     "labels": ("labels", "examples", "neuronpedia"),
     "calibration": ("calibration",),
+    "compile": ("inductor",),
 }
 TARGETS["all"] = tuple(dict.fromkeys(root for roots in TARGETS.values() for root in roots))
 

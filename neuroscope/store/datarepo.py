@@ -214,11 +214,13 @@ def push(repo: str, message: str, *, private: bool = False) -> tuple[list[DataFi
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from neuroscope.store.hf import LOGIN_HINT, one_line, token
+    from neuroscope.store.hf import LOGIN_HINT, UNREACHABLE, hub_reachable, one_line, token
 
     files = collect()
     if not files:
         raise DataRepoError(f"nothing to push: no calibration, labels or Neuronpedia cache in {paths.cache_dir()}")
+    if not hub_reachable():
+        raise DataRepoError(f"cannot push to {repo}: {UNREACHABLE} (HF_ENDPOINT, the network, HF_HUB_OFFLINE)")
     api = HfApi()
     tok = token()
     check_write_access(api, tok)
@@ -347,12 +349,27 @@ def pull(repo: str, *, console=None) -> PullResult:
     from huggingface_hub import snapshot_download
 
     from neuroscope.progress import JobProgress
-    from neuroscope.store.hf import hub_failure, hub_reachable
+    from neuroscope.store.hf import download_mode, hub_failure
 
+    console, offline = download_mode(console)
     with JobProgress(console) as progress:
         try:
-            snapshot = Path(snapshot_download(repo, repo_type="dataset", local_files_only=not hub_reachable(),
+            snapshot = Path(snapshot_download(repo, repo_type="dataset", local_files_only=offline,
                                               tqdm_class=progress.download_bar(f"pull {repo}", use_desc=True)))
         except (OSError, ValueError) as exc:  # huggingface_hub's errors derive from these
-            raise DataRepoError(hub_failure(exc, f"the data repo {repo}", kind="dataset repo")) from None
+            message = hub_failure(exc, f"the data repo {repo}", kind="dataset repo")
+            if _missing_repo(exc):
+                message += f"; {MAKE_IT_HERE}"
+            raise DataRepoError(message) from None
     return install(verify(snapshot))
+
+
+# what works without a published data repo
+MAKE_IT_HERE = ("without one: `neuroscope labels fetch` (Neuronpedia's labels), or `neuroscope calibrate run` and "
+                "`neuroscope labels generate` (your own), then `neuroscope push --repo ID` to share them")
+
+
+def _missing_repo(exc: BaseException) -> bool:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    return isinstance(exc, RepositoryNotFoundError) and not isinstance(exc, GatedRepoError)

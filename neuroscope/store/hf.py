@@ -30,6 +30,17 @@ def hub_reachable() -> bool:
         return False
 
 
+def download_mode(console):
+    """``(console, local_files_only)`` for one hub download: an unreachable hub reads the hub cache only, without a
+    progress display, so it answers at once (a hit) or fails with one line (a miss) instead of retrying for
+    seconds on end."""
+    offline = not hub_reachable()
+    return (None if offline else console), offline
+
+
+UNREACHABLE = "the Hugging Face hub is unreachable"
+
+
 # ------------------------------------------------------------------------------------------------ errors, tokens
 LOGIN_HINT = "run `hf auth login` with a write token, or set HF_TOKEN (in the environment or a .env file)"
 
@@ -54,7 +65,7 @@ def hub_failure(exc: BaseException, what: str, *, kind: str = "repo") -> str:
         return (f"cannot download {what}: the {kind} is gated — accept its licence on its page "
                 f"({_page(exc)}), then set HF_TOKEN to a token of that account (or run `hf auth login`)")
     if isinstance(exc, LocalEntryNotFoundError):
-        return f"cannot download {what}: the Hugging Face hub is unreachable and it is not in the hub cache"
+        return f"cannot download {what}: {UNREACHABLE} and it is not in the hub cache"
     if isinstance(exc, RepositoryNotFoundError):
         return f"cannot download {what}: no such {kind} on the hub (or it is private: set HF_TOKEN)"
     if isinstance(exc, RevisionNotFoundError):

@@ -181,6 +181,7 @@ def data_roots() -> dict[str, Path]:
         "examples": examples_root(),
         "labels": autointerp_root(),
         "neuronpedia": neuronpedia_root(),
+        "inductor": inductor_dir(),
     }
 
 

@@ -193,19 +193,41 @@ def entries() -> list[Entry]:
     return found
 
 
-def _occupied(item: Item) -> str | None:
-    """Why restoring ``item`` would overwrite something, or None."""
-    original = Path(item.original)
-    if not (original.exists() or original.is_symlink()):
-        return None
-    if item.replaced_by and original.is_file() and paths.file_sha256(original) == item.replaced_by:
-        return None  # exactly what replaced it (pull) is there: putting the old file back is the undo
-    return f"{original} exists (created after it was trashed)"
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _is_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _overwritten(stored: Path, original: Path, replaced_by: str | None) -> list[Path]:
+    """The paths at or under ``original`` that restoring ``stored`` there would overwrite: file by file, so a
+    directory created since (empty, or holding other files) is merged into, never a reason to refuse."""
+    if not _present(original):
+        return []
+    if _is_dir(stored) and _is_dir(original):
+        return [p for child in sorted(stored.iterdir()) for p in _overwritten(child, original / child.name, None)]
+    if replaced_by and original.is_file() and paths.file_sha256(original) == replaced_by:
+        return []  # exactly what replaced it (pull) is there: putting the old file back is the undo
+    return [original]
+
+
+def _put_back(stored: Path, original: Path) -> None:
+    """Move ``stored`` to ``original``, merging into directories that exist there (checked by _overwritten)."""
+    if _is_dir(stored) and _is_dir(original):
+        for child in sorted(stored.iterdir()):
+            _put_back(child, original / child.name)
+        stored.rmdir()
+        return
+    if _present(original):  # the file a pull put in its place
+        original.unlink()
+    move(stored, original)
 
 
 def restore(entry: Entry) -> list[Item]:
-    """Put every item of ``entry`` back at its original path and delete the entry. Refuses (changing nothing)
-    when any original path holds something created since."""
+    """Put every item of ``entry`` back at its original path and delete the entry. Directories created since are
+    merged into; refuses (changing nothing) when any file would be overwritten, naming it."""
     items = []
     for i, item in enumerate(entry.items):
         if not entry.stored(i).exists():
@@ -213,14 +235,14 @@ def restore(entry: Entry) -> list[Item]:
         if not item.moved and Path(item.original).exists():
             continue  # a cross-filesystem copy interrupted before its source was deleted: the source is whole
         items.append((i, item))  # (a rename interrupted before the manifest said so still counts as moved)
-    for _, item in items:
-        if (why := _occupied(item)) is not None:
-            raise TrashError(f"cannot undo {entry.path.name}: {why}; move it away first (nothing was restored)")
+    clashes = [p for i, item in items for p in _overwritten(entry.stored(i), Path(item.original), item.replaced_by)]
+    if clashes:
+        more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        named = ", ".join(str(p) for p in clashes[:3])
+        raise TrashError(f"cannot undo {entry.path.name}: {named}{more} would be overwritten (created after it was "
+                         "trashed); move it away first (nothing was restored)")
     for i, item in items:
-        original = Path(item.original)
-        if original.exists() and item.replaced_by:
-            original.unlink()
-        move(entry.stored(i), original)
+        _put_back(entry.stored(i), Path(item.original))
     shutil.rmtree(entry.path)
     return [item for _, item in items]
 

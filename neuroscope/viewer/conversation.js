@@ -5,6 +5,18 @@ import { PICKED_RGB, TOP_RGB, shade } from "./colour.js";
 import { describeSpec } from "./steering.js";
 
 const SPECIAL_TEXT = /^<[^<>\s]+>$/; // <bos>, <start_of_turn>, ... in prompt tokens
+const CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g; // tab and newline lay text out: kept
+
+// Control characters drawn as visible symbols rather than boxes or nothing: C0 as the Control Pictures block
+// (\u0001 -> ␁, \r -> ␍), DEL as ␡, C1 (no picture of their own) as \x85.
+export function visible(text) {
+  return text.replace(CONTROL, (c) => {
+    const code = c.charCodeAt(0);
+    if (code < 0x20) return String.fromCharCode(0x2400 + code);
+    if (code === 0x7f) return "\u2421";
+    return `\\x${code.toString(16)}`;
+  });
+}
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -17,7 +29,7 @@ class Turn {
   constructor(userText, includePrompt, steering, resent) {
     this.root = el("article", "turn");
     const user = el("div", "msg user");
-    user.append(el("div", "role", resent ? "you · resent" : "you"), el("div", "text", userText));
+    user.append(el("div", "role", resent ? "you · resent" : "you"), el("div", "text", visible(userText)));
     this.prompt = el("details", "prompt");
     this.prompt.open = true;
     this.promptCount = el("span", "muted", "");
@@ -72,11 +84,12 @@ function tokenElement(tok) {
   if (tok.steered) node.classList.add("steered");
   if (tok.special) {
     node.classList.add("special");
-    node.textContent = tok.text || "EOS";
+    // drawn by its own name (<start_of_turn>, <pad>); only the step that ends the reply reads "EOS" (finish())
+    node.textContent = visible(tok.text || tok.name || "EOS");
   } else if (tok.text === "") {
     node.classList.add("empty"); // e.g. the first byte of a character split across tokens
   } else {
-    node.textContent = tok.text;
+    node.textContent = visible(tok.text);
     if (tok.prompt && SPECIAL_TEXT.test(tok.text)) node.classList.add("special");
   }
   return node;
@@ -120,6 +133,7 @@ export class Conversation {
       special: event.special === true,
       steered: event.steered === true, // read from a steered residual
       text: typeof event.token === "string" ? event.token : "",
+      name: typeof event.special_token === "string" ? event.special_token : "", // a special token's own name
       position: event.position,
       l0: event.l0,
       filtered: typeof event.filtered_count === "number" ? event.filtered_count : undefined, // under a filter
@@ -147,6 +161,16 @@ export class Conversation {
     if (repaint) this.repaint();
     else this.paint(tok);
     return tok;
+  }
+
+  // The reply ended: a special token that ended it (finish_reason "stop") is the end of sequence, shown as such.
+  finish(turn, finishReason) {
+    const last = turn.reply.lastElementChild;
+    const tok = last ? this.tokenOf.get(last) : null;
+    if (finishReason !== "stop" || !tok || !tok.special || tok.text) return;
+    tok.eos = true;
+    tok.el.textContent = "EOS";
+    tok.el.title = tok.name ? `end of sequence: ${tok.name}` : "end of sequence";
   }
 
   count(tok) {

@@ -90,6 +90,7 @@ async function loadInfo() {
     }
   }
   $("steer-index").placeholder = `feature 0–${info.d_sae - 1}`;
+  $("steer-index").max = String(info.d_sae - 1);
   const topk = info.top_k ? ` · top-${info.top_k}` : "";
   const sae = `${info.sae} · layer ${info.layer} · ${info.d_sae} features${topk}`;
   $("model-info").textContent = `${info.model} · ${info.backend} · ${sae}`;
@@ -202,6 +203,7 @@ function follow(turn, requestId, includePrompt) {
     },
     onComplete: (c) => {
       turn.setStatus(`${c.tokens} tokens · ${c.finish_reason}`);
+      conv.finish(turn, c.finish_reason);
       if ("steering" in c) turn.setSteering(c.steering); // the spec as the server ran it
       if (c.error) turn.fail(c.error);
       done();
@@ -308,18 +310,48 @@ function showSteering() {
   $("steer-value").hidden = $("steer-mode").value === "ablate"; // ablate takes no value
 }
 
+// The feature panel's "steer": the selected feature joins the steering list at once, with the mode and value
+// shown (a missing value is asked for first), so the next send or Resend carries it.
 function pickSteered(feature) {
-  $("steer-index").value = String(feature);
-  $($("steer-mode").value === "ablate" ? "steer-mode" : "steer-value").focus();
+  const value = $("steer-value"), mode = $("steer-mode").value;
+  if (mode !== "ablate" && value.value.trim() === "") {
+    $("steer-index").value = String(feature);
+    return value.focus();
+  }
+  steering.set(feature, mode, mode === "ablate" ? undefined : Number(value.value));
+  showSteering();
 }
+
+// Whether the index box holds a feature this SAE has (whole, 0..d_sae-1); "" (nothing typed yet) is allowed.
+function indexAllowed(box) {
+  if (box.validity.badInput) return false; // "-", "1e", ...: not a whole number
+  const text = box.value.trim();
+  if (text === "") return true;
+  return /^\d+$/.test(text) && (!info || Number(text) < info.d_sae);
+}
+
+// The index box refuses, as they are typed, indices the SAE does not have: the last accepted value stays.
+let acceptedIndex = "";
+$("steer-index").addEventListener("input", (e) => {
+  const box = e.target, note = $("steer-index-note");
+  if (indexAllowed(box)) {
+    acceptedIndex = box.value;
+    note.hidden = true;
+    return;
+  }
+  box.value = acceptedIndex;
+  note.textContent = info ? `features are 0–${info.d_sae - 1}` : "a feature index is a whole number";
+  note.hidden = false;
+});
 
 function addSteered() {
   const index = $("steer-index"), value = $("steer-value"), mode = $("steer-mode").value;
-  if (index.value.trim() === "") return index.focus();
+  if (index.value.trim() === "" || !indexAllowed(index)) return index.focus();
   if (mode !== "ablate" && value.value.trim() === "") return value.focus();
-  // the server checks the rest (range, integer, size) and says what is wrong
+  // the server checks the rest (the value's range and size) and says what is wrong
   steering.set(Number(index.value), mode, mode === "ablate" ? undefined : Number(value.value));
-  index.value = "";
+  index.value = acceptedIndex = "";
+  $("steer-index-note").hidden = true;
   showSteering();
 }
 

@@ -1,5 +1,7 @@
 // The side panels: a token's top-k features (#feature-panel), the selected feature, the most active features.
 
+import { visible } from "./conversation.js";
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -62,8 +64,11 @@ function describe(tok) {
 
 export function renderToken(container, tok, { pinned, selected }) {
   const head = el("div", "token-head");
-  let text = JSON.stringify(tok.text);
-  if (!tok.text) text = tok.special ? "end of sequence" : '"" (no text of its own: part of a character)';
+  let text = visible(JSON.stringify(tok.text));
+  if (!tok.text) {
+    if (!tok.special) text = '"" (no text of its own: part of a character)';
+    else text = tok.eos || !tok.name ? `end of sequence${tok.name ? ` (${tok.name})` : ""}` : `special token ${tok.name}`;
+  }
   head.append(el("span", "token-text", text), el("span", "muted", describe(tok) + (pinned ? " · pinned" : "")));
   const list = el("ol", "feature-list");
   const scale = tok.top || 0;
@@ -106,13 +111,14 @@ export function renderFeature(panel, conv, info) {
     b.dataset.requestId = tok.requestId;
     b.dataset.ref = String(tok.index);
     if (tok.prompt) b.dataset.prompt = "true";
-    b.append(el("span", "", JSON.stringify(tok.text)), el("span", "fval", act(tok.acts.get(f))));
+    b.append(el("span", "", visible(JSON.stringify(tok.text))), el("span", "fval", act(tok.acts.get(f))));
     const li = el("li");
     li.append(b);
     list.append(li);
   }
   const label = d && d.source !== "numeric" ? d.label : conv.label(f); // a label that arrived since is newer
-  panel.replaceChildren(h2, el("p", "flabel-big", label), facts, el("h3", "", "Strongest tokens"), list);
+  const about = d && d.description && d.label === label ? [el("p", "fdescription", d.description)] : [];
+  panel.replaceChildren(h2, el("p", "flabel-big", label), ...about, facts, el("h3", "", "Strongest tokens"), list);
 }
 
 export function renderTop(list, empty, conv, n = 12) {

@@ -21,12 +21,6 @@ from tests.support.reference import reference_acts, residuals
 SAMPLES, PER_FEATURE, MAX_TOKENS, POOL = 12, 3, 40, 5
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 @pytest.fixture(scope="module")
 def runtime(tiny_fixture):
     config = ServeConfig(model=str(tiny_fixture.model_dir), sae_local_path=str(tiny_fixture.sae_path),

@@ -25,7 +25,6 @@ from neuroscope.labels.autointerp.collector import Collector, npz_bytes
 from neuroscope.labels.autointerp.generate import load_runtime
 from neuroscope.store import atomic
 from tests.support.calib import write_corpus
-from tests.support.hub_fixtures import cache  # noqa: F401  (a fixture: NEUROSCOPE_CACHE under tmp_path)
 
 SAMPLES, BATCH, MAX_TOKENS = 11, 3, 30
 

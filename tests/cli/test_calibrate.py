@@ -28,12 +28,6 @@ FIELDS = {"format", "model", "sae", "sae_path", "layer", "d_sae", "sae_input_nor
           "features", "summary"}
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"), 14)

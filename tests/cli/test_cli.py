@@ -13,6 +13,7 @@ import neuroscope
 from neuroscope.cli import serve as cli
 from neuroscope.config import ServeConfig
 from neuroscope.runtime import StartupError
+from tests.support.cli import error_line
 
 SERVE_OPTIONS = [
     "--model", "--sae", "--sae-path", "--sae-local-path", "--sae-layer", "--top-k", "--port", "--features-port",
@@ -23,19 +24,6 @@ SERVE_OPTIONS = [
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
-
-
-@pytest.fixture
-def captured(monkeypatch) -> list[ServeConfig]:
-    """``serve`` replaced by a recorder: the CLI is tested without starting a server."""
-    configs: list[ServeConfig] = []
-
-    def fake_serve(config: ServeConfig) -> int:
-        configs.append(config)
-        return 0
-
-    monkeypatch.setattr(cli, "serve", fake_serve)
-    return configs
 
 
 def invoke_serve(runner, captured, *args) -> ServeConfig:
@@ -102,14 +90,12 @@ def test_unknown_log_level_exits_2(runner, captured):
 def test_unknown_backend_fails_with_one_line(runner):
     # the real serve path: the backend is resolved before anything is loaded or fetched
     result = runner.invoke(cli.app, ["serve", "--backend", "nope"])
-    assert result.exit_code == 1
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and "'nope'" in lines[0]
+    line = error_line(result, 1)
+    assert "'nope'" in line
     from neuroscope.core import registry
 
     for name in registry.available() or ["none"]:
-        assert name in lines[0]
+        assert name in line
     assert "Traceback" not in result.output
 
 

@@ -9,16 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from neuroscope.cli import serve as cli
-from neuroscope.config import ServeConfig
 from neuroscope.core import registry
 from neuroscope.runtime import StartupError
-
-
-@pytest.fixture
-def captured(monkeypatch) -> list[ServeConfig]:
-    configs: list[ServeConfig] = []
-    monkeypatch.setattr(cli, "serve", lambda config: configs.append(config) or 0)
-    return configs
 
 
 def test_max_queue_and_served_model_names_reach_the_config(captured):

@@ -23,21 +23,19 @@ ALL = len(list(samples(wt.rows())))  # every sample the fake dataset holds
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
+def hub(tmp_path, monkeypatch, cache):
     fake = FakeHub()
     wt.add_to(fake)
     fake.start()
     point_in_process(monkeypatch, fake.endpoint, tmp_path / "hf")
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
     yield fake
     fake.stop()
     hub_reachable.cache_clear()
 
 
 @pytest.fixture
-def offline(tmp_path, monkeypatch):
+def offline(tmp_path, monkeypatch, cache):
     point_in_process(monkeypatch, refused_endpoint(), tmp_path / "hf-offline")
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
     yield
     hub_reachable.cache_clear()
 
@@ -203,7 +201,9 @@ def test_offline_build_says_what_to_do(offline, tmp_path):
     result = run("build")
     assert result.exit_code == 1
     line = error_line(result)
-    assert "unreachable" in line and "--corpus-path" in line and "neuroscope corpus build" in line
+    assert "unreachable" in line and "neuroscope corpus build` again when online" in line
+    assert "pass --corpus-path" not in line  # corpus build has no such option: the commands that do are named
+    assert "`calibrate run` and `labels generate` also read a directory of .txt files" in line
 
 
 def test_offline_build_uses_the_hub_cache(hub, tmp_path, monkeypatch):

@@ -20,13 +20,6 @@ WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
 TORCH = pytest.mark.skipif("torch-cpu" not in registry.available(), reason="torch-cpu is not available here")
 
 
-@pytest.fixture
-def captured(monkeypatch) -> list[ServeConfig]:
-    configs: list[ServeConfig] = []
-    monkeypatch.setattr(cli, "serve", lambda config: configs.append(config) or 0)
-    return configs
-
-
 @pytest.mark.parametrize(("args", "expected"), [([], "auto"), (["--engine", "compiled"], "compiled"),
                                                 (["--engine", "eager"], "eager")])
 def test_engine_reaches_the_config(captured, args, expected):

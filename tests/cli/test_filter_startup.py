@@ -18,6 +18,7 @@ from neuroscope.core.fixtures import random_sae
 from neuroscope.core.protocol import BatchStats
 from neuroscope.core.sae import save_npz
 from neuroscope.store import paths
+from tests.support.cli import error_line
 
 
 def _file(tmp_path: Path, fx, **over) -> Path:
@@ -38,13 +39,6 @@ def _serve(fx, *args: str):
     return CliRunner().invoke(cli.app, ["serve", "--backend", "torch-cpu", "--model", str(fx.model_dir),
                                         "--sae-local-path", str(fx.sae_path), "--sae-layer", str(fx.sae_layer), *args],
                               env={"COLUMNS": "300"})
-
-
-def _error(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 def test_the_options_reach_the_config(monkeypatch, tmp_path):
@@ -71,7 +65,7 @@ def test_the_options_reach_the_config(monkeypatch, tmp_path):
 ], ids=["norm", "layer", "model", "sae", "d_sae"])
 def test_a_calibration_for_another_configuration_is_refused(tiny_fixture, tmp_path, change, names):
     path = _file(tmp_path, tiny_fixture, **change)
-    line = _error(_serve(tiny_fixture, "--calibration-path", str(path)))
+    line = error_line(_serve(tiny_fixture, "--calibration-path", str(path)), 1)
     assert "was made for another configuration" in line and names in line and str(path) in line
 
 
@@ -83,22 +77,22 @@ def test_a_calibration_of_another_sae_file_is_refused(tiny_fixture, tmp_path):
     result = CliRunner().invoke(cli.app, ["serve", "--backend", "torch-cpu", "--model", str(tiny_fixture.model_dir),
                                           "--sae-local-path", str(other), "--sae-layer", "2",
                                           "--calibration-path", str(path)], env={"COLUMNS": "300"})
-    line = _error(result)
+    line = error_line(result, 1)
     assert f"local-sha256-{paths.file_sha256(other / 'params.npz')}" in line  # the SAE being served, by content
 
 
 def test_missing_and_malformed_files_are_refused(tiny_fixture, tmp_path):
-    assert "calibration file not found" in _error(_serve(tiny_fixture, "--calibration-path",
-                                                         str(tmp_path / "none.json")))
+    assert "calibration file not found" in error_line(_serve(tiny_fixture, "--calibration-path",
+                                                         str(tmp_path / "none.json")), 1)
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    assert "is not valid JSON" in _error(_serve(tiny_fixture, "--calibration-path", str(bad)))
+    assert "is not valid JSON" in error_line(_serve(tiny_fixture, "--calibration-path", str(bad)), 1)
     short = _file(tmp_path, tiny_fixture)
     data = json.loads(short.read_text())
     data["features"]["max"] = data["features"]["max"][:5]
     short.write_text(json.dumps(data))
-    assert "features.max must be a list of 256" in _error(_serve(tiny_fixture, "--calibration-path", str(short)))
+    assert "features.max must be a list of 256" in error_line(_serve(tiny_fixture, "--calibration-path", str(short)), 1)
     # even with the filter off, a file named on the command line must be the right one
     wrong = _file(tmp_path, tiny_fixture, layer=3)
-    assert "layer 3 (serving 2)" in _error(_serve(tiny_fixture, "--feature-filter", "none",
-                                                  "--calibration-path", str(wrong)))
+    assert "layer 3 (serving 2)" in error_line(_serve(tiny_fixture, "--feature-filter", "none",
+                                                  "--calibration-path", str(wrong)), 1)

@@ -5,7 +5,6 @@ unreachable export (the API for everything) and an unreachable everything."""
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 from neuroscope.cli import serve as cli
 from neuroscope.labels.neuronpedia.cache import NeuronpediaCache
 from neuroscope.store import paths
+from tests.support.net import closed_port
 from tests.support.neuronpedia_fake import FakeNeuronpedia, explanation
 
 D = 16384
@@ -25,15 +25,8 @@ def invoke(*args: str):
     return result
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def env(monkeypatch, tmp_path):
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def env(monkeypatch, cache):
     for name in ("NEURONPEDIA_URL", "NEURONPEDIA_DATASETS_URL", "NEURONPEDIA_API_KEY", "NEURONPEDIA_REGISTRY"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
@@ -115,7 +108,7 @@ def test_unreachable_export_falls_back_to_the_api(env, tmp_path):
              "model_id": "tiny", "source": "{layer}-test", "d_sae": 64}]}))
         env.setenv("NEURONPEDIA_REGISTRY", str(registry))
         env.setenv("NEURONPEDIA_URL", fake.url)
-        env.setenv("NEURONPEDIA_DATASETS_URL", f"http://127.0.0.1:{_closed_port()}")
+        env.setenv("NEURONPEDIA_DATASETS_URL", f"http://127.0.0.1:{closed_port()}")
         result = invoke("--model", "test/tiny", "--sae", "test/sae", "--sae-path", "layer_2/params.npz",
                         "--sae-layer", "2")
         assert result.exit_code == 0, result.output
@@ -128,8 +121,8 @@ def test_unreachable_export_falls_back_to_the_api(env, tmp_path):
 
 
 def test_everything_unreachable(env):
-    env.setenv("NEURONPEDIA_URL", f"http://127.0.0.1:{_closed_port()}")
-    env.setenv("NEURONPEDIA_DATASETS_URL", f"http://127.0.0.1:{_closed_port()}")
+    env.setenv("NEURONPEDIA_URL", f"http://127.0.0.1:{closed_port()}")
+    env.setenv("NEURONPEDIA_DATASETS_URL", f"http://127.0.0.1:{closed_port()}")
     result = invoke()
     assert result.exit_code == 1
     assert "cannot reach" in result.stderr and "unreachable" in result.stderr

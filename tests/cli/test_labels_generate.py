@@ -20,6 +20,7 @@ from neuroscope.store.paths import Namespace
 from tests.support.calib import write_corpus
 from tests.support.cli import error_line
 from tests.support.fake_llm import KEY, FakeLLM, label_for
+from tests.support.net import closed_port
 
 SAMPLES = 16
 LABELER = "test-org/labeler-1"
@@ -28,12 +29,11 @@ KEYS = ("OPENROUTER_API_KEY", "ANTHROPIC_API_KEY", "LABELER_API_KEY", "LABELER_M
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def cache(cache, monkeypatch) -> Path:
     for k in KEYS:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(llm, "BACKOFF_BASE_S", 0.01)  # retries without the real one-second waits
-    return tmp_path / "cache"
+    return cache
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +221,21 @@ def test_a_model_id_the_backend_refuses_stops_the_run(tiny_fixture, corpus_dir, 
     assert llm.REFUSALS_BEFORE_ANY_ANSWER <= len(openai_fake.requests) < llm.REFUSALS_BEFORE_ANY_ANSWER + concurrency
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_labeler_where_nothing_listens_stops_the_run_at_once(tiny_fixture, corpus_dir, cache, concurrency):
+    """Connection refused before any answer is the backend's fault, not a feature's: one line, no per-feature
+    retries, nothing filed as failed."""
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    result = generate(tiny_fixture, corpus_dir, "--labeler-backend", url, "--concurrency", str(concurrency),
+                      env={"LABELER_API_KEY": KEY})
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "cannot be reached" in line and url in line and "--labeler-backend" in line
+    assert "failed after" not in result.output
+    failed = paths.autointerp_failed_file(LABELER, namespace(tiny_fixture))
+    assert not failed.exists() or failed.read_text() == ""
+
+
 def test_a_refusal_after_answers_fails_only_that_feature(tiny_fixture, corpus_dir, cache, openai_fake):
     openai_fake.faults = [""] + ["400"] * (llm.REFUSALS_BEFORE_ANY_ANSWER + 1)  # one answer, then refusals
     result = generate(tiny_fixture, corpus_dir, "--labeler-backend", openai_fake.url, "--concurrency", "1",
@@ -287,3 +302,14 @@ def test_generated_labels_are_shown_with_their_windows_and_served_in_the_stream(
     for f in features:
         assert f["label"] == labels.get(f["index"], f"feature_{f['index']}")
     assert info["labels"]["sources"]["autointerp"] == len(labels)
+
+
+def test_a_labeler_url_needs_the_labelers_name(tiny_fixture, corpus_dir, cache, openai_fake):
+    """Labels from a server of one's own are filed under the model it runs, never the default labeler's name."""
+    args = ["labels", "generate", "--model", str(tiny_fixture.model_dir), "--sae-local-path",
+            str(tiny_fixture.sae_path), "--sae-layer", str(tiny_fixture.sae_layer), "--corpus-path", str(corpus_dir),
+            "--labeler-backend", openai_fake.url]
+    result = CliRunner().invoke(cli.app, args, env={"COLUMNS": "200", "LABELER_API_KEY": KEY})
+    assert result.exit_code == 2
+    assert "--labeler-backend URL needs --labeler MODEL" in error_line(result)
+    assert openai_fake.requests == [] and not (cache / "autointerp_labels").exists()

@@ -34,11 +34,10 @@ def test_balanced_accuracy_by_its_definition():
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def cache(cache, monkeypatch) -> Path:
     for k in ("OPENROUTER_API_KEY", "ANTHROPIC_API_KEY", "LABELER_API_KEY", "LABELER_MODEL", "LABELER_BACKEND"):
         monkeypatch.delenv(k, raising=False)
-    return tmp_path / "cache"
+    return cache
 
 
 @pytest.fixture

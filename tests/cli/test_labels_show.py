@@ -33,8 +33,7 @@ def rows(result) -> dict[int, list[str]]:
 
 
 @pytest.fixture
-def ns(monkeypatch, tmp_path):
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def ns(cache, monkeypatch):
     for name in ("LABELER_MODEL", "NEURONPEDIA_REGISTRY"):
         monkeypatch.delenv(name, raising=False)
     return paths.Namespace.for_hub_sae(DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, 20)
@@ -110,3 +109,20 @@ def test_broken_labels_path(ns, tmp_path):
     bad.write_text("{nope")
     result = invoke("--features", "1", "--labels-path", str(bad))
     assert result.exit_code == 1 and "not valid JSON" in error_line(result)
+
+
+def test_the_labelers_descriptions_are_shown(ns):
+    f = paths.autointerp_labels_file("deepseek/deepseek-v3.2", ns)
+    f.parent.mkdir(parents=True)
+    rows_ = [{"index": 7, "label": "old", "description": "stale account"},
+             {"index": 7, "label": "French text", "description": "Fires on French words inside English prose."},
+             {"index": 9, "label": "dates", "description": ""}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows_))
+    result = invoke("--features", "7,9")
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "label" in line and "source" in line)
+    assert "description" in header
+    r = rows(result)
+    assert r[7][:3] == ["French text", "Fires on French words inside English prose.", "autointerp"]
+    assert r[9][:3] == ["dates", "", "autointerp"]
+    assert "stale account" not in result.stdout

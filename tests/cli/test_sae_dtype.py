@@ -7,16 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from neuroscope.cli import serve as cli
-from neuroscope.config import ServeConfig
 
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
-
-
-@pytest.fixture
-def captured(monkeypatch) -> list[ServeConfig]:
-    configs: list[ServeConfig] = []
-    monkeypatch.setattr(cli, "serve", lambda config: configs.append(config) or 0)
-    return configs
 
 
 @pytest.mark.parametrize(("args", "expected"), [([], "float32"), (["--sae-dtype", "bfloat16"], "bfloat16"),

@@ -11,6 +11,7 @@ from neuroscope.cli import serve as cli
 from neuroscope.core import registry
 from neuroscope.core.decode import generate
 from neuroscope.core.protocol import GenerationParams, SteerFeature, Steering
+from tests.support.cli import error_line
 from tests.support.reference import load_backend
 
 BACKENDS = registry.available()
@@ -98,9 +99,7 @@ def test_generated_positions_keep_the_first_token(steer):
 def test_a_bad_feature_is_exit_2_before_loading(spec, message):
     # no model options: a bad --feature fails before anything is loaded or fetched
     result = CliRunner().invoke(cli.app, ["steer", PROMPT, "-f", spec, "--backend", "torch-cpu"])
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert message in error_line(result, 2)
     assert "Traceback" not in result.output
 
 

@@ -216,3 +216,46 @@ def test_a_terminal_sees_download_progress(models_hub):
     assert f"pull {MODEL}" in shown and "Fetching 7 files" in shown and "7/7" in shown
     size = sum(len(MODEL_FILES[name]) for name in SERVING)
     assert f"{size / 1000:.1f} kB" in shown  # the bytes bar's total
+
+
+@pytest.mark.parametrize("command", [("sae", "pull", SAE, "--path", "layer_2"), ("models", "pull", MODEL),
+                                     ("pull", "--repo", "alice/data")])
+def test_every_hub_command_fails_fast_and_quietly_when_the_hub_is_unreachable(tmp_path, command):
+    """No retry messages: one line on stderr, and what is in the hub cache still serves."""
+    from tests.support.fake_hub import refused_endpoint
+
+    env = subprocess_env(refused_endpoint(), tmp_path)
+    done = subprocess.run([sys.executable, "-m", "neuroscope", *command], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert "the Hugging Face hub is unreachable and it is not in the hub cache" in error_line(done, 1)
+
+
+def test_a_cached_sae_pulls_without_the_hub(models_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    from neuroscope.store.hf import hub_reachable
+    from tests.support.fake_hub import refused_endpoint
+
+    assert run("sae", "pull", SAE, "--path", "layer_2").exit_code == 0
+    monkeypatch.setattr(constants, "ENDPOINT", refused_endpoint())
+    hub_reachable.cache_clear()
+    result = run("sae", "pull", SAE, "--path", "layer_2")
+    assert result.exit_code == 0, result.output
+    assert "d_model 16 × d_sae 48" in result.stdout
+
+
+def test_push_with_the_hub_unreachable_is_one_line(cache, monkeypatch):
+    from huggingface_hub import constants
+
+    from neuroscope.store import datarepo
+    from neuroscope.store.hf import hub_reachable
+    from tests.support.fake_hub import refused_endpoint
+
+    monkeypatch.setattr(datarepo, "collect", lambda: ["calibration"])  # something to push
+    monkeypatch.setattr(constants, "ENDPOINT", refused_endpoint())
+    hub_reachable.cache_clear()
+    try:
+        line = error_line(run("push", "--repo", "alice/data"))
+    finally:
+        hub_reachable.cache_clear()
+    assert "cannot push to alice/data" in line and "unreachable" in line

@@ -76,5 +76,9 @@ def test_flags_become_a_spec_once_the_width_is_known():
     assert steering_from_options(features, "generated", 16) == Steering(tuple(features), "generated")
     with pytest.raises(SteeringError, match="16 features"):
         steering_from_options([parse_feature_option("16:add:1")], "all", 16)
+    for given in ("999:add:4", "999:clamp:-2.5", "999:ablate"):  # the flag as given, value included
+        with pytest.raises(SteeringError) as info:
+            steering_from_options([parse_feature_option(given)], "all", 16)
+        assert str(info.value.message).startswith(f"--feature {given}: index 999 is out of range"), info.value.message
     with pytest.raises(SteeringError, match="at least one"):
         steering_from_options([], "all", 16)

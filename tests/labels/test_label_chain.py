@@ -21,8 +21,7 @@ LABELER = "deepseek/deepseek-v3.2"
 
 
 @pytest.fixture
-def ns(monkeypatch, tmp_path):
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def ns(cache, monkeypatch):
     monkeypatch.delenv("LABELER_MODEL", raising=False)
     return paths.Namespace.for_hub_sae(MODEL, SAE, SAE_PATH, 20)
 
@@ -202,3 +201,17 @@ def test_registry_ships_as_package_data():
     data = json.loads(resources.files("neuroscope.data").joinpath("neuronpedia.json").read_text())
     assert data["entries"] and all({"models", "sae", "sae_path", "model_id", "source", "d_sae"} <= set(e)
                                    for e in data["entries"])
+
+
+def test_the_labelers_description_travels_with_its_label(ns):
+    """``detail()`` (what ``?detail=true`` serves) carries the description of the label shown, the last line's."""
+    f = paths.autointerp_labels_file("deepseek/deepseek-v3.2", ns)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"index": 1, "label": "a", "description": "first account"},
+        {"index": 1, "label": "b", "description": "second account"},
+        {"index": 2, "label": "c", "description": "dropped later"},
+        {"index": 2, "label": "d"})))
+    detail = build_chain(ns, 16, labeler="deepseek/deepseek-v3.2").detail()
+    assert detail["1"] == {"label": "b", "source": "autointerp", "description": "second account"}
+    assert detail["2"] == {"label": "d", "source": "autointerp"} and "description" not in detail["3"]

@@ -3,7 +3,6 @@ when the registry knows it, and the offline check that turns the fetcher off (th
 
 from __future__ import annotations
 
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -11,18 +10,12 @@ import pytest
 from neuroscope.config import ServeConfig
 from neuroscope.runtime import finish_probe, load_labels
 from neuroscope.server.serve import _label_rows
+from tests.support.net import closed_port
 from tests.support.neuronpedia_fake import FakeNeuronpedia
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(autouse=True)
-def cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def cache(cache, monkeypatch):
     monkeypatch.delenv("LABELER_MODEL", raising=False)
     monkeypatch.delenv("NEURONPEDIA_REGISTRY", raising=False)
 
@@ -47,7 +40,7 @@ def test_reachable_neuronpedia_is_asked_lazily(monkeypatch):
 
 
 def test_offline_neuronpedia_serves_the_cache_only(monkeypatch):
-    monkeypatch.setenv("NEURONPEDIA_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("NEURONPEDIA_URL", f"http://127.0.0.1:{closed_port()}")
     chain = load_labels(ServeConfig(labeler="anthropic/claude-haiku"), 16384)
     finish_probe(chain)
     assert chain.neuronpedia.lazy is None and chain.neuronpedia.skipped.startswith("offline (cannot reach")

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 import aiohttp
 import pytest
 
 from neuroscope.labels.neuronpedia.client import ClientSettings, NeuronpediaClient, Unreachable, best_explanation
 from neuroscope.labels.neuronpedia.registry import NeuronpediaIds
+from tests.support.net import closed_port
 from tests.support.neuronpedia_fake import FakeNeuronpedia, explanation
 
 IDS = NeuronpediaIds("gemma-2-2b", "20-gemmascope-res-16k", 16384)
@@ -99,15 +99,9 @@ def test_from_env(monkeypatch):
     assert ClientSettings.from_env().base_url == "https://www.neuronpedia.org"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_warns_once_and_pauses(caplog):
     caplog.set_level(logging.WARNING, logger="neuroscope.neuronpedia")
-    settings = ClientSettings(base_url=f"http://127.0.0.1:{_closed_port()}", breaker_failures=3,
+    settings = ClientSettings(base_url=f"http://127.0.0.1:{closed_port()}", breaker_failures=3,
                               breaker_pause_s=60, **FAST)
 
     async def main():
@@ -133,6 +127,6 @@ def test_unreachable_warns_once_and_pauses(caplog):
 
 
 def test_unreachable_can_stop_the_caller():
-    settings = ClientSettings(base_url=f"http://127.0.0.1:{_closed_port()}", **FAST)
+    settings = ClientSettings(base_url=f"http://127.0.0.1:{closed_port()}", **FAST)
     with pytest.raises(Unreachable, match="unreachable"):
         ask(settings, 1, stop_when_unreachable=True)

@@ -5,7 +5,6 @@ wait for them, the answers fill the cache, and later events carry the labels."""
 from __future__ import annotations
 
 import logging
-import socket
 import time
 
 import httpx
@@ -17,6 +16,7 @@ from neuroscope.labels.neuronpedia.cache import NeuronpediaCache
 from neuroscope.labels.neuronpedia.client import ClientSettings
 from neuroscope.labels.neuronpedia.lazy import LazyNeuronpedia
 from neuroscope.labels.neuronpedia.registry import NeuronpediaIds
+from tests.support.net import closed_port
 from tests.support.neuronpedia_fake import FakeNeuronpedia, explanation
 from tests.support.server import RunningServer, SSEReader
 
@@ -51,8 +51,8 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
 
 
 @pytest.fixture
-def cache_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def cache_env(cache):
+    return cache
 
 
 def test_lazy_labels_never_delay_tokens_and_arrive_later(cache_env, tiny_fixture):
@@ -105,15 +105,9 @@ def test_lazy_labels_never_delay_tokens_and_arrive_later(cache_env, tiny_fixture
     assert len(lines) == len(seen)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_neuronpedia_one_warning_and_the_stream_goes_on(cache_env, tiny_fixture, caplog):
     caplog.set_level(logging.WARNING, logger="neuroscope.neuronpedia")
-    chain = chain_for(f"http://127.0.0.1:{_closed_port()}")
+    chain = chain_for(f"http://127.0.0.1:{closed_port()}")
     srv = RunningServer(BACKEND, tiny_fixture, top_k=4, labels=chain)
     try:
         for _ in range(2):

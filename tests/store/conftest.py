@@ -1,1 +1,1 @@
-from tests.support.hub_fixtures import cache, hub  # noqa: F401  (fixtures)
+from tests.support.hub_fixtures import hub  # noqa: F401  (fixtures)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,8 @@ def filled(cache, hf_cache) -> dict[str, list[Path]]:
                    put(paths.examples_dir(NS, "run1") / "examples.jsonl", b"{}\n"),
                    put(paths.neuronpedia_file("gemma-2-2b", "20-gemmascope-res-16k"), b'{"index": 1}\n')],
         "calibration": [put(paths.calibration_file(NS), b'{"format": "x"}')],
+        "compile": [put(paths.inductor_dir() / "fxgraph" / "ab" / "graph.py", b"# kernel"),
+                    put(paths.inductor_dir() / "aotautograd" / "entry", os.urandom(100))],
     }
 
 
@@ -68,7 +71,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
             if p.is_file() and "trash" not in p.relative_to(root).parts}
 
 
-@pytest.mark.parametrize("what", ["corpus", "checkpoints", "labels", "calibration"])
+@pytest.mark.parametrize("what", ["corpus", "checkpoints", "labels", "calibration", "compile"])
 def test_each_target_moves_only_its_data(filled, cache, hf_cache, what):
     hf_before = snapshot(hf_cache)
     before = snapshot(cache)
@@ -123,9 +126,24 @@ def test_undo_refuses_to_overwrite_what_was_made_since(filled, cache):
     put(paths.calibration_file(NS), b"new calibration")
     result = run("undo")
     line = error_line(result)
-    assert result.exit_code == 1 and "exists" in line and "nothing was restored" in line
+    assert result.exit_code == 1 and "nothing was restored" in line
+    assert f"{paths.calibration_file(NS)} would be overwritten" in line  # the very file, named
     assert paths.calibration_file(NS).read_bytes() == b"new calibration"
     assert len(trash.entries()) == 1  # still there to restore once the new data is moved away
+
+
+def test_undo_restores_file_by_file_into_directories_made_since(filled, cache):
+    """An empty directory at the original path, or one holding other files (another layer's calibration), is
+    merged into: only a file that would be overwritten refuses the undo."""
+    before = snapshot(cache)
+    run("calibration")
+    paths.calibration_file(NS).parent.mkdir(parents=True)  # an empty directory where the calibration was
+    other = NS.__class__.for_hub_sae("google/gemma-2-2b-it", "google/gemma-scope-2b-pt-res", "layer_12/params.npz", 12)
+    newer = put(paths.calibration_file(other), b"another layer")
+    result = run("undo")
+    assert result.exit_code == 0, result.output
+    assert snapshot(cache) == {**before, newer.relative_to(cache).as_posix(): b"another layer"}
+    assert trash.entries() == []
 
 
 def test_nothing_to_clean_and_nothing_to_undo(cache):
@@ -198,7 +216,13 @@ def test_a_data_dir_on_another_filesystem_is_copied_verified_and_deleted(filled,
 def test_a_copy_that_does_not_verify_leaves_the_original(cache, tmp_path, monkeypatch):
     src = put(tmp_path / "a" / "x.bin", b"abc")
     monkeypatch.setattr(os, "rename", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
-    monkeypatch.setattr(trash, "_files", lambda p: {str(p): 1})  # source and copy never agree
+    copy = shutil.copy2
+
+    def corrupting_copy(src, dst, **kwargs):  # a copy that lands damaged (a failing disk, a full one)
+        copy(src, dst, **kwargs)
+        Path(dst).write_bytes(b"abd")
+
+    monkeypatch.setattr(shutil, "copy2", corrupting_copy)
     with pytest.raises(OSError, match="differs"):
         trash.move(src, tmp_path / "b" / "x.bin")
     assert src.read_bytes() == b"abc" and not (tmp_path / "b" / "x.bin").exists()

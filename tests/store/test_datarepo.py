@@ -303,6 +303,9 @@ def test_pull_offline_installs_from_the_hub_cache(hub, cache, monkeypatch, tmp_p
 def test_pull_of_a_missing_repo_is_one_line(hub, cache):
     line = error_line(run("pull", "--repo", "alice/nothing-here"))
     assert "no such dataset repo" in line
+    # and what works without one
+    assert "`neuroscope labels fetch`" in line and "`neuroscope calibrate run` and `neuroscope labels generate`" in line
+    assert "`neuroscope push --repo ID`" in line
 
 
 def test_pull_of_a_repo_without_a_manifest(hub, cache):

@@ -12,12 +12,6 @@ from neuroscope.store import paths
 from neuroscope.store.paths import Namespace, safe_component
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 # --------------------------------------------------------------------------------------------- cache root
 def test_env_var_moves_every_path(cache):
     ns = Namespace.for_hub_sae("google/gemma-2-2b-it", "google/gemma-scope-2b-pt-res", "layer_20/params.npz", 20)

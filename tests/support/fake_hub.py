@@ -441,9 +441,6 @@ def subprocess_env(endpoint: str, tmp_path) -> dict[str, str]:
 
 def refused_endpoint() -> str:
     """A loopback URL where nothing listens (connection refused: what an offline machine sees, fast)."""
-    import socket
+    from tests.support.net import closed_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{closed_port()}"

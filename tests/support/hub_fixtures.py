@@ -1,5 +1,5 @@
-"""Fixtures of the data-tool tests (store, models / sae): a cache and a hub cache under tmp_path, and the fake
-hub pointed at. A test folder's conftest imports the ones it uses."""
+"""Fixtures of the data-tool tests (store, models / sae): the fake hub pointed at, with a hub cache under tmp_path
+(the Neuroscope cache is tests/conftest.py's ``cache``). A test folder's conftest imports the ones it uses."""
 
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ from tests.support.fake_hub import FakeHub, point_in_process
 
 WRITE_TOKEN = "hf_write_token_for_tests"
 READ_TOKEN = "hf_read_token_for_tests"
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 @pytest.fixture

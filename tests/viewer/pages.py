@@ -57,6 +57,18 @@ def sse_events(reader: SSEReader, rid: str, *, prompt: bool = False) -> list[dic
     return [e for e in reader.of(rid) if e["prompt"] == prompt]
 
 
+def drawn(text: str) -> str:
+    """A token's text as the page draws it: C0 controls (but tab and newline) as Control Pictures, DEL as ␡,
+    C1 controls as \\xNN."""
+    def one(c: str) -> str:
+        code = ord(c)
+        if c in "\t\n" or not (code < 0x20 or 0x7F <= code <= 0x9F):
+            return c
+        return chr(0x2400 + code) if code < 0x20 else "\u2421" if code == 0x7F else f"\\x{code:x}"
+
+    return "".join(one(c) for c in text)
+
+
 def rendered(page, rid: str, *, prompt: bool = False) -> list[tuple[int, str]]:
     sel = f'.tok[data-request-id="{rid}"]' + ('[data-prompt="true"]' if prompt else ":not([data-prompt])")
     pairs = page.locator(sel).evaluate_all("els => els.map(e => [Number(e.dataset.tokenIndex), e.textContent])")

@@ -101,15 +101,13 @@ def test_several_features_from_the_panel_and_generated_positions(viewer_server, 
     expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
     bodies = chat_bodies(page)
     first = chat(page, "Hello there.", max_tokens=6)
-    # pick a feature from the panel: select it, then "steer" fills the index
+    # pick a feature from the panel: select it, then "steer" adds it to the list at once (add 8, as shown)
     page.locator(f'.tok[data-request-id="{first}"]').first.click()
     feature = int(page.locator("#feature-panel .feat").first.get_attribute("data-feature-index"))
     page.locator("#feature-panel .feat").first.click()
     page.click("#feature-steer")
-    expect(page.locator("#steer-index")).to_have_value(str(feature))
-    expect(page.locator("#steer-value")).to_be_focused()
-    page.select_option("#steer-mode", "ablate")
-    page.click("#steer-add")
+    expect(page.locator("#steer-list .steer-entry")).to_have_text([f"#{feature} add 8×"])
+    steer(page, feature, "ablate")  # typed again: its entry is replaced
     other = 193 if feature != 193 else 2
     steer(page, other, "clamp", 3.5)
     steer(page, other, "add", -4)  # the same feature again replaces its entry
@@ -156,3 +154,51 @@ def test_a_bad_value_shows_the_server_error(viewer_server, open_page):
     # the 400 itself (and the browser's note of it) are the only things that went wrong
     assert p.errors and all(re.search(r"\b400\b", e) for e in p.errors), p.errors
     assert not [e for e in p.errors if e.startswith("page error")]
+
+
+def test_the_panels_steer_is_in_the_next_resend(viewer_server, open_page):
+    """"steer" in the feature panel is enough: a Resend right after it goes out steered by that feature."""
+    from playwright.sync_api import expect
+
+    p = open_page(f"{viewer_server.features}/")
+    page = p.page
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    bodies = chat_bodies(page)
+    first = chat(page, PROMPT, max_tokens=4)
+    page.locator(f'.tok[data-request-id="{first}"]').first.click()
+    feature = int(page.locator("#feature-panel .feat").first.get_attribute("data-feature-index"))
+    page.locator("#feature-panel .feat").first.click()
+    page.fill("#steer-value", "-6")
+    page.click("#feature-steer")
+    resend(page)
+    assert bodies[-1]["steering"] == {"features": [{"index": feature, "mode": "add", "value": -6}], "positions": "all"}
+    assert p.errors == []
+
+
+def test_the_index_box_refuses_features_the_sae_does_not_have_as_they_are_typed(viewer_server, open_page):
+    from playwright.sync_api import expect
+
+    p = open_page(f"{viewer_server.features}/")
+    page = p.page
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    box, note = page.locator("#steer-index"), page.locator("#steer-index-note")
+    box.press_sequentially("25")
+    expect(box).to_have_value("25")
+    expect(note).to_be_hidden()
+    box.press_sequentially("6")  # 256: the tiny SAE has features 0-255
+    expect(box).to_have_value("25")
+    expect(note).to_have_text("features are 0–255")
+    box.press_sequentially("5")
+    expect(box).to_have_value("255")
+    expect(note).to_be_hidden()
+    box.fill("")
+    box.press_sequentially("-")  # no negative indices either
+    expect(box).to_have_value("")
+    box.fill("99999")  # pasted
+    expect(box).to_have_value("")
+    box.press("Enter")  # nothing to add
+    expect(page.locator("#steer-list .steer-entry")).to_have_count(0)
+    box.press_sequentially("7")
+    box.press("Enter")
+    expect(page.locator("#steer-list .steer-entry")).to_have_text(["#7 add 8×"])
+    assert p.errors == []

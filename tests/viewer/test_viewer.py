@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.support.server import SSEReader
-from tests.viewer.pages import alpha, chat, panel_features, rendered, sse_events, token
+from tests.viewer.pages import alpha, chat, drawn, panel_features, rendered, sse_events, token
 
 pytestmark = pytest.mark.usefixtures("browser")
 
@@ -35,7 +35,7 @@ def test_chat_streams_every_token_with_its_features(viewer_server, open_page):
     events = sse_events(reader, rid)
     assert len(events) == 24
     # every token is on the page, in order, with the text the stream gave it
-    assert rendered(p.page, rid) == [(e["token_index"], e["token"]) for e in events]
+    assert rendered(p.page, rid) == [(e["token_index"], drawn(e["token"])) for e in events]
     # hovering a token shows its own top-k: the features, labels and activations the stream carried
     for e in (events[0], events[11], events[-1]):
         token(p.page, rid, e["token_index"]).hover()
@@ -113,7 +113,7 @@ def test_prompt_tokens_on_request(viewer_server, open_page):
     expect(p.page.locator("#connection")).to_have_attribute("data-state", "connected")
     rid = chat(p.page, "Paris, Berlin, Tokyo", max_tokens=4, prompt=True)
     prompt = sse_events(reader, rid, prompt=True)
-    assert prompt and rendered(p.page, rid, prompt=True) == [(e["token_index"], e["token"]) for e in prompt]
+    assert prompt and rendered(p.page, rid, prompt=True) == [(e["token_index"], drawn(e["token"])) for e in prompt]
     assert rendered(p.page, rid, prompt=True)[0][1] == "<bos>"
     # hovering a prompt token shows that token's features
     e = prompt[len(prompt) // 2]
@@ -138,21 +138,75 @@ def test_text_is_shown_as_text(viewer_server, open_page):
     assert p.errors == []
 
 
-def test_an_end_of_sequence_token_with_no_text_is_a_marker(viewer_server, open_page):
-    # the stream marks the EOS step "special": true with an empty token; the page must show it, not choke
+def test_special_tokens_are_drawn_by_their_own_name_and_only_the_finishing_one_reads_eos(viewer_server, open_page):
+    """A <start_of_turn> or <pad> mid-reply is itself, not "EOS"; the special token that ended the reply is."""
     p = open_page(f"{viewer_server.features}/")
-    html = p.page.evaluate("""async () => {
+    shown = p.page.evaluate("""async () => {
         const { Conversation } = await import("/conversation.js");
         const conv = new Conversation(document.createElement("div"));
-        const turn = conv.addTurn("hi", false);
         const f = [{ index: 3, label: "x", activation: 2.5 }];
-        conv.add(turn, { request_id: "r", token_index: 0, token: "Hi", prompt: false, special: false,
-                         top_features: f });
-        conv.add(turn, { request_id: "r", token_index: 1, token: "", prompt: false, special: true, top_features: f });
-        conv.add(turn, { request_id: "r", token_index: 2, token: "", prompt: false, top_features: [] });
-        return [...turn.reply.children].map((e) => [e.className, e.textContent]);
+        const reply = (turn) => [...turn.reply.children].map((e) => [e.className, e.textContent]);
+        const ended = conv.addTurn("hi", false), cut = conv.addTurn("hi", false);
+        let i = 0;
+        for (const [token, special, name] of [["Hi", false, undefined], ["", true, "<start_of_turn>"],
+                                              ["", true, "<pad>"], ["", false, undefined], ["", true, "<eos>"]]) {
+            conv.add(ended, { request_id: "r", token_index: i++, token, prompt: false, special,
+                              special_token: name, top_features: f });
+        }
+        conv.finish(ended, "stop");
+        conv.add(cut, { request_id: "s", token_index: 0, token: "", prompt: false, special: true,
+                        special_token: "<pad>", top_features: f });
+        conv.finish(cut, "length");  // cut short on a special token: it was not the end of sequence
+        return [reply(ended), reply(cut)];
     }""")
-    assert html == [["tok", "Hi"], ["tok special", "EOS"], ["tok empty", ""]]
+    assert shown == [[["tok", "Hi"], ["tok special", "<start_of_turn>"], ["tok special", "<pad>"], ["tok empty", ""],
+                      ["tok special", "EOS"]],
+                     [["tok special", "<pad>"]]]
+    assert p.errors == []
+
+
+def test_the_stream_names_special_tokens(viewer_server):
+    """A special token forced mid-reply carries its name for the viewer to draw (its text is empty)."""
+    import httpx
+
+    tok = viewer_server.info.tokenizer
+    start = tok.convert_tokens_to_ids("<start_of_turn>")
+    reader = SSEReader(f"{viewer_server.features}/v1/features/stream").start()
+    r = httpx.post(f"{viewer_server.chat}/v1/chat/completions", timeout=60,
+                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0,
+                         "logit_bias": {str(start): 100}})
+    assert r.status_code == 200, r.text
+    events = sse_events(reader, r.json()["id"])
+    assert [(e["token"], e["special"], e.get("special_token")) for e in events] == [("", True, "<start_of_turn>")] * 2
+
+
+def test_control_characters_are_visible_symbols_and_bidi_text_stays_in_its_token(viewer_server, open_page):
+    p = open_page(f"{viewer_server.features}/")
+    page = p.page
+    shown = page.evaluate(r"""async () => {
+        const { Conversation } = await import("/conversation.js");
+        const root = document.createElement("div");
+        document.querySelector("#conversation").append(root);
+        const conv = new Conversation(root);
+        const turn = conv.addTurn("a\u202eb\u0007", false);
+        let i = 0;
+        for (const token of ["x\u0001", "\r\n", "\u007f\u0085", "ab\u202ecd", "ef", "gh"]) {
+            conv.add(turn, { request_id: "b", token_index: i++, token, prompt: false, top_features: [] });
+        }
+        const toks = [...turn.reply.children];
+        return {
+            texts: toks.map((e) => e.textContent),
+            user: turn.root.querySelector(".msg.user .text").textContent,
+            bidi: [toks[3], turn.reply, turn.root.querySelector(".msg.user .text")].map(
+                (e) => getComputedStyle(e).unicodeBidi),
+            lefts: toks.slice(3).map((e) => e.getBoundingClientRect().left),
+        };
+    }""")
+    assert shown["texts"] == ["x\u2401", "\u240d\n", "\u2421\\x85", "ab\u202ecd", "ef", "gh"]
+    assert shown["user"] == "a\u202eb\u2407"
+    # the tokens after the one holding U+202E still run left to right
+    assert shown["lefts"] == sorted(shown["lefts"]) and len(set(shown["lefts"])) == 3
+    assert shown["bidi"] == ["isolate"] * 3
     assert p.errors == []
 
 
@@ -189,4 +243,25 @@ def test_label_source_and_score_from_the_chain(viewer_server, open_page):
     expect(row).to_have_attribute("title", re.compile(rf"· source {want}$"))
     row.click()
     expect(p.page.locator("#feature-detail .facts")).to_contain_text(f"label source{want}")
+    assert p.errors == []
+
+
+def test_the_feature_panel_shows_the_labelers_description(viewer_server, open_page):
+    p = open_page(f"{viewer_server.features}/")
+    shown = p.page.evaluate("""async () => {
+        const { Conversation } = await import("/conversation.js");
+        const { renderFeature, setLabelDetail } = await import("/panels.js");
+        const conv = new Conversation(document.createElement("div"));
+        const turn = conv.addTurn("hi", false);
+        conv.add(turn, { request_id: "r", token_index: 0, token: "Bonjour", prompt: false,
+                         top_features: [{ index: 5, label: "French text", activation: 3 }] });
+        setLabelDetail({ "5": { label: "French text", source: "autointerp", score: 0.9,
+                                description: "Fires on French words inside English prose." } });
+        conv.select(5);
+        const panel = document.createElement("div");
+        renderFeature(panel, conv, null);
+        const about = panel.querySelector(".fdescription");
+        return about ? about.textContent : null;
+    }""")
+    assert shown == "Fires on French words inside English prose."
     assert p.errors == []

@@ -12,7 +12,8 @@ Two wire formats:
 
 Failures: 429 waits ``Retry-After`` (else backoff), 5xx / 529 / timeouts / dropped connections back off
 exponentially with jitter; both are retried up to ``max_retries`` times. 401 / 403 (the key) and 404 (the model
-or endpoint) stop the whole job: after the first one no request is sent; so do the first
+or endpoint) stop the whole job, and so does a backend that cannot be reached (connection refused, unknown host)
+before any answer: after the first one no request is sent; so do the first
 ``REFUSALS_BEFORE_ANY_ANSWER`` other 4xx refusals when no request has been answered yet (an unknown model id is a
 400 on OpenRouter). Once answers have come, another 4xx fails that feature only. A 200 whose body or JSON does not
 match the schema is asked again (``malformed_retries``), then reported as :class:`MalformedAnswer`. The API key
@@ -245,6 +246,11 @@ class LLMClient:
                                                   headers=self.provider.headers()) as resp:
                         status, text = resp.status, await resp.text(errors="replace")
                         retry_after = retrying.retry_after(resp.headers.get("Retry-After"))
+                except aiohttp.ClientConnectorError as exc:  # refused, unknown host, TLS: nothing listens there
+                    status, text, retry_after = None, f"{type(exc).__name__}: {exc}", None
+                    if self.answered == 0:
+                        self._stop(f"the labeler backend {self.provider.name} cannot be reached ({self.redact(exc)}); "
+                                   "check --labeler-backend and that the server is running")
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     status, text, retry_after = None, type(exc).__name__, None
                 finally:
