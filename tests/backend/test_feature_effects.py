@@ -7,11 +7,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from neuroscope.core import registry
 from neuroscope.core.protocol import ModelSpec
 from neuroscope.core.sae import load_npz
+from tests.support import explore as ref
 
 BACKENDS = registry.available()
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no backend")
@@ -20,39 +20,12 @@ pytestmark = pytest.mark.skipif(not BACKENDS, reason="no backend")
 TIED, COPIES, ZERO = 6, (9, 4), 2
 
 
-def _reference(fx):
-    weights = {}
-    for f in sorted(fx.model_dir.glob("*.safetensors")):
-        weights.update(load_file(str(f)))
-    unembed = weights["model.embed_tokens.weight"].astype(np.float64)
-    scale = 1.0 + weights["model.norm.weight"].astype(np.float64)
-    with np.load(fx.sae_path, allow_pickle=False) as z:
-        W_dec = z["W_dec"].astype(np.float64)
-    return unembed, scale, W_dec
-
-
 def _planted(W_dec):
     W = W_dec.copy()
     for j in COPIES:
         W[j] = W[TIED]
     W[ZERO] = 0.0
     return W
-
-
-def _ref_neighbours(W, i, n):
-    norms = np.linalg.norm(W, axis=1)
-    denom = norms * norms[i]
-    cos = np.where(denom > 0, W @ W[i] / np.where(denom > 0, denom, 1), 0.0)
-    cand = [j for j in range(len(W)) if j != i]
-    cand.sort(key=lambda j: (-round(cos[j], 5), j))
-    return cand[:n], cos
-
-
-def _ref_logits(unembed, scale, W, i, m):
-    logits = unembed @ (W[i] * scale)
-    pos = sorted(range(len(logits)), key=lambda t: (-round(logits[t], 5), t))[:m]
-    neg = sorted(range(len(logits)), key=lambda t: (round(logits[t], 5), t))[:m]
-    return pos, neg, logits
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -67,17 +40,17 @@ def planted(request, tiny_fixture):
 
 @pytest.mark.parametrize("index", [0, TIED, ZERO, 17])
 def test_effects_equal_numpy(planted, tiny_fixture, index):
-    unembed, scale, W_dec = _reference(tiny_fixture)
+    unembed, scale, W_dec = ref.checkpoint_tensors(tiny_fixture)
     W = _planted(W_dec)
     eff = planted.feature_effects(index, neighbours=10, logits=10)
-    ids, cos = _ref_neighbours(W, index, 10)
+    ids, cos = ref.neighbours(W, index, 10)
     assert eff.neighbour_ids.tolist() == ids
-    np.testing.assert_allclose(eff.neighbour_cosines, cos[ids], rtol=1e-4, atol=1e-5)
-    pos, neg, logits = _ref_logits(unembed, scale, W, index, 10)
+    np.testing.assert_allclose(eff.neighbour_cosines, cos, rtol=1e-4, atol=1e-5)
+    pos, pos_v, neg, neg_v = ref.logits(unembed, scale, W, index, 10)
     assert eff.positive_ids.tolist() == pos
     assert eff.negative_ids.tolist() == neg
-    np.testing.assert_allclose(eff.positive_values, logits[pos], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(eff.negative_values, logits[neg], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(eff.positive_values, pos_v, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(eff.negative_values, neg_v, rtol=1e-4, atol=1e-5)
     assert index not in eff.neighbour_ids.tolist()
 
 
