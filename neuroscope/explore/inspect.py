@@ -17,18 +17,19 @@ from neuroscope.core.text import Detokenizer
 SUMMARY = 20
 
 
-def run(engine, ids: list[int], top_k: int) -> dict[str, Any]:
+def run(backend, tok, labels, ids: list[int], top_k: int, *, feature_filter=None,
+        special_ids: frozenset[int] = frozenset()) -> dict[str, Any]:
     """Every position of ``ids``: its token, L0 and top ``top_k`` features (labels, and under a calibrated filter
-    ``surprise`` and ``filtered_count``, as the stream's events), and the summary."""
+    ``surprise`` and ``filtered_count``, as the stream's events), and the summary. ``feature_filter`` is the
+    ``ActiveFilter`` in force (already set on the backend), ``special_ids`` the ids marked ``special``."""
     if not ids:
         raise ValueError("nothing to inspect")
-    backend, tok = engine.backend, engine.info.tokenizer
-    params = GenerationParams(max_tokens=1, prompt_features=True, eos_token_ids=engine.eos_ids)
+    params = GenerationParams(max_tokens=1, prompt_features=True)
     pre = backend.prefill(list(ids), params)
     rows = backend.to_host(pre.prompt_records)
     if len(rows) != len(ids):
         raise RuntimeError(f"backend returned {len(rows)} prompt records for {len(ids)} tokens")
-    labels, flt = engine.labels, engine.feature_filter
+    flt = feature_filter
     surprise = flt.surprise if flt is not None else None
     detok = Detokenizer(tok, skip_special_tokens=False)
     bos = getattr(tok, "bos_token_id", None)
@@ -46,7 +47,7 @@ def run(engine, ids: list[int], top_k: int) -> dict[str, Any]:
             if not (j == 0 and tid == bos):
                 m, s, c = stats.get(i, (0.0, 0.0, 0))
                 stats[i] = (max(m, v), s + v, c + 1)
-        entry = {"position": j, "token": detok.add(tid), "token_id": tid, "special": tid in engine.special_ids,
+        entry = {"position": j, "token": detok.add(tid), "token_id": tid, "special": tid in special_ids,
                  "bos": j == 0 and tid == bos, "l0": step.l0, "top_features": feats[:top_k]}
         if surprise is not None:
             entry["filtered_count"] = step.filtered

@@ -44,9 +44,9 @@ class Hit:
 def check(q: str | None, limit: int | str | None) -> tuple[str, int]:
     """Validate a query and limit as the HTTP route and the CLI take them."""
     if q is None or not q.strip():
-        raise SearchError("q is required: the words to look for (or a feature number)", "q")
+        raise SearchError("the query (q) is empty: give the words to look for, or a feature number", "q")
     if len(q) > MAX_QUERY:
-        raise SearchError(f"q is {len(q)} characters long; at most {MAX_QUERY}", "q")
+        raise SearchError(f"the query (q) is {len(q)} characters long; at most {MAX_QUERY}", "q")
     if limit is None:
         return q.strip(), 20
     try:

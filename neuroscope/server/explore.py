@@ -139,8 +139,9 @@ async def feature_inspect(request: web.Request) -> web.Response:
     _queue_full(st)
     body = await read_json(request, st.executor, max_size=MAX_BODY, timeout=st.body_timeout)
     ids, top_k = await _off_loop(st, plan_inspect, st, body)
-    engine = st.engine
-    return web.json_response(await _on_thread(st, lambda: inspect.run(engine, ids, top_k)))
+    e = st.engine
+    return web.json_response(await _on_thread(st, lambda: inspect.run(
+        e.backend, e.info.tokenizer, e.labels, ids, top_k, feature_filter=e.feature_filter, special_ids=e.special_ids)))
 
 
 async def inspect_method(request: web.Request) -> web.Response:
