@@ -16,15 +16,18 @@ from neuroscope.core.protocol import FeatureEffects, ranked
 SLACK = 64  # candidates beyond k, so that ties at the k-th value still resolve to the lower index
 
 
-def _candidates(values: mx.array, k: int, *, largest: bool) -> tuple[mx.array, mx.array]:
+def _candidates(values: mx.array, k: int, *, largest: bool) -> tuple[mx.array, mx.array, mx.array]:
+    """``k + SLACK`` candidates, and how many entries are at least as good as the k-th (when that exceeds the
+    candidates, ties straddle the cut and the caller takes every value)."""
     n = values.shape[0]
     c = min(n, k + SLACK)
+    keyed = -values if largest else values
     if c >= n:
         ids = mx.arange(n)
     else:
-        keyed = -values if largest else values
         ids = mx.argpartition(keyed, kth=c - 1)[:c]
-    return ids, mx.take(values, ids)
+    kth = mx.sort(mx.take(keyed, ids))[k - 1]
+    return ids, mx.take(values, ids), (keyed <= kth).sum()
 
 
 class Effects:
@@ -46,11 +49,13 @@ class Effects:
         cos = mx.where(mx.arange(d_sae) == index, mx.array(-np.inf, dtype=mx.float32), cos)
         out = self.embed.as_linear((row * self.scale)[None])[0].astype(mx.float32)
         n, m = min(neighbours, d_sae - 1), min(logits, out.shape[0])
-        parts = [*_candidates(cos, n, largest=True), *_candidates(out, m, largest=True),
-                 *_candidates(out, m, largest=False)]
-        mx.eval(*parts)
-        host = [np.array(p) for p in parts]
-        c_ids, c_vals = ranked(host[1], host[0], n, descending=True)
-        p_ids, p_vals = ranked(host[3], host[2], m, descending=True)
-        q_ids, q_vals = ranked(host[5], host[4], m, descending=False)
+        asked = [(cos, n, True), (out, m, True), (out, m, False)]
+        parts = [_candidates(v, k, largest=big) for v, k, big in asked]
+        mx.eval(*[a for p in parts for a in p])
+        ranks = []
+        for (values, k, big), (ids, vals, tied) in zip(asked, parts):
+            if int(tied) > ids.shape[0]:  # ties straddle the candidates: every value (degenerate directions only)
+                ids, vals = mx.arange(values.shape[0]), values
+            ranks.append(ranked(np.array(vals), np.array(ids), k, descending=big))
+        (c_ids, c_vals), (p_ids, p_vals), (q_ids, q_vals) = ranks
         return FeatureEffects(c_ids, c_vals, p_ids, p_vals, q_ids, q_vals)

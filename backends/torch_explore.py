@@ -2,15 +2,16 @@
 
 Both are one matvec over weights already on the device: ``W_dec @ W_dec[i]`` divided by the rows' norms
 (computed once), and the unembedding (Gemma ties it to the embedding) times ``W_dec[i] * (1 + final-norm
-weight)``, in float32 row chunks so that a bf16 unembedding is never copied whole. A stable sort on the device
-ranks them (ties by the lower index); only the winners are copied to the host.
+weight)``, in float32 row chunks so that a bf16 unembedding is never copied whole. ``topk`` on the device finds
+the winners; only they (and any entry tied with the last) are copied to the host, which orders them with ties by
+the lower index.
 """
 
 from __future__ import annotations
 
 import torch
 
-from neuroscope.core.protocol import FeatureEffects
+from neuroscope.core.protocol import FeatureEffects, ranked
 
 CHUNK = 32768  # unembedding rows per float32 matvec
 
@@ -39,18 +40,20 @@ class Effects:
         cos = torch.where(denom > 0, dots / denom.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(dots))
         cos[index] = float("-inf")
         n = min(neighbours, d_sae - 1)
-        c_vals, c_ids = torch.sort(cos, descending=True, stable=True)
         v = row * self.scale
         out = torch.empty(self.unembed.shape[0], dtype=torch.float32, device=v.device)
         for start in range(0, out.shape[0], CHUNK):
             out[start:start + CHUNK] = torch.mv(self.unembed[start:start + CHUNK].float(), v)
         m = min(logits, out.shape[0])
-        p_vals, p_ids = torch.sort(out, descending=True, stable=True)
-        q_vals, q_ids = torch.sort(out, stable=True)
-        small = torch.cat([c_ids[:n].float(), c_vals[:n], p_ids[:m].float(), p_vals[:m], q_ids[:m].float(), q_vals[:m]])
-        # ids go through float32: exact below 2**24, far above any vocabulary or SAE width here
-        host = small.cpu().numpy()
-        parts = [host[:n], host[n:2 * n], host[2 * n:2 * n + m], host[2 * n + m:2 * n + 2 * m],
-                 host[2 * n + 2 * m:2 * n + 3 * m], host[2 * n + 3 * m:]]
-        return FeatureEffects(parts[0].astype("int64"), parts[1], parts[2].astype("int64"), parts[3],
-                              parts[4].astype("int64"), parts[5])
+        c_ids, c_vals = _top(cos, n, largest=True)
+        p_ids, p_vals = _top(out, m, largest=True)
+        q_ids, q_vals = _top(out, m, largest=False)
+        return FeatureEffects(c_ids, c_vals, p_ids, p_vals, q_ids, q_vals)
+
+
+def _top(values: torch.Tensor, k: int, *, largest: bool):
+    """The first ``k`` by value, ties by the lower index: ``topk`` finds the k-th value on the device, every
+    entry at least as good comes back (k of them, more only on ties), and the host orders those."""
+    kth = torch.topk(values, k, largest=largest).values[-1]
+    ids = torch.nonzero(values >= kth if largest else values <= kth).flatten()
+    return ranked(values[ids].cpu().numpy(), ids.cpu().numpy(), k, descending=largest)

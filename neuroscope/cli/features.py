@@ -142,19 +142,22 @@ def _print_page(out: Console, page: dict[str, Any]) -> None:
     out.print("no calibration (no statistics)" if st is None else
               f"fires on {100 * st['firing_rate']:.3g} % of tokens; when it fires mean {st['mean']:.3g}, "
               f"std {st['std']:.3g}, max {st['max']:.3g}", highlight=False)
-    if page["examples"]:
-        ex = Table(title="top activating windows", title_justify="left", show_header=False)
+    for key, title in (("examples", "top activating windows"),
+                       ("quantile_examples", "windows across the activation range (quantile, max)")):
+        if not page[key]:
+            continue
+        ex = Table(title=title, title_justify="left", show_header=False)
         ex.add_column("max", justify="right")
         ex.add_column("window", overflow="fold")
-        for e in page["examples"][:8]:
+        for e in page[key][:8]:
             peak = e["max"] or 1.0
             text = Text()
             for tok, act in zip(e["tokens"], e["activations"]):
                 text.append(tok, style=f"bold on rgb({255},{int(255 - 180 * min(act / peak, 1))},{90})"
                             if act > 0 else None)
-            ex.add_row(f"{e['max']:.3g}", text)
+            ex.add_row((f"q{e['quantile']} " if "quantile" in e else "") + f"{e['max']:.3g}", text)
         out.print(ex)
-    else:
+    if not page["examples"]:
         out.print("no examples run (`neuroscope labels generate` makes one)")
     nb = Table(title="decoder neighbours (cosine)", title_justify="left")
     for col in ("feature", "label", "cosine"):

@@ -104,7 +104,7 @@ class Explorer:
             "description": None,  # no label source gives more than the label yet
             "stats": self.stats(index),
             "density": None,  # no calibration or examples run records a histogram yet
-            "examples": self.examples(index),
+            **self.examples(index),
             "neighbours": None if eff is None else self.neighbours(eff),
             "logits": None if eff is None else self.logits(eff),
         }
@@ -116,21 +116,26 @@ class Explorer:
         feats = cal.data["features"]
         return {k: float(feats[k][index]) for k in ("firing_rate", "mean", "std", "max")}
 
-    def examples(self, index: int) -> list[dict[str, Any]]:
-        """Its top activating windows from the newest examples run, strongest first ([] without one)."""
+    def examples(self, index: int) -> dict[str, list[dict[str, Any]]]:
+        """From the newest examples run: ``examples``, its top activating windows, strongest first, and
+        ``quantile_examples``, windows sampled across its activation range, strongest first, each with its
+        ``quantile`` (10: the strongest tenth … 1: the weakest); both [] without a run."""
+        none = {"examples": [], "quantile_examples": []}
         if self.namespace is None:
-            return []
+            return none
         from neuroscope.labels.autointerp import examples
 
         run = examples.newest(self.namespace)
         if run is None or run.d_sae != self.d_sae:
-            return []
-        out = []
-        for w in run.windows(index):
-            ids = [int(t) for t in w.tokens]
-            out.append({"tokens": self._pieces(ids), "token_ids": ids,
-                        "activations": [round(float(a), 6) for a in w.acts], "max": round(float(w.value), 6)})
-        return out
+            return none
+        return {"examples": [self._window(w) for w in run.windows(index)],
+                "quantile_examples": [{**self._window(w), "quantile": q}
+                                      for q, w in examples.quantile_windows(run.range_windows(index))]}
+
+    def _window(self, w) -> dict[str, Any]:
+        ids = [int(t) for t in w.tokens]
+        return {"tokens": self._pieces(ids), "token_ids": ids, "activations": [round(float(a), 6) for a in w.acts],
+                "max": round(float(w.value), 6)}
 
     def neighbours(self, eff: FeatureEffects) -> list[dict[str, Any]]:
         return [{"index": int(i), "label": self.labels[int(i)], "cosine": round(float(c), 6)}

@@ -48,11 +48,13 @@ function section(title, ...children) {
   return s;
 }
 
-function examplesOf(page) {
-  if (!page.examples.length) return el("p", "muted", "No examples run (neuroscope labels generate makes one).");
+function examplesOf(page, key = "examples") {
+  const windows = page[key] || [];
+  if (!windows.length) return el("p", "muted", "No examples run (neuroscope labels generate makes one).");
   const list = el("ol", "examples");
-  for (const ex of page.examples.slice(0, 10)) {
+  for (const ex of windows.slice(0, 10)) {
     const li = el("li", "example");
+    if (ex.quantile !== undefined) li.dataset.quantile = String(ex.quantile);
     ex.tokens.forEach((t, j) => {
       const span = el("span", "ex-tok", t);
       const a = ex.activations[j];
@@ -60,7 +62,7 @@ function examplesOf(page) {
       if (a > 0) span.title = `${a}`;
       li.append(span);
     });
-    li.append(el("span", "fval", num(ex.max)));
+    li.append(el("span", "fval", (ex.quantile !== undefined ? `q${ex.quantile} · ` : "") + num(ex.max)));
     list.append(li);
   }
   return list;
@@ -133,6 +135,7 @@ export function renderPage(panel, page) {
   const parts = [h2, el("p", "flabel-big", page.label)];
   if (page.description) parts.push(el("p", "description", page.description));
   parts.push(facts, section("Density", densityOf(page)), section("Top activations", examplesOf(page)),
+    section("Across the activation range", examplesOf(page, "quantile_examples")),
     section("Logit effects", logitsOf(page)), section("Decoder neighbours", neighboursOf(page)));
   panel.replaceChildren(...parts);
   panel.dataset.feature = String(page.index);
