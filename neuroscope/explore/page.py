@@ -103,7 +103,6 @@ class Explorer:
             "score": e.score,
             "description": None,  # no label source gives more than the label yet
             "stats": self.stats(index),
-            "density": None,  # no calibration or examples run records a histogram yet
             **self.examples(index),
             "neighbours": None if eff is None else self.neighbours(eff),
             "logits": None if eff is None else self.logits(eff),
@@ -117,10 +116,11 @@ class Explorer:
         return {k: float(feats[k][index]) for k in ("firing_rate", "mean", "std", "max")}
 
     def examples(self, index: int) -> dict[str, list[dict[str, Any]]]:
-        """From the newest examples run: ``examples``, its top activating windows, strongest first, and
+        """From the newest examples run: ``density``, the histogram of its nonzero activations ({edges, counts}:
+        log-spaced bins, null when it never fired), ``examples``, its top activating windows, strongest first, and
         ``quantile_examples``, windows sampled across its activation range, strongest first, each with its
-        ``quantile`` (10: the strongest tenth … 1: the weakest); both [] without a run."""
-        none = {"examples": [], "quantile_examples": []}
+        ``quantile`` (10: the strongest tenth … 1: the weakest); null and [] without a run."""
+        none = {"density": None, "examples": [], "quantile_examples": []}
         if self.namespace is None:
             return none
         from neuroscope.labels.autointerp import examples
@@ -128,7 +128,10 @@ class Explorer:
         run = examples.newest(self.namespace)
         if run is None or run.d_sae != self.d_sae:
             return none
-        return {"examples": [self._window(w) for w in run.windows(index)],
+        density = run.density(index)
+        return {"density": None if density is None else {"edges": [float(e) for e in density[0]],
+                                                         "counts": [int(c) for c in density[1]]},
+                "examples": [self._window(w) for w in run.windows(index)],
                 "quantile_examples": [{**self._window(w), "quantile": q}
                                       for q, w in examples.quantile_windows(run.range_windows(index))]}
 

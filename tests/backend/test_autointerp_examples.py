@@ -167,6 +167,20 @@ def test_range_windows_are_the_smallest_keys_of_where_each_feature_fired(tiny_fi
         tops = {(w.sample, w.start + w.peak) for w in ex.windows(f)}
         some_below_top += any((w.sample, w.start + w.peak) not in tops for w in got)
     assert some_below_top > 0  # the range sample is not the top windows again
+    # the density histogram: every counted nonzero activation, in log bins
+    from neuroscope.labels.autointerp.collector import HIST_EDGES
+
+    every = np.concatenate([a for _, a in ref])
+    for f in range(d_sae):
+        v = every[:, f][every[:, f] > 0]
+        want, _ = np.histogram(np.clip(v, HIST_EDGES[0], np.nextafter(HIST_EDGES[-1], 0)), bins=HIST_EDGES)
+        np.testing.assert_array_equal(ex.arrays["hist"][f], want, err_msg=str(f))
+        d = ex.density(f)
+        if want.any():
+            nz = np.flatnonzero(want)
+            assert list(d[1]) == list(want[nz[0]:nz[-1] + 1]) and len(d[0]) == len(d[1]) + 1
+        else:
+            assert d is None
 
 
 def test_quantiles_label_mix_and_held_out(runtime, cache, tmp_path):

@@ -54,6 +54,9 @@ def test_page_reads_calibration_and_examples(tiny_fixture, cache, tmp_path):
     assert [e["max"] for e in page["examples"]] == [round(w.value, 6) for w in ex.windows(f)]
     assert page["examples"][0]["tokens"] == [rt.info.tokenizer.decode([int(t)], skip_special_tokens=False)
                                             for t in ex.windows(f)[0].tokens]
+    edges, counts = ex.density(f)
+    assert page["density"] == {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+    assert sum(page["density"]["counts"]) == ex.fired[f]
     spread = ex.range_windows(f)
     assert len(page["quantile_examples"]) == len(spread) == 6
     assert [e["quantile"] for e in page["quantile_examples"]] == [10, 9, 7, 5, 4, 2]
@@ -61,7 +64,8 @@ def test_page_reads_calibration_and_examples(tiny_fixture, cache, tmp_path):
     assert page["neighbours"] is None and page["logits"] is None  # no device part given
 
     bare = Explorer.for_namespace(chain, rt.info.tokenizer, None).page(f, None)
-    assert bare["stats"] is None and bare["examples"] == [] and bare["quantile_examples"] == []
+    assert bare["stats"] is None and bare["density"] is None
+    assert bare["examples"] == [] and bare["quantile_examples"] == []
     cal["sae_path"] = "another.npz"  # a calibration of another SAE is not this one's
     path.write_text(json.dumps(cal))
     assert Explorer.for_namespace(chain, rt.info.tokenizer, ns).page(f, None)["stats"] is None

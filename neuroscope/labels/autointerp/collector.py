@@ -17,6 +17,9 @@ from neuroscope.core.protocol import CorpusBatch, CorpusResult
 
 BEFORE, AFTER = 23, 8  # a window: the peak token with up to 23 tokens before it and 8 after
 WINDOW = BEFORE + 1 + AFTER  # 32 tokens
+# the density histogram of each feature's nonzero activations: 8 log-spaced bins per decade from 1e-3 to 1e4
+# (an activation outside falls in the first or last bin)
+HIST_EDGES = np.geomspace(1e-3, 1e4, 57)
 
 
 class Collector:
@@ -32,6 +35,7 @@ class Collector:
         n, w = per_feature, WINDOW
         self.samples_done = self.tokens = self.truncated = 0
         self.fired = np.zeros(d_sae, dtype=np.int64)
+        self.hist = np.zeros((d_sae, len(HIST_EDGES) - 1), dtype=np.int64)
         self.filled = np.zeros(d_sae, dtype=np.int32)
         self.value = np.zeros((d_sae, n), dtype=np.float32)
         self.sample = np.zeros((d_sae, n), dtype=np.int64)
@@ -75,6 +79,8 @@ class Collector:
         self.truncated += int(((rec[:, 0] > k) & counted).sum())
         if fid.size:
             self.fired += np.bincount(fid, minlength=self.d_sae)
+            bins = np.clip(np.searchsorted(HIST_EDGES, val, side="right") - 1, 0, len(HIST_EDGES) - 2)
+            np.add.at(self.hist, (fid, bins), 1)
         order = np.lexsort((pos, -val, fid))  # by feature, strongest first, earliest first
         fid, pos, val = fid[order], pos[order], val[order]
         toks = np.asarray(tokens, dtype=np.int32)
@@ -169,7 +175,7 @@ class Collector:
             heapq.heapreplace(self.pool, entry)
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    _SLOT_ARRAYS = ("fired", "filled", "value", "sample", "start", "peak", "length", "win_tokens", "win_acts",
+    _SLOT_ARRAYS = ("fired", "hist", "filled", "value", "sample", "start", "peak", "length", "win_tokens", "win_acts",
                     "q_filled", "q_key", "q_value", "q_sample", "q_start", "q_peak", "q_length", "q_tokens", "q_acts")
 
     def state(self) -> dict[str, np.ndarray]:
@@ -235,7 +241,8 @@ class Collector:
             "start": self.start[f, s], "peak": self.peak[f, s],
             "offset": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             "tokens": self.win_tokens[f, s][keep], "acts": self.win_acts[f, s][keep],
-            **self._range_arrays(), **self._pool_arrays(), "fired": self.fired.copy(),
+            **self._range_arrays(), **self._pool_arrays(), "fired": self.fired.copy(), "hist": self.hist.copy(),
+            "hist_edges": HIST_EDGES.copy(),
             "counters": np.asarray([self.samples_done, self.tokens, self.truncated], dtype=np.int64),
         }
 

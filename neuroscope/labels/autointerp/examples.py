@@ -18,7 +18,8 @@ per-feature slots (:class:`~neuroscope.labels.autointerp.collector.Collector`) a
   fired, whatever the activation — each (sample, position, feature) gets a hash key and the smallest keys are
   kept, at most one position per sample — each with its window. Ranked, they cover its activation quantiles
   (:func:`quantile_windows`, deciles as in EleutherAI delphi), so labels and scoring see more than the peak;
-* how often each feature fired (a feature that never did is *dead*).
+* how often each feature fired (a feature that never did is *dead*), and a histogram of its nonzero activations
+  (log-spaced bins, :data:`~neuroscope.labels.autointerp.collector.HIST_EDGES`).
 
 Every ``checkpoint_every`` samples the whole state is written atomically (one ``.npz``); a killed run resumes
 from it and ends with byte-identical arrays. A finished run is ``examples.npz`` + ``meta.json`` (written last:
@@ -139,6 +140,19 @@ class Examples:
         off = a["q_offset"]
         return [Window(a["q_tokens"][off[i]:off[i + 1]], a["q_acts"][off[i]:off[i + 1]], int(a["q_peak"][i]),
                        float(a["q_value"][i]), int(a["q_sample"][i]), int(a["q_start"][i])) for i in range(lo, hi)]
+
+    def density(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Feature ``index``'s histogram of nonzero activations over the run, (edges, counts) cut to the bins
+        from its first to its last nonempty one; None when it never fired or the run kept no histogram."""
+        a = self.arrays
+        if "hist" not in a:
+            return None
+        counts = a["hist"][index]
+        nz = np.flatnonzero(counts)
+        if not nz.size:
+            return None
+        lo, hi = int(nz[0]), int(nz[-1]) + 1
+        return a["hist_edges"][lo:hi + 1], counts[lo:hi]
 
     def pool(self) -> list[PoolWindow]:
         a = self.arrays
