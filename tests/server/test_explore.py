@@ -224,3 +224,33 @@ def test_device_work_queues_behind_generation_and_past_max_queue_is_429(tiny_fix
         gate.set()
         pool.shutdown()
         srv.stop()
+
+
+def test_shutdown_answers_queued_explorer_requests_with_503(tiny_fixture):
+    gate = threading.Event()
+    srv = RunningServer("torch-cpu", tiny_fixture, gate=gate, max_tokens=900)
+    pool = ThreadPoolExecutor(4)
+    try:
+        running = pool.submit(httpx.post, f"{srv.chat}/v1/chat/completions", timeout=60,
+                              json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 900})
+        deadline = time.monotonic() + 20
+        while not srv.backend.entered.is_set():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        page = pool.submit(_get, srv, "/v1/features/9")
+        inspected = pool.submit(_inspect, srv, {"text": "hello"})
+        while httpx.get(f"{srv.chat}/health").json()["queued"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        time.sleep(0.3)
+        gate.set()
+        stopper.join(30)
+        for f in (page, inspected):
+            err = _error(f.result(30), 503)
+            assert err["code"] == "server_shutting_down"
+        assert running.result(30).status_code == 503
+    finally:
+        gate.set()
+        pool.shutdown()
