@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import numpy as np
 import pytest
 
 from neuroscope.core.sae import load_npz
@@ -92,4 +93,58 @@ def test_inspect_mode(server, open_page):
     assert [f[0] for f in panel_features(page)] == [f["index"] for f in api["tokens"][2]["top_features"]]
     page.click("#inspect-toggle")
     expect(page.locator("#chat-form")).to_be_visible()
+    assert not p.errors, p.errors
+
+
+@pytest.fixture(scope="module")
+def explored(tiny_fixture, tmp_path_factory):
+    """A server whose feature pages find an examples run (density, top and range windows) in the cache."""
+    import os
+
+    from neuroscope.config import ServeConfig
+    from neuroscope.labels.autointerp import examples
+    from neuroscope.labels.autointerp.examples import ExamplesOptions
+    from neuroscope.labels.autointerp.generate import load_runtime
+    from tests.support.calib import write_corpus
+
+    root = tmp_path_factory.mktemp("explored")
+    old = os.environ.get("NEUROSCOPE_CACHE")
+    os.environ["NEUROSCOPE_CACHE"] = str(root / "cache")
+    try:
+        rt = load_runtime(ServeConfig(model=str(tiny_fixture.model_dir), sae_local_path=str(tiny_fixture.sae_path),
+                                      sae_layer=tiny_fixture.sae_layer, backend="torch-cpu"), 128, None)
+        try:
+            run = examples.run(rt, ExamplesOptions(corpus_path=str(write_corpus(root / "corpus", 10)), samples=10,
+                                                   per_feature=6, batch_size=4, max_tokens_per_sample=40, pool=5))
+            ns = examples.namespace(rt)
+        finally:
+            rt.backend.close()
+        srv = RunningServer("torch-cpu", tiny_fixture, max_tokens=8, explore_namespace=ns)
+        yield srv, run.examples
+        srv.stop()
+    finally:
+        if old is None:
+            os.environ.pop("NEUROSCOPE_CACHE", None)
+        else:
+            os.environ["NEUROSCOPE_CACHE"] = old
+
+
+def test_page_draws_density_and_windows_across_the_range(explored, open_page):
+    from playwright.sync_api import expect
+
+    srv, ex = explored
+    f = int(np.argmax(ex.fired))
+    api = httpx.get(f"{srv.features}/v1/features/{f}").json()
+    assert api["density"] and sum(api["density"]["counts"]) == ex.fired[f]
+    assert len(api["examples"]) == len(ex.windows(f)) and len(api["quantile_examples"]) == 6
+    p = open_page(f"{srv.features}/")
+    page = p.page
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    page.fill("#feature-search", f"#{f}")
+    page.locator(f'#search-results [data-open-feature="{f}"]').click()
+    panel = page.locator("#feature-page")
+    expect(panel.locator(".density i")).to_have_count(len(api["density"]["counts"]))
+    expect(panel.locator(".example:not([data-quantile])")).to_have_count(min(10, len(api["examples"])))
+    quantiles = panel.locator(".example[data-quantile]").evaluate_all("els => els.map(e => Number(e.dataset.quantile))")
+    assert quantiles == [e["quantile"] for e in api["quantile_examples"]]
     assert not p.errors, p.errors
