@@ -23,6 +23,7 @@ from neuroscope.core.protocol import (
     BackendError,
     CorpusBatch,
     CorpusResult,
+    FeatureEffects,
     FeatureFilter,
     GenerationParams,
     ModelInfo,
@@ -57,6 +58,7 @@ class MLXBackend:
         self.layer = -1
         self.capture = True  # False: plain decoding, no residual capture and no SAE (benchmarks' baseline)
         self.prefill_step = 2048  # prompt tokens per prefill chunk (bounds attention memory on long prompts)
+        self._effects = None  # the feature page's weights view, made on first use
 
     # ------------------------------------------------------------------------------------------- discovery
     @classmethod
@@ -116,6 +118,7 @@ class MLXBackend:
         sae.check_model(d_model=args.hidden_size, n_layers=args.num_hidden_layers, layer=layer)
         self.sae = MLXSAE(sae, top_k=top_k, input_norm=sae_input_norm, dtype=sae_dtype)
         self.model, self.layer = lm, layer
+        self._effects = None
         return ModelInfo(
             model_id=model.name_or_path,
             tokenizer=tokenizer,
@@ -138,6 +141,18 @@ class MLXBackend:
     def close(self) -> None:
         self.model = None
         self.sae = None
+        self._effects = None
+
+    def feature_effects(self, index: int, *, neighbours: int = 10, logits: int = 10) -> FeatureEffects:
+        """Neighbours and logit effects of one feature, on the device (:mod:`backends.mlx_explore`)."""
+        if self.model is None or self.sae is None:
+            raise BackendError("backend is not loaded")
+        from backends.mlx_explore import Effects
+
+        if self._effects is None:
+            inner = self.model.model
+            self._effects = Effects(self.sae.W_dec, inner.embed_tokens, inner.norm.weight)
+        return self._effects(index, neighbours=neighbours, logits=logits)
 
     # ------------------------------------------------------------------------------------------- the pieces
     def prefill(self, prompt_ids: list[int], params: GenerationParams) -> Prefilled:

@@ -28,6 +28,7 @@ from neuroscope.core.protocol import (
     BackendError,
     CorpusBatch,
     CorpusResult,
+    FeatureEffects,
     FeatureFilter,
     GenerationParams,
     ModelInfo,
@@ -78,6 +79,7 @@ class _TorchBackend:
         self.compiled: CompiledStep | None = None
         self.capture = True  # False: plain decoding, no residual capture and no SAE (benchmarks' baseline)
         self.prefill_chunk = 2048  # prompt tokens per prefill forward (bounds attention memory on long prompts)
+        self._effects = None  # the feature page's weights view, made on first use
 
     @classmethod
     def install_hint(cls) -> str:
@@ -114,6 +116,7 @@ class _TorchBackend:
         cfg = lm.cfg
         sae.check_model(d_model=cfg.hidden_size, n_layers=cfg.num_hidden_layers, layer=layer)
         self.model, self.layer, self.device = lm, layer, device
+        self._effects = None
         self.sae = TorchSAE(sae, device, top_k=top_k, input_norm=sae_input_norm, dtype=sae_dtype)
         self.compiled = CompiledStep(lm, self.sae, device) if self.engine == "compiled" else None
         return ModelInfo(
@@ -142,6 +145,17 @@ class _TorchBackend:
         self.model = None
         self.sae = None
         self.compiled = None
+        self._effects = None
+
+    def feature_effects(self, index: int, *, neighbours: int = 10, logits: int = 10) -> FeatureEffects:
+        """Neighbours and logit effects of one feature, on the device (:mod:`backends.torch_explore`)."""
+        if self.model is None or self.sae is None:
+            raise BackendError("backend is not loaded")
+        if self._effects is None:
+            from backends.torch_explore import Effects
+
+            self._effects = Effects(self.sae.W_dec, self.model.model.embed_tokens.weight, self.model.model.norm.weight)
+        return self._effects(index, neighbours=neighbours, logits=logits)
 
     def describe_engine(self) -> str:
         return f"compiled ({self.compiled.describe()})" if self.compiled is not None else "eager"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ["neuroscope.store", "neuroscope.core", "neuroscope.calibration", "neuroscope.labels", "neuroscope.server",
-         "neuroscope.cli", "backends"]
+PARTS = ["neuroscope.store", "neuroscope.core", "neuroscope.calibration", "neuroscope.labels", "neuroscope.explore",
+         "neuroscope.server", "neuroscope.cli", "backends"]
 MAX_LINES = 400
 MAX_TOP_LEVEL = 15
 

@@ -1,6 +1,7 @@
 """The ``neuroscope`` command line: the typer app (``serve``: the root, its options, ``serve`` and ``backends``) and one
 module per command group — ``corpus``, ``calibrate``, ``labels`` (``fetch``, ``show``) with ``autointerp``
-(``labels generate``, ``labels score``), ``steer``, ``clean``, ``models`` (``models`` and ``sae``), ``push_pull``
+(``labels generate``, ``labels score``), ``features`` (``search``, ``show``, ``inspect``), ``steer``, ``clean``, ``models`` (``models`` and ``sae``),
+``push_pull``
 — plus ``options``, what several commands take alike. A command parses its options, builds a config and calls one
 function of the package below it; errors print as one line with a non-zero exit.
 

@@ -67,6 +67,10 @@ def generate_cmd(
         int, typer.Option(help="Top activating windows kept per feature (half shown to the labeler, half held out "
                                "for scoring).", min=1)
     ] = ex_mod.DEFAULT_PER_FEATURE,
+    examples: Annotated[
+        str, typer.Option(help="Windows shown to the labeler: top (the strongest), quantiles (from across the "
+                               "activation range) or mix (about 20 % top, the rest from the range).")
+    ] = "mix",
     labeler: Labeler = None,
     labeler_backend: LabelerBackend = "auto",
     concurrency: Concurrency = 50,
@@ -90,8 +94,10 @@ def generate_cmd(
         fail("--labeler-backend URL needs --labeler MODEL (or LABELER_MODEL): the model that server runs, whose "
              "name the labels are filed under", 2)
     who = labeler or default_labeler()
+    if examples not in gen.EXAMPLE_MODES:
+        fail(f"--examples must be one of {', '.join(gen.EXAMPLE_MODES)}, got {examples!r}", 2)
     opts = gen.LabelOptions(who, labeler_backend, concurrency, features, str(output) if output else None,
-                            request_timeout)
+                            request_timeout, examples=examples)
     exopts = ex_mod.ExamplesOptions(str(corpus_path) if corpus_path else None, samples, examples_per_feature,
                                     batch_size, max_tokens_per_sample)
     out = Console()

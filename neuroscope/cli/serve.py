@@ -15,6 +15,7 @@ from neuroscope import __version__
 from neuroscope.cli.calibrate import app as calibrate_app
 from neuroscope.cli.clean import app as clean_app
 from neuroscope.cli.corpus import app as corpus_app
+from neuroscope.cli.features import app as features_app
 from neuroscope.cli.labels import app as labels_app
 from neuroscope.cli.models import models_app, sae_app
 from neuroscope.cli.options import (
@@ -227,6 +228,7 @@ app.add_typer(calibrate_app, name="calibrate")
 app.add_typer(clean_app, name="clean")
 app.add_typer(models_app, name="models")
 app.add_typer(sae_app, name="sae")
+app.add_typer(features_app, name="features")
 
 from neuroscope.cli import autointerp as cli_autointerp  # noqa: E402  (labels generate / score)
 

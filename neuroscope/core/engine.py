@@ -49,6 +49,20 @@ class Job:
         self.cancelled.set()
 
 
+@dataclass
+class Call:
+    """Device work other than a generation (a feature page's linear algebra, an inspect prefill): ``fn`` runs
+    on the generation thread between generations, queued behind them like a job."""
+
+    fn: Callable[[], Any]
+    request_id: str = field(default_factory=lambda: f"call-{uuid.uuid4().hex[:24]}")
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    future: asyncio.Future | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """One generated token's log-probability and the top-n alternatives, as text (for the response shapes)."""
@@ -88,7 +102,7 @@ class Engine:
         self.layer = layer
         self.eos_ids = frozenset(info.eos_token_ids)
         self.special_ids = frozenset(getattr(info.tokenizer, "all_special_ids", ()) or ()) | self.eos_ids
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._jobs: queue.Queue[Job | Call | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: Job | None = None
@@ -143,12 +157,25 @@ class Engine:
         self._jobs.put(job)
         return job.out
 
+    def call(self, fn: Callable[[], Any]) -> asyncio.Future:
+        """Queue ``fn`` to run on the generation thread (call on the loop thread); the future gets its result,
+        its exception, or ``asyncio.CancelledError`` when the engine stops before it ran."""
+        if self._thread is None:
+            raise RuntimeError("engine is not running")
+        job = Call(fn, future=asyncio.get_running_loop().create_future())
+        self.unfinished += 1
+        self._jobs.put(job)
+        return job.future
+
     # ------------------------------------------------------------------------------------------ the thread
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
+            if isinstance(job, Call):
+                self._run_call(job)
+                continue
             self._current = job
             try:
                 self._run_job(job)
@@ -157,6 +184,17 @@ class Engine:
                 self._finish(job, "error", error=f"generation failed: {exc}")
             finally:
                 self._current = None
+
+    def _run_call(self, job: Call) -> None:
+        result, error = None, None
+        if job.cancelled.is_set():
+            error = asyncio.CancelledError()
+        else:
+            try:
+                result = job.fn()
+            except Exception as exc:  # the caller answers it; the thread goes on
+                error = exc
+        self._post(self._settle, job, result, error)
 
     def _post(self, fn, *args) -> None:
         try:
@@ -303,6 +341,15 @@ class Engine:
             self.hub.publish("feature_activation", event)
         if text or logprobs:
             job.out.put_nowait(Chunk(text, logprobs))
+
+    def _settle(self, job: Call, result: Any, error: BaseException | None) -> None:
+        self.unfinished -= 1
+        if job.future.done():  # the caller went away
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
 
     def _complete(self, job: Job, done: Done) -> None:
         self.completed += 1

@@ -1,7 +1,8 @@
 """The backend boundary.
 
 A backend provides the framework pieces and nothing else: ``load``, ``prefill``, one fixed-shape
-``decode_step``, ``to_host`` and ``close`` (plus ``set_feature_filter``). Each decode step computes, together
+``decode_step``, ``to_host`` and ``close`` (plus ``set_feature_filter`` and ``feature_effects``, the linear
+algebra of a feature page). Each decode step computes, together
 and once, the next token, the layer-N residual that produced it and the SAE top-k of that residual, packed
 into one small device record. The per-token state machine around those pieces (pipelining, prompt-feature
 steps, EOS / length, the record → :class:`Step`) is written once, in :mod:`neuroscope.core.decode`. Core code never
@@ -255,6 +256,31 @@ class CorpusResult:
     records: list[np.ndarray] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FeatureEffects:
+    """What one feature's decoder direction does, computed on the device where the weights live
+    (:meth:`Backend.feature_effects`); only these few numbers come back to the host.
+
+    ``neighbours``: the features whose decoder rows are closest by cosine (itself excluded; a zero row has
+    cosine 0 with everything), descending. ``positive`` / ``negative``: the tokens whose logits the direction
+    raises / lowers most, ``W_dec[i] * (1 + final-norm weight) @ W_U.T`` without soft-capping, descending /
+    ascending. Ties go to the lower index or token id.
+    """
+
+    neighbour_ids: np.ndarray  # (n,) int64
+    neighbour_cosines: np.ndarray  # (n,) float32
+    positive_ids: np.ndarray  # (m,) int64
+    positive_values: np.ndarray  # (m,) float32
+    negative_ids: np.ndarray  # (m,) int64
+    negative_values: np.ndarray  # (m,) float32
+
+
+def ranked(values: np.ndarray, ids: np.ndarray, k: int, *, descending: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` of host candidates by value (descending or ascending), ties by the lower id."""
+    order = np.lexsort((ids, -values if descending else values))[:k]
+    return ids[order].astype(np.int64), values[order].astype(np.float32)
+
+
 class BackendError(RuntimeError):
     """A backend could not be used (not installed, no device, bad model). The message is user-facing."""
 
@@ -309,6 +335,12 @@ class Backend(Protocol):
         block, no logits), the SAE encode of every position exactly as serving does it (input norm included),
         and the per-feature reductions over the ``counted`` positions on the device. Only those (and, with
         ``records``, the packed top-k records) come back to the host, never a (tokens x d_sae) array."""
+        ...
+
+    def feature_effects(self, index: int, *, neighbours: int = 10, logits: int = 10) -> FeatureEffects:
+        """Feature ``index``'s decoder-cosine neighbours (one matvec over ``W_dec``) and direct logit effects (one
+        matvec of ``W_dec[index] * (1 + final-norm weight)`` with the unembedding), ranked on the device; the
+        unembedding never leaves it. Called on the generation thread, between generations."""
         ...
 
     def close(self) -> None: ...

@@ -63,6 +63,7 @@ class LabelChain(Labels):
                 self._entries[i] = Entry(label, lay.name, score, lay.descriptions.get(i))
         self._np_none: set[int] = set(np_none or ())  # features Neuronpedia has no label for (fresh answers)
         self._seen: set[int] = set()
+        self.version = 0  # bumped whenever a label changes (a search index rebuilds on it)
         super().__init__(d_sae, {i: e.label for i, e in self._entries.items()}, source="fallback")
 
     @classmethod
@@ -148,3 +149,4 @@ class LabelChain(Labels):
         if current is None or _RANK[current.source] > _RANK["neuronpedia"]:
             self._entries[i] = Entry(answer.label, "neuronpedia", answer.score)
             self._map[i] = answer.label
+            self.version += 1

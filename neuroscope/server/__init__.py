@@ -5,9 +5,10 @@
   allowed origins; ``body`` — JSON bodies within limits; ``errors`` — OpenAI-shaped errors;
 - the chat port: ``chat`` (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``), ``schema`` (request
   validation), ``prompt`` (chat templates);
-- the features port: ``features`` (``/v1/features/stream`` over SSE, labels, info), ``viewer`` (the viewer's
-  files), ``metrics`` (Prometheus).
+- the features port: ``features`` (``/v1/features/stream`` over SSE, labels, info), ``explore`` (a feature's
+  page, search, inspect: the routes over ``neuroscope.explore``), ``viewer`` (the viewer's files), ``metrics``
+  (Prometheus).
 
-May import: neuroscope.core, neuroscope.calibration, neuroscope.labels, neuroscope.store, neuroscope.config,
-neuroscope.runtime.
+May import: neuroscope.core, neuroscope.calibration, neuroscope.labels, neuroscope.explore, neuroscope.store,
+neuroscope.config, neuroscope.runtime.
 """

@@ -15,6 +15,8 @@ from neuroscope.calibration.filters import ActiveFilter
 from neuroscope.core.engine import Engine
 from neuroscope.core.feature_hub import FeatureHub
 from neuroscope.core.protocol import Backend, ModelInfo
+from neuroscope.explore.page import Explorer
+from neuroscope.explore.search import FeatureSearch
 from neuroscope.labels.chain import LabelChain
 from neuroscope.labels.table import Labels
 from neuroscope.server.access import Access
@@ -109,6 +111,7 @@ class NeuroscopeServer:
         feature_filter: ActiveFilter | None = None,  # already set on the backend; events report it
         filter_warning: str | None = None,
         sae_input_norm: str = "none",
+        explore_namespace=None,  # a store.paths.Namespace: where feature pages find calibration and examples
     ):
         """``idle_timeout``: a connection that has not sent a complete request head within this many seconds
         of opening or of its last response is closed (idle keep-alive and slowloris alike); ``body_timeout``:
@@ -126,7 +129,9 @@ class NeuroscopeServer:
                                  top_k=top_k, access=self.access, aliases=tuple(served_model_names),
                                  max_queue=max_queue, body_timeout=body_timeout, executor=self._executor,
                                  metrics=self.metrics, sae_input_norm=sae_input_norm,
-                                 filter_warning=filter_warning)
+                                 filter_warning=filter_warning,
+                                 explorer=Explorer.for_namespace(labels, info.tokenizer, explore_namespace),
+                                 search=FeatureSearch(labels))
         self.idle_timeout, self.shutdown_grace = idle_timeout, shutdown_grace
         self.host, self.port, self.features_port = host, port, features_port
         self._runners: list[web.AppRunner] = []

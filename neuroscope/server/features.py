@@ -12,6 +12,8 @@ from neuroscope import __version__
 from neuroscope.core.feature_hub import HISTORY_REQUESTS
 from neuroscope.server import access
 from neuroscope.server.errors import APIError, openai_errors
+from neuroscope.server.explore import MAX_BODY as EXPLORE_MAX_BODY
+from neuroscope.server.explore import add_explore_routes
 from neuroscope.server.origins import host_of
 from neuroscope.server.state import STATE
 from neuroscope.server.viewer import add_viewer_routes
@@ -135,17 +137,19 @@ def _filter_info(st) -> dict:
 
 async def not_found(request: web.Request) -> web.Response:
     return _json_error(404, f"no route {request.method} {request.path} on this port "
-                            "(GET / for the viewer, GET /v1/features/stream, /v1/features/labels, /v1/features/info)")
+                            "(GET / for the viewer, GET /v1/features/stream, /v1/features/labels, /v1/features/info, "
+                            "/v1/features/search, /v1/features/{index}, POST /v1/features/inspect)")
 
 
 def make_features_app(state) -> web.Application:
-    app = web.Application(middlewares=[openai_errors])
+    app = web.Application(middlewares=[openai_errors], client_max_size=EXPLORE_MAX_BODY)
     app[STATE] = state
     public = add_viewer_routes(app)
     access.install(app, state.access, public_paths=public, query_key=True)
     app.router.add_get("/v1/features/stream", feature_stream)
     app.router.add_get("/v1/features/labels", labels)
     app.router.add_get("/v1/features/info", info)
+    add_explore_routes(app)
     app.router.add_get("/health", health)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -103,6 +103,14 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
     return Panel(t, title="Neuroscope", border_style="cyan", expand=False)
 
 
+def _namespace(config: ServeConfig):
+    """Where this model / SAE / layer / norm keeps its calibration and examples (for feature pages)."""
+    from neuroscope.calibration.stats import namespace_for
+
+    return namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path, config.sae_layer,
+                         config.sae_input_norm, demo=config.demo)
+
+
 def serve(config: ServeConfig, console: Console | None = None) -> int:
     """Run the server in the foreground; return the exit code. Raises ``StartupError`` when it cannot start."""
     console = console or Console(stderr=True)
@@ -127,6 +135,7 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
         feature_filter=rt.feature_filter,
         filter_warning=rt.filter_warning,
         sae_input_norm=rt.config.sae_input_norm,
+        explore_namespace=_namespace(rt.config),
     )
 
     def ready(bound: Bound) -> None:

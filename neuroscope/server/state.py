@@ -15,6 +15,8 @@ from neuroscope.labels.chain import LabelChain
 from neuroscope.server.access import Access
 
 if TYPE_CHECKING:
+    from neuroscope.explore.page import Explorer
+    from neuroscope.explore.search import FeatureSearch
     from neuroscope.server.metrics import Metrics
 
 
@@ -41,6 +43,8 @@ class ServerState:
     executor: Executor | None = None  # parses and tokenizes request bodies off the event loop
     metrics: "Metrics | None" = None
     shutting_down: bool = False
+    explorer: "Explorer | None" = None  # feature pages
+    search: "FeatureSearch | None" = None  # search over the labels
 
 
 STATE = web.AppKey("neuroscope_state", ServerState)

@@ -4,6 +4,7 @@ import {
   HTTPError, LiveStream, apiKey, fetchInfo, fetchLabelDetail, followRequest, setApiKey, streamChat,
 } from "./api.js";
 import { Conversation } from "./conversation.js";
+import { initExplorer } from "./explorer.js";
 import { renderFeature, renderToken, renderTop, setLabelDetail } from "./panels.js";
 import { SteeringSet, renderSteering } from "./steering.js";
 
@@ -128,6 +129,7 @@ function pin(tok) {
 
 function select(feature) {
   conv.select(conv.selected === feature ? null : feature);
+  if (conv.selected !== null) explorer.open(conv.selected); // its page too
   if (shown) showToken(shown);
   renderFeature($("feature-detail"), conv, info);
   renderTop($("top-features"), $("top-features-empty"), conv);
@@ -387,6 +389,33 @@ $("clear-button").addEventListener("click", () => {
   renderTop($("top-features"), $("top-features-empty"), conv);
   $("empty-hint").hidden = false;
   showState();
+});
+
+// ------------------------------------------------------------------ explorer
+let inspected = 0;
+
+function showInspected(text, result) {
+  const id = `inspect-${++inspected}`;
+  const turn = conv.addTurn(text, true, null);
+  turn.requestId = id;
+  turn.root.dataset.requestId = id;
+  turn.root.classList.add("inspected");
+  turn.reply.parentElement.hidden = true; // nothing was generated
+  turn.prompt.querySelector("summary").firstChild.textContent = "inspected tokens ";
+  for (const t of result.tokens) conv.add(turn, { ...t, request_id: id, token_index: t.position, prompt: true });
+  $("empty-hint").hidden = true;
+  refreshSide();
+  convEl.scrollTop = convEl.scrollHeight;
+}
+
+const explorer = initExplorer({
+  onSteer: (index) => {
+    const mode = $("steer-mode").value;
+    steering.set(index, mode, mode === "ablate" ? undefined : Number($("steer-value").value) || 8);
+    showSteering();
+  },
+  onInspected: showInspected,
+  onError: showError,
 });
 
 showSteering();

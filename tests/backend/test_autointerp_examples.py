@@ -126,3 +126,76 @@ def test_example_window_marks_the_max_token(runtime, cache, tmp_path):
     assert text.replace("<<", "").replace(">>", "") == tok.decode([int(t) for t in w.tokens]).replace("\n", "\\n")
     assert examples.example_window(ns, 10**6, tok) is None
     assert paths.examples_root() in ex.directory.parents
+
+
+def test_range_windows_are_the_smallest_keys_of_where_each_feature_fired(tiny_fixture, runtime, cache, tmp_path):
+    """Per feature: every (sample, position) where it fired gets the pass's hash key; per sample the smallest,
+    then the ``per_feature`` smallest over the corpus, each with its window — checked against transformers + the
+    numpy encoder."""
+    from neuroscope.labels.autointerp.collector import _keys
+
+    corpus = write_corpus(tmp_path / "corpus", SAMPLES)
+    ex = examples.run(runtime, options(corpus)).examples
+    texts = [s.text for s in read_samples(str(corpus), SAMPLES, None)[1]]
+    ref = brute_force(tiny_fixture, runtime.info.tokenizer, texts)
+    d_sae = ref[0][1].shape[1]
+    some_below_top = 0
+    for f in range(d_sae):
+        cands = []
+        for s, (_, a) in enumerate(ref):
+            pos = np.flatnonzero(a[:, f] > 0)
+            if pos.size:
+                keys = _keys(s, pos, np.full(pos.size, f))
+                j = int(np.argmin(keys))
+                cands.append((int(keys[j]), s, int(pos[j]), float(a[pos[j], f])))
+        kept = sorted(cands)[:PER_FEATURE]
+        want = sorted(kept, key=lambda c: (-c[3], c[1]))
+        got = ex.range_windows(f)
+        assert [(w.sample, w.start + w.peak) for w in got] == [(s, p) for _, s, p, _ in want], f
+        for w, (_, s, p, v) in zip(got, want):
+            ids, a = ref[s]
+            start, end = max(1, p - BEFORE), min(len(ids), p + AFTER + 1)
+            assert w.start == start and list(w.tokens) == ids[start:end]
+            np.testing.assert_allclose(w.acts, a[start:end, f], rtol=1e-4, atol=1e-4)
+            assert w.value == pytest.approx(v, rel=1e-4)
+        tops = {(w.sample, w.start + w.peak) for w in ex.windows(f)}
+        some_below_top += any((w.sample, w.start + w.peak) not in tops for w in got)
+    assert some_below_top > 0  # the range sample is not the top windows again
+    # the density histogram: every counted nonzero activation, in log bins
+    from neuroscope.labels.autointerp.collector import HIST_EDGES
+
+    every = np.concatenate([a for _, a in ref])
+    for f in range(d_sae):
+        v = every[:, f][every[:, f] > 0]
+        want, _ = np.histogram(np.clip(v, HIST_EDGES[0], np.nextafter(HIST_EDGES[-1], 0)), bins=HIST_EDGES)
+        np.testing.assert_array_equal(ex.arrays["hist"][f], want, err_msg=str(f))
+        d = ex.density(f)
+        if want.any():
+            nz = np.flatnonzero(want)
+            assert list(d[1]) == list(want[nz[0]:nz[-1] + 1]) and len(d[0]) == len(d[1]) + 1
+        else:
+            assert d is None
+
+
+def test_quantiles_label_mix_and_held_out(runtime, cache, tmp_path):
+    from neuroscope.labels.autointerp.generate import held_out, label_windows
+
+    opts = ExamplesOptions(corpus_path=str(write_corpus(tmp_path / "corpus", SAMPLES)), samples=SAMPLES,
+                           per_feature=10, batch_size=4, max_tokens_per_sample=MAX_TOKENS, pool=POOL)
+    ex = examples.run(runtime, opts).examples
+    f = int(np.argmax(ex.fired))
+    spread = ex.range_windows(f)
+    assert len(spread) == 10
+    assert [q for q, _ in examples.quantile_windows(spread)] == [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
+    key = lambda w: (w.sample, w.start)  # noqa: E731
+    top, rng = ex.windows(f), spread
+    assert [key(w) for w in label_windows(ex, f, "top")] == [key(w) for w in top[0::2]]
+    assert [key(w) for w in label_windows(ex, f, "quantiles")] == [key(w) for w in rng[0::2]]
+    mix = label_windows(ex, f, "mix")
+    assert len(mix) == 5 and {key(w) for w in mix} == {key(w) for w in top[0:1]} | {key(w) for w in rng[0:8:2]}
+    assert [w.value for w in mix] == sorted((w.value for w in mix), reverse=True)
+    held = held_out(ex, f)
+    assert [key(w) for w in held] == [key(w) for w in (top[1], rng[1], top[3], rng[3], top[5])]
+    for mode in ("top", "quantiles", "mix"):  # never scored on what the labeller saw
+        shown = {(w.sample, w.start, w.value) for w in label_windows(ex, f, mode)}
+        assert not shown & {(w.sample, w.start, w.value) for w in held}, mode

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from neuroscope.cli import serve as cli
 from neuroscope.core.checkpoint import load_tokenizer
 from neuroscope.labels.autointerp import examples as ex_mod
+from neuroscope.labels.autointerp.generate import held_out
 from neuroscope.labels.autointerp.scoring import balanced_accuracy
 from neuroscope.store import paths
 from neuroscope.store.paths import Namespace
@@ -67,7 +68,7 @@ class Oracle:
     def load(self, ns: Namespace) -> None:
         ex = ex_mod.newest(ns)
         tok = load_tokenizer(Path(self.fx.model_dir))
-        self.active = {i: {ex_mod.render(tok, w.tokens) for w in ex.windows(i)[1::2]} for i in range(ex.d_sae)}
+        self.active = {i: {ex_mod.render(tok, w.tokens) for w in held_out(ex, i)} for i in range(ex.d_sae)}
 
     def __call__(self, user: str, windows: list[str]) -> list[int]:
         index = int(re.search(r"^Label: feature (\d+)$", user, re.M).group(1))

@@ -17,6 +17,9 @@ from neuroscope.core.protocol import CorpusBatch, CorpusResult
 
 BEFORE, AFTER = 23, 8  # a window: the peak token with up to 23 tokens before it and 8 after
 WINDOW = BEFORE + 1 + AFTER  # 32 tokens
+# the density histogram of each feature's nonzero activations: 8 log-spaced bins per decade from 1e-3 to 1e4
+# (an activation outside falls in the first or last bin)
+HIST_EDGES = np.geomspace(1e-3, 1e4, 57)
 
 
 class Collector:
@@ -32,6 +35,7 @@ class Collector:
         n, w = per_feature, WINDOW
         self.samples_done = self.tokens = self.truncated = 0
         self.fired = np.zeros(d_sae, dtype=np.int64)
+        self.hist = np.zeros((d_sae, len(HIST_EDGES) - 1), dtype=np.int64)
         self.filled = np.zeros(d_sae, dtype=np.int32)
         self.value = np.zeros((d_sae, n), dtype=np.float32)
         self.sample = np.zeros((d_sae, n), dtype=np.int64)
@@ -41,6 +45,18 @@ class Collector:
         self.win_tokens = np.zeros((d_sae, n, w), dtype=np.int32)
         self.win_acts = np.zeros((d_sae, n, w), dtype=np.float32)
         self.floor = np.full(d_sae, -np.inf, dtype=np.float64)
+        # the activation-range sample: per feature a uniform sample of the positions where it fired (the ``n``
+        # smallest hash keys), each with its window, from which windows across the quantiles are drawn
+        self.q_filled = np.zeros(d_sae, dtype=np.int32)
+        self.q_key = np.zeros((d_sae, n), dtype=np.int64)
+        self.q_value = np.zeros((d_sae, n), dtype=np.float32)
+        self.q_sample = np.zeros((d_sae, n), dtype=np.int64)
+        self.q_start = np.zeros((d_sae, n), dtype=np.int32)
+        self.q_peak = np.zeros((d_sae, n), dtype=np.int32)
+        self.q_length = np.zeros((d_sae, n), dtype=np.int32)
+        self.q_tokens = np.zeros((d_sae, n, w), dtype=np.int32)
+        self.q_acts = np.zeros((d_sae, n, w), dtype=np.float32)
+        self.q_ceiling = np.full(d_sae, np.iinfo(np.int64).max, dtype=np.int64)
         self.pool: list[tuple] = []
 
     records = True  # the corpus-pass driver hands over every position's top-k record
@@ -63,6 +79,8 @@ class Collector:
         self.truncated += int(((rec[:, 0] > k) & counted).sum())
         if fid.size:
             self.fired += np.bincount(fid, minlength=self.d_sae)
+            bins = np.clip(np.searchsorted(HIST_EDGES, val, side="right") - 1, 0, len(HIST_EDGES) - 2)
+            np.add.at(self.hist, (fid, bins), 1)
         order = np.lexsort((pos, -val, fid))  # by feature, strongest first, earliest first
         fid, pos, val = fid[order], pos[order], val[order]
         toks = np.asarray(tokens, dtype=np.int32)
@@ -70,24 +88,13 @@ class Collector:
         if not fid.size:
             return
         first = np.flatnonzero(np.r_[True, fid[1:] != fid[:-1]])
+        self._sample_range(index, n, toks, fid, pos, val)
         beats = val[first].astype(np.float64) > self.floor[fid[first]]
         cf, cpeak, cval = fid[first][beats], pos[first][beats], val[first][beats]
         m = cf.size
         if not m:
             return
-        # every candidate's window at once: a dense (n, m) map of the candidates' activations in this sample
-        column = np.full(self.d_sae, -1, dtype=np.int64)
-        column[cf] = np.arange(m)
-        mine = column[fid] >= 0
-        dense = np.zeros((n, m), dtype=np.float32)
-        dense[pos[mine], column[fid[mine]]] = val[mine]
-        start = np.maximum(1, cpeak - BEFORE)
-        end = np.minimum(n, cpeak + AFTER + 1)
-        at = start[:, None] + np.arange(WINDOW)[None, :]
-        valid = at < end[:, None]
-        at = np.minimum(at, n - 1)
-        acts = np.where(valid, dense[at, np.arange(m)[:, None]], 0.0).astype(np.float32)
-        wtoks = np.where(valid, toks[at], 0).astype(np.int32)
+        start, end, acts, wtoks = self._windows(n, toks, fid, pos, val, cf, cpeak)
         # a slot per candidate (each feature appears once per sample): the next free one, or the weakest
         # window's (smallest value; of equal values the later sample's), which the candidate beats
         cap = self.per_feature
@@ -102,6 +109,54 @@ class Collector:
         self.win_tokens[cf, slots], self.win_acts[cf, slots] = wtoks, acts
         now_full = self.filled[cf] >= cap
         self.floor[cf[now_full]] = self.value[cf[now_full]].min(axis=1)
+
+    def _windows(self, n, toks, fid, pos, val, cf, cpeak):
+        """The windows around ``cpeak`` of features ``cf`` (one each) in this sample: start, end, the feature's
+        activation at each window token, the window's token ids."""
+        m = cf.size
+        # every candidate's window at once: a dense (n, m) map of the candidates' activations in this sample
+        column = np.full(self.d_sae, -1, dtype=np.int64)
+        column[cf] = np.arange(m)
+        mine = column[fid] >= 0
+        dense = np.zeros((n, m), dtype=np.float32)
+        dense[pos[mine], column[fid[mine]]] = val[mine]
+        start = np.maximum(1, cpeak - BEFORE)
+        end = np.minimum(n, cpeak + AFTER + 1)
+        at = start[:, None] + np.arange(WINDOW)[None, :]
+        valid = at < end[:, None]
+        at = np.minimum(at, n - 1)
+        acts = np.where(valid, dense[at, np.arange(m)[:, None]], 0.0).astype(np.float32)
+        wtoks = np.where(valid, toks[at], 0).astype(np.int32)
+        return start, end, acts, wtoks
+
+    def _sample_range(self, index, n, toks, fid, pos, val) -> None:
+        """The activation-range sample: each (sample, position, feature) where a feature fired gets a hash key;
+        per feature this sample offers its smallest-key position, which enters the feature's ``per_feature``
+        slots when its key is below the largest kept (that slot is replaced). The kept positions are a uniform
+        sample of where the feature fired (at most one per sample), whatever their activation."""
+        if not fid.size:
+            return
+        key = _keys(index, pos, fid)
+        order = np.lexsort((key, fid))
+        f, p, v, k = fid[order], pos[order], val[order], key[order]
+        first = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
+        f, p, v, k = f[first], p[first], v[first], k[first]
+        beats = k < self.q_ceiling[f]
+        cf, cpos, cval, ckey = f[beats], p[beats], v[beats], k[beats]
+        if not cf.size:
+            return
+        start, end, acts, wtoks = self._windows(n, toks, fid, pos, val, cf, cpos)
+        cap = self.per_feature
+        slots = self.q_filled[cf].astype(np.int64)
+        full = slots >= cap
+        if full.any():
+            slots[full] = np.argmax(self.q_key[cf[full]], axis=1)
+        self.q_filled[cf] = np.maximum(self.q_filled[cf], slots + 1)
+        self.q_key[cf, slots], self.q_value[cf, slots], self.q_sample[cf, slots] = ckey, cval, index
+        self.q_start[cf, slots], self.q_peak[cf, slots], self.q_length[cf, slots] = start, cpos - start, end - start
+        self.q_tokens[cf, slots], self.q_acts[cf, slots] = wtoks, acts
+        now_full = self.q_filled[cf] >= cap
+        self.q_ceiling[cf[now_full]] = self.q_key[cf[now_full]].max(axis=1)
 
     def _pool(self, index: int, toks: np.ndarray, fid: np.ndarray, pos: np.ndarray) -> None:
         n = len(toks)
@@ -120,7 +175,8 @@ class Collector:
             heapq.heapreplace(self.pool, entry)
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    _SLOT_ARRAYS = ("fired", "filled", "value", "sample", "start", "peak", "length", "win_tokens", "win_acts")
+    _SLOT_ARRAYS = ("fired", "hist", "filled", "value", "sample", "start", "peak", "length", "win_tokens", "win_acts",
+                    "q_filled", "q_key", "q_value", "q_sample", "q_start", "q_peak", "q_length", "q_tokens", "q_acts")
 
     def state(self) -> dict[str, np.ndarray]:
         """Everything needed to resume exactly."""
@@ -136,6 +192,8 @@ class Collector:
         col.samples_done, col.tokens, col.truncated = (int(x) for x in a["counters"])
         full = col.filled >= per_feature
         col.floor[full] = col.value[full].min(axis=1)
+        q_full = col.q_filled >= per_feature
+        col.q_ceiling[q_full] = col.q_key[q_full].max(axis=1)
         po, pf = a["pool_offset"], a["pool_feature_offset"]
         col.pool = [(-int(a["pool_hash"][i]), int(a["pool_sample"][i]), int(a["pool_start"][i]),
                      a["pool_tokens"][po[i]:po[i + 1]].copy(), a["pool_features"][pf[i]:pf[i + 1]].copy())
@@ -156,6 +214,21 @@ class Collector:
             "pool_features": cat([e[4] for e in pool], np.int32),
         }
 
+    def _range_arrays(self) -> dict[str, np.ndarray]:
+        """The activation-range sample as flat arrays: by feature, strongest first (equal values: earlier
+        sample, then earlier start first)."""
+        f, s = np.nonzero(np.arange(self.per_feature)[None, :] < self.q_filled[:, None])
+        order = np.lexsort((self.q_start[f, s], self.q_sample[f, s], -self.q_value[f, s], f))
+        f, s = f[order], s[order]
+        lengths = self.q_length[f, s].astype(np.int64)
+        keep = np.arange(WINDOW)[None, :] < lengths[:, None]
+        return {
+            "q_feature": f.astype(np.int32), "q_value": self.q_value[f, s], "q_sample": self.q_sample[f, s],
+            "q_start": self.q_start[f, s], "q_peak": self.q_peak[f, s],
+            "q_offset": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            "q_tokens": self.q_tokens[f, s][keep], "q_acts": self.q_acts[f, s][keep],
+        }
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The result as flat arrays: windows by feature, strongest first (equal values: earlier sample first)."""
         f, s = np.nonzero(np.arange(self.per_feature)[None, :] < self.filled[:, None])
@@ -168,9 +241,22 @@ class Collector:
             "start": self.start[f, s], "peak": self.peak[f, s],
             "offset": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             "tokens": self.win_tokens[f, s][keep], "acts": self.win_acts[f, s][keep],
-            **self._pool_arrays(), "fired": self.fired.copy(),
+            **self._range_arrays(), **self._pool_arrays(), "fired": self.fired.copy(), "hist": self.hist.copy(),
+            "hist_edges": HIST_EDGES.copy(),
             "counters": np.asarray([self.samples_done, self.tokens, self.truncated], dtype=np.int64),
         }
+
+
+def _keys(index: int, pos: np.ndarray, fid: np.ndarray) -> np.ndarray:
+    """A deterministic 63-bit hash of (sample, position, feature) (splitmix64), so that a resumed run keeps the
+    same sample as an uninterrupted one."""
+    with np.errstate(over="ignore"):
+        x = (np.uint64(index) * np.uint64(0x9E3779B97F4A7C15) + pos.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+             + fid.astype(np.uint64) * np.uint64(0x94D049BB133111EB))
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(1)).astype(np.int64)
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

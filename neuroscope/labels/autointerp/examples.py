@@ -14,7 +14,12 @@ per-feature slots (:class:`~neuroscope.labels.autointerp.collector.Collector`) a
 * **random windows**: one window per sample at a position drawn from a hash of the sample index, the ``pool``
   samples with the smallest hash kept, each with the set of features that fired anywhere in it. A feature's
   non-activating windows for detection scoring are the pool windows where it never fired;
-* how often each feature fired (a feature that never did is *dead*).
+* **activation-range windows**: per feature a uniform sample (``per_feature`` of them) of the positions where it
+  fired, whatever the activation — each (sample, position, feature) gets a hash key and the smallest keys are
+  kept, at most one position per sample — each with its window. Ranked, they cover its activation quantiles
+  (:func:`quantile_windows`, deciles as in EleutherAI delphi), so labels and scoring see more than the peak;
+* how often each feature fired (a feature that never did is *dead*), and a histogram of its nonzero activations
+  (log-spaced bins, :data:`~neuroscope.labels.autointerp.collector.HIST_EDGES`).
 
 Every ``checkpoint_every`` samples the whole state is written atomically (one ``.npz``); a killed run resumes
 from it and ends with byte-identical arrays. A finished run is ``examples.npz`` + ``meta.json`` (written last:
@@ -42,9 +47,10 @@ from neuroscope.runtime import Runtime
 from neuroscope.store import atomic, paths
 
 __all__ = ["AFTER", "BEFORE", "Collector", "Examples", "ExamplesError", "ExamplesOptions", "ExamplesRun", "Window",
-           "PoolWindow", "example_window", "newest", "read", "render", "run"]
+           "PoolWindow", "example_window", "newest", "quantile_windows", "read", "render", "run"]
 
-FORMAT = "neuroscope-examples/1"
+FORMAT = "neuroscope-examples/2"  # /2 adds the activation-range sample (q_* arrays)
+READABLE = (FORMAT, "neuroscope-examples/1")  # a /1 run reads back without range windows
 STATE_FORMAT = "neuroscope-examples-checkpoint/1"
 DATA = "examples.npz"
 META = "meta.json"
@@ -124,6 +130,30 @@ class Examples:
         return [Window(a["tokens"][off[i]:off[i + 1]], a["acts"][off[i]:off[i + 1]], int(a["peak"][i]),
                        float(a["value"][i]), int(a["sample"][i]), int(a["start"][i])) for i in range(lo, hi)]
 
+    def range_windows(self, index: int) -> list[Window]:
+        """Feature ``index``'s activation-range sample: windows around positions drawn uniformly from where it
+        fired, strongest first ([] for a run made before the sample was kept)."""
+        a = self.arrays
+        if "q_feature" not in a:
+            return []
+        lo, hi = np.searchsorted(a["q_feature"], [index, index + 1])
+        off = a["q_offset"]
+        return [Window(a["q_tokens"][off[i]:off[i + 1]], a["q_acts"][off[i]:off[i + 1]], int(a["q_peak"][i]),
+                       float(a["q_value"][i]), int(a["q_sample"][i]), int(a["q_start"][i])) for i in range(lo, hi)]
+
+    def density(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Feature ``index``'s histogram of nonzero activations over the run, (edges, counts) cut to the bins
+        from its first to its last nonempty one; None when it never fired or the run kept no histogram."""
+        a = self.arrays
+        if "hist" not in a:
+            return None
+        counts = a["hist"][index]
+        nz = np.flatnonzero(counts)
+        if not nz.size:
+            return None
+        lo, hi = int(nz[0]), int(nz[-1]) + 1
+        return a["hist_edges"][lo:hi + 1], counts[lo:hi]
+
     def pool(self) -> list[PoolWindow]:
         a = self.arrays
         po, pf = a["pool_offset"], a["pool_feature_offset"]
@@ -138,7 +168,7 @@ def read(directory: str | Path) -> Examples:
         meta = json.loads((d / META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise ExamplesError(f"no finished examples run in {d}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE:
         raise ExamplesError(f"{d / META} is not a {FORMAT} file")
     arrays = load_npz(d / DATA)
     if arrays is None:
@@ -162,7 +192,7 @@ def newest(ns: paths.Namespace) -> Examples | None:
                 meta = json.loads((d / META).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if isinstance(meta, dict) and meta.get("format") == FORMAT:
+            if isinstance(meta, dict) and meta.get("format") in READABLE:
                 found.append((str(meta.get("created", "")), d))
     for _, d in sorted(found, reverse=True):
         try:
@@ -171,6 +201,16 @@ def newest(ns: paths.Namespace) -> Examples | None:
         except (OSError, ExamplesError):
             continue
     return None
+
+
+QUANTILES = 10  # the activation range cut in deciles (EleutherAI delphi's default)
+
+
+def quantile_windows(windows: list[Window], bins: int = QUANTILES) -> list[tuple[int, Window]]:
+    """A uniform sample of windows (strongest first) as (quantile, window): quantile 1 is the weakest tenth of
+    the feature's activations, ``bins`` the strongest, by each window's rank in the sample."""
+    n = len(windows)
+    return [(bins - (bins * r) // n, w) for r, w in enumerate(windows)]
 
 
 def render(tokenizer: Any, tokens: np.ndarray, marked: np.ndarray | None = None) -> str:

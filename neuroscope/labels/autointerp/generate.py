@@ -6,7 +6,8 @@ Labels go to :func:`neuroscope.store.paths.autointerp_labels_file` as JSON lines
      "input_tokens": int, "output_tokens": int}
 
 each appended, flushed and fsynced when its answer arrives; a re-run skips the features already there. The
-labeler sees the windows of even rank (1st, 3rd, …) of a feature's top-N; those of odd rank are held out for
+labeler sees windows of even rank (1st, 3rd, …) — of a feature's top-N, of its activation-range sample, or a mix
+(``--examples top|quantiles|mix``, mix by default: about 20 % top); those of odd rank of both are held out for
 detection scoring, so a label is never scored on the windows it was written from.
 """
 
@@ -46,6 +47,7 @@ class LabelOptions:
     output: str | None = None
     timeout_s: float = 120.0
     max_retries: int = 6
+    examples: str = "mix"  # which windows the labeller sees: top, quantiles or mix (see label_windows)
 
 
 @dataclass
@@ -61,12 +63,35 @@ class LabelResult:
     output: Path | None = None
 
 
-def label_windows(windows: list[ex_mod.Window]) -> list[ex_mod.Window]:
-    return windows[0::2]
+EXAMPLE_MODES = ("top", "quantiles", "mix")
+MIX_TOP = 0.2  # in mix, this share of the labeller's windows are top windows, the rest from across the range
 
 
-def held_out(windows: list[ex_mod.Window]) -> list[ex_mod.Window]:
-    return windows[1::2]
+def label_windows(examples: Examples, index: int, mode: str = "mix") -> list[ex_mod.Window]:
+    """The windows the labeller sees, strongest first: the even-rank ones of the top windows (``top``), of the
+    activation-range sample (``quantiles``), or about 20 % top and the rest from the range (``mix``, EleutherAI
+    delphi's default). A run without a range sample gives top windows in every mode."""
+    top = examples.windows(index)[0::2]
+    spread = examples.range_windows(index)[0::2]
+    if mode == "top" or not spread:
+        return top
+    if mode == "quantiles":
+        return spread
+    if mode != "mix":
+        raise ValueError(f"--examples must be one of {', '.join(EXAMPLE_MODES)}, got {mode!r}")
+    n_top = max(1, round(MIX_TOP * len(top)))
+    chosen = top[:n_top] + spread[: max(0, len(top) - n_top)]
+    return sorted(chosen, key=lambda w: (-w.value, w.sample, w.start))
+
+
+def held_out(examples: Examples, index: int) -> list[ex_mod.Window]:
+    """The activating windows detection scoring tests, never shown to the labeller in any mode: the odd-rank top
+    windows and the odd-rank range windows, alternately (as many as the top ones), so a label that fits only the
+    peak scores lower."""
+    top = examples.windows(index)[1::2]
+    spread = examples.range_windows(index)[1::2]
+    mixed = [w for pair in zip(top, spread) for w in pair] + top[len(spread):] + spread[len(top):]
+    return mixed[: len(top)] if top else mixed
 
 
 def labels_by_index(path: Path) -> dict[int, dict[str, Any]]:
@@ -109,6 +134,8 @@ def label(examples: Examples, ns: paths.Namespace, tokenizer: Any, provider: Pro
         subset = store.parse_features(opts.features, examples.d_sae)
     except ValueError as exc:
         raise GenerateError(str(exc)) from None
+    if opts.examples not in EXAMPLE_MODES:
+        raise GenerateError(f"--examples must be one of {', '.join(EXAMPLE_MODES)}, got {opts.examples!r}")
     fired = examples.fired
     wanted = store.in_subset(range(examples.d_sae), subset)
     dead = [i for i in wanted if fired[i] == 0]
@@ -149,7 +176,7 @@ async def _label_all(todo: list[int], examples: Examples, tokenizer: Any, provid
                          max_retries=opts.max_retries) as client:
 
         async def work(index: int) -> bool:
-            user = prompts.label_prompt(tokenizer, label_windows(examples.windows(index)))
+            user = prompts.label_prompt(tokenizer, label_windows(examples, index, opts.examples))
             try:
                 (text, description), answer = await client.ask(
                     prompts.LABEL_SYSTEM, user, prompts.LABEL_SCHEMA, prompts.LABEL_TOOL, prompts.check_label)

@@ -22,7 +22,8 @@ MAX_DESCRIPTION_CHARS = 600
 
 LABEL_SYSTEM = (
     "You are a meticulous interpretability researcher. You study one feature of a sparse autoencoder trained on "
-    "a language model's internal activations. You are shown text windows where the feature fires most strongly; "
+    "a language model's internal activations. You are shown text windows where the feature fires, strongest first "
+    "(its strongest windows, and windows from across the range of its activations); "
     "the tokens where it fires are marked <<like this>>, and each window gives its strongest activation. Find "
     "what the marked tokens have in common (the token itself, its meaning, or its context) and name it."
 )
@@ -57,7 +58,7 @@ def detect_schema() -> dict[str, Any]:
 
 
 def label_prompt(tokenizer: Any, windows: list[Window]) -> str:
-    lines = [f"The feature's {len(windows)} strongest windows, strongest first:", ""]
+    lines = [f"{len(windows)} windows where the feature fires, strongest first:", ""]
     for i, w in enumerate(windows, 1):
         lines.append(f"Example {i} (max {w.value:.3g}): {render(tokenizer, w.tokens, np.asarray(w.acts) > 0)}")
     lines += ["", "Answer with a concise label (a few words) and a one-sentence description of when the feature "

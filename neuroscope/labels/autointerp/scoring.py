@@ -1,7 +1,8 @@
 """Detection scoring (EleutherAI's delphi): can an LLM tell, from a label alone, where the feature fires?
 
 For each labelled feature the scorer sees the label and ``2n`` numbered windows, shuffled: ``n`` activating ones
-(the feature's held-out top windows, those of odd rank, never shown to the labeler) and ``n`` random windows of
+(the feature's held-out windows, never shown to the labeler: top windows of odd rank alternating with
+activation-range windows of odd rank) and ``n`` random windows of
 the corpus where the feature never fired (from the examples run's pool). It answers one 0/1 per window; the
 score is the balanced accuracy ``(TP / (TP + FN) + TN / (TN + FP)) / 2`` (0.5: chance, 1: perfect). The choice
 and the order of windows depend only on the feature index, so a re-run asks the same question.
@@ -61,7 +62,7 @@ class Trial:
 
 def trial(examples: Examples, index: int, tokenizer: Any, pool: list | None = None) -> Trial | None:
     """The shuffled, balanced windows shown for feature ``index`` (None: too few of one kind)."""
-    active = held_out(examples.windows(index))
+    active = held_out(examples, index)
     pool = examples.pool() if pool is None else pool
     quiet = [w for w in pool if index not in w.fired]
     n = min(len(active), len(quiet))
