@@ -138,6 +138,8 @@ def _print_page(out: Console, page: dict[str, Any]) -> None:
     score = "" if page["score"] is None else f", score {page['score']:.2f}"
     out.print(Text.assemble((f"feature {page['index']}  ", "bold cyan"), (page["label"], "bold"),
                             f"  ({page['source']}{score})"))
+    if page["description"]:
+        out.print(Text(page["description"]))
     st = page["stats"]
     out.print("no calibration (no statistics)" if st is None else
               f"fires on {100 * st['firing_rate']:.3g} % of tokens; when it fires mean {st['mean']:.3g}, "

@@ -101,7 +101,7 @@ class Explorer:
             "label": e.label,
             "source": e.source,
             "score": e.score,
-            "description": None,  # no label source gives more than the label yet
+            "description": e.description,  # the labeler's account, when its source gave one
             "stats": self.stats(index),
             **self.examples(index),
             "neighbours": None if eff is None else self.neighbours(eff),

@@ -87,8 +87,8 @@ class FeatureSearch:
         entries = dict(getattr(self.labels, "_entries", {}))
         with self._db:
             self._db.execute("DELETE FROM docs")
-            self._db.executemany("INSERT INTO docs(rowid, label, description) VALUES (?, ?, '')",
-                                 ((i, e.label) for i, e in entries.items()))
+            self._db.executemany("INSERT INTO docs(rowid, label, description) VALUES (?, ?, ?)",
+                                 ((i, e.label, e.description or "") for i, e in entries.items()))
         self._version = version
 
     def search(self, q: str, limit: int = 20) -> list[Hit]:

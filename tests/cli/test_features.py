@@ -117,3 +117,23 @@ def test_inspect_equals_transformers_and_numpy(cache, tiny_fixture):
     assert got["tokens"][0]["bos"] and not any(t["bos"] for t in got["tokens"][1:])
     r = invoke(tiny_fixture, "inspect", text, "--top-k", "2", "--backend", "torch-cpu")
     assert r.exit_code == 0 and "top features of" in r.stdout
+
+
+def test_the_labelers_description_is_searched_and_shown(cache, tiny_fixture):
+    from pathlib import Path
+
+    from neuroscope.store import paths
+
+    ns = paths.Namespace.for_local_sae(str(Path(tiny_fixture.model_dir).resolve()), tiny_fixture.sae_path,
+                                       tiny_fixture.sae_layer, "none")
+    f = paths.autointerp_labels_file("deepseek/deepseek-v3.2", ns)
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps({"index": 7, "label": "French text",
+                             "description": "Fires on French words inside English prose."}) + "\n")
+    r = invoke(tiny_fixture, "search", "english pros", "--json")
+    assert r.exit_code == 0, r.output
+    assert [h["index"] for h in json.loads(r.stdout)["results"]] == [7]
+    r = invoke(tiny_fixture, "show", "7", "--json")
+    assert json.loads(r.stdout)["description"] == "Fires on French words inside English prose."
+    r = invoke(tiny_fixture, "show", "7")
+    assert r.exit_code == 0 and "Fires on French words inside English prose." in r.stdout

@@ -51,3 +51,16 @@ def test_refused(q, limit, param):
     with pytest.raises(SearchError) as exc:
         FeatureSearch(_chain()).search(q, limit)
     assert exc.value.param == param
+
+
+def test_descriptions_are_searched_and_shown_on_the_page():
+    from neuroscope.explore.page import Explorer
+
+    described = Layer("autointerp", "labels.jsonl", {5: ("bridges", 0.9)},
+                      descriptions={5: "suspension bridges such as the Golden Gate"})
+    chain = LabelChain(50, [described, Layer("labels-path", "x.json", {1: ("golden retrievers", None)})])
+    hits = FeatureSearch(chain).search("golden gate")
+    assert [h.index for h in hits] == [5, 1]  # both words match 5 (one in its description), one matches 1
+    assert Explorer.for_namespace(chain, None, None).page(5, None)["description"] == \
+        "suspension bridges such as the Golden Gate"
+    assert Explorer.for_namespace(chain, None, None).page(1, None)["description"] is None
