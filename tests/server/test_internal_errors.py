@@ -214,3 +214,48 @@ def test_the_features_health_gives_counts_only(keyed):
     assert rid not in health.text and "include_prompt" not in health.text
     assert health.json()["subscribers"] >= 1 and health.json()["published"] > 0
     assert reader.error is None
+
+
+def test_a_failure_after_a_stream_began_closes_it_and_is_logged_once(server, monkeypatch, caplog):
+    import neuroscope.server.features as features_module
+
+    class BrokenJSON:
+        @staticmethod
+        def dumps(*args, **kwargs):
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(features_module, "json", BrokenJSON)
+    caplog.set_level(logging.INFO)
+    reader = SSEReader(f"{server.features}/v1/features/stream").start()  # its headers are out: 200
+    r = chat(server, {"messages": MSG, "max_tokens": 2, "temperature": 0})
+    assert r.status_code == 200  # the chat is not affected
+    assert reader.ended.wait(30), "the broken stream was left open"
+    monkeypatch.undo()
+    errors = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "/v1/features/stream" in errors[0].getMessage() and errors[0].exc_info
+    assert server.subscribers() == 0 and httpx.get(f"{server.features}/health").status_code == 200
+
+
+def test_serve_answers_only_its_names_and_keeps_the_key_out_of_a_debug_log(tmp_path):
+    # `neuroscope serve` as a user runs it: the flag reaches the server, and its real log handler at debug level
+    # never shows the key, even for requests aiohttp cannot parse
+    from tests.support.process import start_serve
+
+    srv = start_serve(tmp_path, "--demo", "--backend", "torch-cpu", "--allowed-hosts", "neuroscope.lan",
+                      "--api-key", KEY, "--log-level", "debug", env={"NEUROSCOPE_CACHE": str(tmp_path / "cache")})
+    try:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        ok = httpx.get(f"{srv.features}/v1/features/info", headers={**auth, "Host": "neuroscope.lan"}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["chat_url"].startswith("http://neuroscope.lan:")
+        refused = httpx.get(f"{srv.chat}/v1/models", headers={**auth, "Host": "evil.example"}, timeout=30)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "host_not_allowed"
+        for base in (srv.chat, srv.features):
+            port = int(base.rsplit(":", 1)[1])
+            for request_bytes in BAD_REQUESTS:
+                head, body = raw(port, request_bytes)
+                assert head.split(b" ", 2)[1] == b"400" and not leaked(body.decode()), body
+        assert httpx.get(f"{srv.chat}/health", timeout=30).status_code == 200
+    finally:
+        assert srv.stop() == 0
+    assert "bad request from" in srv.output  # debug logging was on
+    assert not leaked(srv.output), srv.output
