@@ -203,6 +203,7 @@ def test_no_api_key_and_loopback_origins_by_default(runner, captured, monkeypatc
     (["--allowed-origins", "http://example.com:99999"], "is not an origin"),
     (["--api-key", ""], "must not be empty"),
     (["--api-key", "two words"], "without spaces"),
+    (["--allowed-hosts", "proxy.example:8080"], "'proxy.example:8080' is not a host name"),
 ])
 def test_bad_access_flags_exit_2(runner, captured, args, message):
     result = runner.invoke(cli.app, ["serve", *args])
