@@ -16,7 +16,8 @@ REDACTED = "[redacted]"
 # values that end at a quote or a line end (the parser quotes the raw line): everything after the marker goes
 _PATTERNS = (
     re.compile(r"(?i)(\b(?:proxy-)?authorization\s*:\s*)[^'\"\r\n]*"),
-    re.compile(r"(?i)(\b(?:bearer|basic)\s+)[^'\"\r\n]*"),
+    re.compile(r"(?i)(\bbearer\s+)[^'\"\r\n]*"),
+    re.compile(r"(?i)(\bbasic\s+)[A-Za-z0-9+/=]{8,}"),
     re.compile(r"(?i)(\bapi_key=)[^&#'\"\r\n]*"),
 )
 # loggers whose records may quote a request: aiohttp's server side and this package's
