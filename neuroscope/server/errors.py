@@ -1,5 +1,5 @@
-"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}``, and the one error middleware each
-application puts first: whatever a handler raises leaves as such an error, never as aiohttp's plain-text 500."""
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}``, and the one error middleware both
+applications use: whatever a handler raises leaves as such an error, never as aiohttp's plain-text 500."""
 
 from __future__ import annotations
 
