@@ -312,8 +312,10 @@ def _sample(logits, temperature: float, top_p: float, key):
     order = mx.argsort(-probs, axis=-1)
     sorted_p = mx.take_along_axis(probs, order, axis=-1)
     cum = mx.cumsum(sorted_p, axis=-1)
-    # keep the smallest prefix whose mass reaches top_p (always keeps the first token)
-    sorted_p = mx.where(cum - sorted_p >= top_p, mx.zeros_like(sorted_p), sorted_p)
+    # keep the smallest prefix whose mass reaches top_p: always the first token (a top_p that rounds to 0 in
+    # float32 is greedy)
+    drop = (cum - sorted_p >= top_p) & (mx.arange(sorted_p.shape[-1]) > 0)
+    sorted_p = mx.where(drop, mx.zeros_like(sorted_p), sorted_p)
     choice = mx.random.categorical(mx.log(sorted_p), axis=-1, key=key)
     return mx.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
 

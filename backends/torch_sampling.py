@@ -26,8 +26,10 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
     probs = torch.softmax(logits / temperature.clamp_min(1e-6), dim=-1)
     sorted_p, sorted_idx = probs.sort(dim=-1, descending=True, stable=True)
     cum = sorted_p.cumsum(dim=-1)
-    # keep the smallest prefix whose mass reaches top_p (always the first token; everything at top_p = 1)
-    keep = ((cum - sorted_p) < top_p) | (top_p >= 1.0)
+    # keep the smallest prefix whose mass reaches top_p: always the first token (a top_p that rounds to 0 in
+    # float32 is greedy), everything at top_p = 1
+    first = torch.arange(sorted_p.shape[-1], device=sorted_p.device) == 0
+    keep = ((cum - sorted_p) < top_p) | (top_p >= 1.0) | first
     kept = sorted_p * keep
     cdf = kept.cumsum(dim=-1)
     u = uniform(seed, counter) * cdf[..., -1:]

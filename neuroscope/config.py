@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from neuroscope.core.sae import INPUT_NORMS, SAE_DTYPES
-from neuroscope.server.origins import parse_allowed_origins
+from neuroscope.server.origins import parse_allowed_hosts, parse_allowed_origins
 
 FILTER_MODES = ("none", "frequency", "surprise", "combined")  # neuroscope.calibration.filters.MODES
 # the torch backends' decode step: auto (compiled on torch-cuda, eager on torch-cpu), eager, or compiled
@@ -67,6 +67,9 @@ class ServeConfig:
     calibration_path: str | None = None  # default: the calibration file of this model / SAE / layer / norm
     # browser origins allowed besides loopback ("*" for any); loopback origins always are
     allowed_origins: tuple[str, ...] = ()
+    # Host names answered besides loopback and the bind address ("*" for any); on a bind to another address than
+    # loopback, any name is answered unless this is given
+    allowed_hosts: tuple[str, ...] = ()
     # when set, every endpoint but /health requires it (Authorization: Bearer, or ?api_key= on the features port)
     api_key: str | None = field(default=None, repr=False)
     max_queue: int = 64  # requests waiting behind the running one; beyond it 429
@@ -103,6 +106,7 @@ class ServeConfig:
         if any(not n.strip() for n in self.served_model_names):
             raise ValueError("--served-model-name must not be empty")
         parse_allowed_origins(self.allowed_origins)
+        parse_allowed_hosts(self.allowed_hosts)
         if self.api_key is not None:
             if not self.api_key:
                 raise ValueError("--api-key (or NEUROSCOPE_API_KEY) must not be empty")

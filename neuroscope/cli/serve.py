@@ -133,6 +133,10 @@ def serve_cmd(
         str, typer.Option(help="Browser origins allowed besides loopback: a comma list of scheme://host[:port|:*], "
                                "or * for any.")
     ] = "",
+    allowed_hosts: Annotated[
+        str, typer.Option(help="Host names to answer to besides loopback and the bind address (a comma list, or * "
+                               "for any), e.g. behind a reverse proxy; other names get 403.")
+    ] = "",
     api_key: Annotated[
         Optional[str], typer.Option(envvar="NEUROSCOPE_API_KEY", show_default=False,
                                     help="Require this key (Authorization: Bearer) on every endpoint but /health.")
@@ -186,6 +190,7 @@ def serve_cmd(
         max_tokens=max_tokens,
         demo_fallback=defaults and not demo,
         allowed_origins=split_origins(allowed_origins),
+        allowed_hosts=split_origins(allowed_hosts),
         api_key=api_key,
         max_queue=max_queue,
         served_model_names=tuple(served_model_name or ()),

@@ -48,11 +48,16 @@ def check_index(index: int, d_sae: int, param: str) -> None:
         )
 
 
-def check_value(value: float, param: str) -> None:
-    if not math.isfinite(value):
+def check_value(value: float | int, param: str) -> None:
+    """A finite number within the limit; an integer is compared as it is (one too large for a float is refused
+    here, not by an overflow later)."""
+    if isinstance(value, float) and not math.isfinite(value):
         raise SteeringError(f"'{param}' must be a finite number, got {value}", param)
     if abs(value) > MAX_STEER_VALUE:
-        raise SteeringError(f"'{param}' must be between -{MAX_STEER_VALUE:g} and {MAX_STEER_VALUE:g}, got {value:g}", param)
+        shown = f"{value:g}" if isinstance(value, float) else (str(value) if len(str(abs(value))) <= 20 else
+                                                                  f"an integer of {len(str(abs(value)))} digits")
+        raise SteeringError(f"'{param}' must be between -{MAX_STEER_VALUE:g} and {MAX_STEER_VALUE:g}, got {shown}",
+                            param)
 
 
 def parse_feature(obj: Any, d_sae: int, param: str) -> SteerFeature:
@@ -89,7 +94,7 @@ def parse_feature(obj: Any, d_sae: int, param: str) -> SteerFeature:
         raise SteeringError(f"'{param}.value' is required for {mode}", f"{param}.value", "missing_required_parameter")
     if not _is_number(value):
         raise SteeringError(f"'{param}.value' must be a number", f"{param}.value", "invalid_type")
-    check_value(float(value), f"{param}.value")
+    check_value(value, f"{param}.value")
     return SteerFeature(index, mode, float(value))
 
 

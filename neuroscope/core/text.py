@@ -1,17 +1,25 @@
-"""Incremental detokenization and stop-string matching (pure Python, used by the generation thread)."""
+"""Incremental detokenization and stop-string matching (pure Python, used by the generation thread).
+
+Both run once per generated token and cost time linear in the text: the detokenizer decodes a window of a
+bounded number of tokens, the stop matcher looks at each new character once.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 REPLACEMENT = "\ufffd"
+# tokens a character may take to complete: a UTF-8 sequence is at most 4 bytes, each token gives at least one
+LOOKAHEAD = 4
 
 
 class Detokenizer:
     """Turns token ids into text deltas whose concatenation is the decoded text.
 
     Byte-level tokenizers can split one character over several tokens; a delta is held back while the decoded
-    tail is an incomplete UTF-8 sequence (ends in U+FFFD) and released with the token that completes it.
+    tail is an incomplete UTF-8 sequence (ends in U+FFFD) and released with the token that completes it. Text
+    is held back for at most ``LOOKAHEAD`` tokens: bytes that have not made a character by then cannot (or are
+    a literal U+FFFD) and are released as U+FFFD, and decoding starts afresh after them.
     """
 
     def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True):
@@ -32,6 +40,9 @@ class Detokenizer:
             delta = new_text[len(prefix_text) :]
             self._prefix, self._read = self._read, len(self.ids)
             return delta
+        if len(self.ids) - self._read >= LOOKAHEAD:
+            # nothing completed within the look-ahead: release what the window decodes to, U+FFFD included
+            return self.flush()
         return ""
 
     def flush(self) -> str:
@@ -42,36 +53,73 @@ class Detokenizer:
         return new_text[len(prefix_text) :]
 
 
+class _Stop:
+    """One stop string as a Knuth-Morris-Pratt automaton: ``matched`` is the length of the longest prefix of the
+    stop that the text seen so far ends with."""
+
+    def __init__(self, stop: str):
+        self.stop = stop
+        self.fail = [0] * len(stop)  # fail[i]: longest proper border of stop[: i + 1]
+        k = 0
+        for i in range(1, len(stop)):
+            while k and stop[i] != stop[k]:
+                k = self.fail[k - 1]
+            if stop[i] == stop[k]:
+                k += 1
+            self.fail[i] = k
+        self.matched = 0
+
+    def step(self, ch: str) -> bool:
+        """Take one more character; True when the text now ends with the whole stop."""
+        stop, k = self.stop, self.matched
+        while k and ch != stop[k]:
+            k = self.fail[k - 1]
+        if ch == stop[k]:
+            k += 1
+        if k == len(stop):
+            self.matched = self.fail[k - 1]
+            return True
+        self.matched = k
+        return False
+
+
 class StopMatcher:
-    """Releases text up to (not including) the first stop string; holds back a tail that may start one."""
+    """Releases text up to (not including) the first stop string; holds back a tail that may start one.
+
+    Each character is looked at once per stop (an automaton per stop string), and only the held-back tail is
+    kept, so a request's stop matching costs time linear in its text whatever the stop strings' length.
+    """
 
     def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.text = ""
-        self.sent = 0
+        self._stops = [_Stop(s) for s in stops if s]
+        self._pending = ""  # text not yet released: at most the longest stop's length, between calls
         self.stopped = False
 
     def feed(self, delta: str) -> str:
         if self.stopped:
             return ""
-        start = max(0, len(self.text) - max((len(s) for s in self.stops), default=0))
-        self.text += delta
-        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            return self._release(min(hits))
-        hold = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(s[:n]):
-                    hold = max(hold, n)
+        if not self._stops:
+            return delta
+        base = len(self._pending)
+        self._pending += delta
+        first: int | None = None  # where the earliest complete stop in this delta starts (in _pending)
+        for st in self._stops:
+            for i, ch in enumerate(delta):
+                if st.step(ch):
+                    start = base + i + 1 - len(st.stop)
+                    first = start if first is None else min(first, start)
                     break
-        return self._release(len(self.text) - hold)
+        if first is not None:
+            self.stopped = True
+            out, self._pending = self._pending[: max(first, 0)], ""
+            return out
+        hold = max(st.matched for st in self._stops)
+        cut = len(self._pending) - hold
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out
 
     def finish(self) -> str:
-        return "" if self.stopped else self._release(len(self.text))
-
-    def _release(self, upto: int) -> str:
-        out = self.text[self.sent : upto]
-        self.sent = max(self.sent, upto)
+        if self.stopped:
+            return ""
+        out, self._pending = self._pending, ""
         return out

@@ -1,8 +1,9 @@
 """The two HTTP applications on one aiohttp event loop, and ``serve()``.
 
 - ``serve`` — load everything (``neuroscope.runtime``), print the start-up panel, serve both ports until a signal;
-- ``app`` — both applications and their shared state (``state``); ``access`` and ``origins`` — API key, CORS and
-  allowed origins; ``body`` — JSON bodies within limits; ``errors`` — OpenAI-shaped errors;
+- ``app`` — both applications and their shared state (``state``); ``access`` and ``origins`` — the ``Host``
+  check, API key, CORS and allowed origins; ``body`` — JSON bodies within limits; ``errors`` — OpenAI-shaped
+  errors and the error middleware; ``redact`` — credentials kept out of logs and error answers;
 - the chat port: ``chat`` (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``), ``schema`` (request
   validation), ``prompt`` (chat templates);
 - the features port: ``features`` (``/v1/features/stream`` over SSE, labels, info), ``explore`` (a feature's

@@ -1,9 +1,10 @@
-"""Browser and network access for both ports: CORS (allowed origins) and the API key.
+"""Browser and network access for both ports: the ``Host`` check, CORS (allowed origins) and the API key.
 
 A small middleware rather than aiohttp-cors: aiohttp-cors matches origins as exact strings (no "any port of
 localhost"), and for a simple request from an origin it does not know it still runs the handler and only leaves
-the CORS headers out. Here a request whose ``Origin`` is not allowed is refused with 403 before any work, a
-preflight is answered for any route, and the API key is checked in the same place.
+the CORS headers out. Here a request to a ``Host`` the server does not answer to (DNS rebinding) or whose
+``Origin`` is not allowed is refused with 403 before any work, a preflight is answered for any route, and the
+API key is checked in the same place. It runs for every route of both ports, the viewer's files included.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from neuroscope.server.errors import APIError
-from neuroscope.server.origins import OriginPolicy, host_of, is_loopback_host, parse_origin
+from neuroscope.server.origins import HostPolicy, OriginPolicy, host_of, is_loopback_host, parse_origin
 
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 EXPOSED_HEADERS = "X-Request-Id"
@@ -23,12 +24,18 @@ PREFLIGHT_MAX_AGE = "600"
 
 @dataclass
 class Access:
-    """Who may call the server. ``viewer_port`` is the bound features port (known once it is bound)."""
+    """Who may call the server. ``viewer_port`` is the bound features port (known once it is bound);
+    ``allowed_hosts``: more ``Host`` names to answer to (``--allowed-hosts``)."""
 
     origins: OriginPolicy = field(default_factory=OriginPolicy.from_list)
     api_key: str | None = None
     bind_host: str = "127.0.0.1"
     viewer_port: int | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    hosts: HostPolicy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hosts = HostPolicy.for_bind(self.bind_host, self.allowed_hosts)
 
     def origin_allowed(self, origin: str, request: web.Request) -> bool:
         if self.origins.allows(origin):
@@ -79,13 +86,26 @@ def _preflight(request: web.Request, origin: str) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
+def _host_refused(host: str) -> web.Response:
+    shown = host if len(host) <= 100 else host[:100] + "..."
+    return APIError(
+        f"this server does not answer to the host name {shown!r} (a page on another name that resolves to this "
+        f"machine must not read it); start it with --allowed-hosts NAME to serve it under that name, e.g. behind "
+        f"a reverse proxy", status=403, code="host_not_allowed",
+    ).response()
+
+
 def access_middleware(access: Access, *, public_paths: frozenset[str] = frozenset(), query_key: bool = False):
-    """Origin check, preflight, API key, in that order. ``public_paths`` need no key (``/health`` never does);
-    ``query_key`` lets ``?api_key=`` stand in for the header (an ``EventSource`` cannot send headers)."""
+    """Host check, origin check, preflight, API key, in that order. ``public_paths`` need no key (``/health``
+    never does); ``query_key`` lets ``?api_key=`` stand in for the header (an ``EventSource`` cannot send
+    headers)."""
     open_paths = public_paths | {"/health"}
 
     @web.middleware
     async def middleware(request: web.Request, handler):
+        host = request.headers.get("Host")
+        if not access.hosts.allows(host):
+            return _host_refused(host or "")
         origin = request.headers.get("Origin")
         if origin is not None:
             if not access.origin_allowed(origin, request):

@@ -19,9 +19,10 @@ from neuroscope.explore.page import Explorer
 from neuroscope.explore.search import FeatureSearch
 from neuroscope.labels.chain import LabelChain
 from neuroscope.labels.table import Labels
+from neuroscope.server import redact
 from neuroscope.server.access import Access
 from neuroscope.server.chat import make_chat_app
-from neuroscope.server.errors import APIError
+from neuroscope.server.errors import APIError, internal_error, new_request_id
 from neuroscope.server.features import make_features_app
 from neuroscope.server.metrics import Metrics
 from neuroscope.server.state import ServerState
@@ -58,16 +59,22 @@ def _url_host(host: str) -> str:
 
 class _JSONErrorHandler(RequestHandler):
     """Requests aiohttp cannot parse (bad framing, oversized headers, a corrupt body) are answered with an
-    OpenAI-shaped JSON error, logged in one line at debug level instead of a traceback per request."""
+    OpenAI-shaped JSON error, logged in one line at debug level instead of a traceback per request; neither
+    repeats the raw bytes aiohttp quotes (they may hold an API key). A failure outside the applications'
+    error middleware is a JSON 500 too, logged once."""
 
     def handle_error(self, request, status=500, exc=None, message=None):
-        if status >= 500:
-            return super().handle_error(request, status, exc, message)
-        log.debug("bad request from %s: %s", request.remote, message or exc)
-        if request.writer.output_size > 0:
+        if request.writer.output_size > 0 or isinstance(exc, ConnectionError):
+            # a stream already begun (its failure is logged by the error middleware) or a client gone
             raise ConnectionError("a response was already started; cannot send the error")
-        text = (message or str(exc) or "bad request").replace("\n", " ").strip()
-        resp = APIError(f"the request could not be read: {text}", status=status, code="bad_request").response()
+        if status >= 500:
+            request_id = new_request_id()
+            log.error("internal error on %s (request id %s)", request.path, request_id, exc_info=exc)
+            resp = internal_error(request_id)
+        else:
+            text = redact.parse_error_text(message, exc)
+            log.debug("bad request from %s: %s", request.remote, text)
+            resp = APIError(f"the request could not be read: {text}", status=status, code="bad_request").response()
         resp.force_close()
         return resp
 
@@ -122,6 +129,7 @@ class NeuroscopeServer:
         self.hub = FeatureHub(queue_size)
         self.engine = Engine(backend, info, self.hub, labels, layer=layer, feature_filter=feature_filter)
         self.access = access or Access(bind_host=host)
+        redact.install(self.access.api_key)
         self.metrics = Metrics(self.engine, self.hub)
         self.engine.on_token = self.metrics.token
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="neuroscope-request")

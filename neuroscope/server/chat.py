@@ -19,7 +19,7 @@ from neuroscope.core.engine import Chunk, Done, Job, TokenLogprob
 from neuroscope.core.protocol import GenerationParams
 from neuroscope.server import access
 from neuroscope.server.body import read_json
-from neuroscope.server.errors import APIError, openai_errors
+from neuroscope.server.errors import REQUEST_ID, APIError, openai_errors
 from neuroscope.server.prompt import at_least_tokens, encode_text, render_prompt
 from neuroscope.server.schema import (
     ChatRequest,
@@ -211,6 +211,7 @@ async def _generate(request: web.Request, plan: Callable, shape: Shape) -> web.S
         return full.response({"Retry-After": str(st.retry_after)})
     body = await read_json(request, st.executor, max_size=MAX_BODY, timeout=st.body_timeout)
     req, job = await asyncio.get_running_loop().run_in_executor(st.executor, plan, st, body)
+    request[REQUEST_ID] = job.request_id
     full = _queue_full(st)  # others may have been queued while this one was parsed
     if full is not None:
         return full.response({"Retry-After": str(st.retry_after)})

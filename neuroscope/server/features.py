@@ -85,10 +85,10 @@ def labels_info(lab) -> dict:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness and counts only: it needs no API key, so it says nothing of who follows which request."""
     hub = request.app[STATE].hub
     return web.json_response(
-        {"status": "ok", "subscribers": hub.subscribers, "published": hub.published, "dropped": hub.dropped,
-         "streams": hub.stats()}
+        {"status": "ok", "subscribers": hub.subscribers, "published": hub.published, "dropped": hub.dropped}
     )
 
 
@@ -97,7 +97,7 @@ async def info(request: web.Request) -> web.Response:
     address the browser used for this port (the Host header) with the chat port, never a hard-coded one."""
     st = request.app[STATE]
     host = host_of(request.host)
-    if host is None:  # a malformed Host header: the address this server listens on
+    if host is None:  # a malformed Host header (answered on a public bind): the address this server listens on
         host = st.access.bind_host.strip("[]")
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     chat = URL.build(scheme=request.scheme, host=host, port=st.chat_port, path="/v1")

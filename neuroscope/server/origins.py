@@ -1,7 +1,12 @@
-"""Which browser origins may call the server (CORS), and which bind addresses are loopback. No aiohttp here.
+"""Which browser origins may call the server (CORS), which ``Host`` names it answers to, and which bind addresses
+are loopback. No aiohttp here.
 
 An origin pattern is ``*`` (any origin), ``scheme://host``, ``scheme://host:port`` or ``scheme://host:*``
 (any port). Loopback origins on any port are always allowed.
+
+A ``Host`` check stops DNS rebinding: a page on a foreign name that re-resolves to 127.0.0.1 sends its own
+name as ``Host``. On a loopback bind only loopback names and the bind address are answered (any port), plus
+the ``--allowed-hosts`` names; a bind to another address answers any name unless ``--allowed-hosts`` is given.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from urllib.parse import urlsplit
 DEFAULT_PORTS = {"http": 80, "https": 443}
 LOOPBACK_PATTERNS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
 ANY_PORT = -1
-_HOST = re.compile(r"[a-z0-9._~%:-]+")  # a DNS name, an IPv4 address or an IPv6 one (brackets removed)
+_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")  # a DNS name or an IPv4 address
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -37,9 +43,22 @@ def parse_origin(value: str) -> tuple[str, str, int] | None:
     except ValueError:
         return None
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/") or parts.query \
-            or parts.fragment or parts.username or parts.password or not _HOST.fullmatch(parts.hostname.lower()):
+            or parts.fragment or parts.username or parts.password or not _valid_host(parts.hostname.lower()):
         return None
     return parts.scheme, parts.hostname.lower(), port if port is not None else DEFAULT_PORTS[parts.scheme]
+
+
+def _valid_host(host: str) -> bool:
+    """A DNS name, an IPv4 address or an IPv6 one (brackets removed); no percent-encoding, no zone id."""
+    if "%" in host:
+        return False
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return _NAME.fullmatch(host) is not None
 
 
 def host_of(authority: str) -> str | None:
@@ -99,3 +118,43 @@ class OriginPolicy:
             return True
         origin = parse_origin(origin_header)
         return origin is not None and any(p.matches(origin) for p in self.patterns)
+
+
+def parse_allowed_hosts(values: list[str] | tuple[str, ...]) -> tuple[bool, frozenset[str]]:
+    """``--allowed-hosts`` entries -> (any host allowed, names): a host name or IP address without a port
+    (IPv6 with or without brackets), or ``*``; ``ValueError`` with a user-facing message."""
+    entries = [v.strip() for v in values if v.strip()]
+    names = set()
+    for value in entries:
+        if value == "*":
+            continue
+        name = value.lower()
+        name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+        if not _valid_host(name):
+            raise ValueError(f"--allowed-hosts: {value!r} is not a host name; use a name or an IP address without "
+                             "a port (e.g. neuroscope.example.com, 192.0.2.7), or *")
+        names.add(name)
+    return "*" in entries, frozenset(names)
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which ``Host`` names the server answers to (any port)."""
+
+    any_host: bool
+    names: frozenset[str]
+
+    @classmethod
+    def for_bind(cls, bind_host: str, allowed: list[str] | tuple[str, ...] = ()) -> "HostPolicy":
+        any_host, names = parse_allowed_hosts(allowed)
+        if not allowed and not is_loopback_host(bind_host):
+            any_host = True  # a public bind without --allowed-hosts answers any name
+        bind = bind_host.strip().strip("[]").lower()
+        return cls(any_host, frozenset({*LOOPBACK_NAMES, *names, *([bind] if bind else [])}))
+
+    def allows(self, host_header: str | None) -> bool:
+        """Whether a request with this ``Host`` header is answered; none at all (not a browser) always is."""
+        if self.any_host or host_header is None:
+            return True
+        host = host_of(host_header)
+        return host is not None and host in self.names

@@ -15,6 +15,7 @@ from neuroscope.server.errors import APIError
 ROLES = ("system", "developer", "user", "assistant")
 UNSUPPORTED_ROLES = ("tool", "function")
 MAX_STOP = 4
+MAX_STOP_LENGTH = 1024  # characters in one stop string
 # accepted and without effect on the output: bookkeeping for the client (user, metadata, store, service_tier),
 # a latency hint (prediction), tool-call parallelism when no tools are sent (parallel_tool_calls)
 HARMLESS = frozenset({"user", "metadata", "store", "service_tier", "prediction", "parallel_tool_calls"})
@@ -108,6 +109,12 @@ def _bad(message: str, param: str | None = None, code: str | None = "invalid_val
     return APIError(message, status=status, param=param, code=code)
 
 
+def _shown(v: int | float) -> str:
+    """A number as an error message quotes it (an integer of thousands of digits is described, not repeated)."""
+    text = str(v)
+    return text if len(text) <= 24 else f"an integer of {len(text.lstrip('-'))} digits"
+
+
 def _number(body: dict, key: str, lo: float, hi: float, default: float) -> float:
     v = body.get(key)
     if v is None:
@@ -115,7 +122,7 @@ def _number(body: dict, key: str, lo: float, hi: float, default: float) -> float
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
         raise _bad(f"'{key}' must be a number", key, "invalid_type")
     if not lo <= v <= hi:
-        raise _bad(f"'{key}' must be between {lo} and {hi}, got {v}", key)
+        raise _bad(f"'{key}' must be between {lo} and {hi}, got {_shown(v)}", key)
     return float(v)
 
 
@@ -212,10 +219,12 @@ def _logit_bias(body: dict, n_logits: int | None) -> tuple[tuple[int, float], ..
             tid = None
         if tid is None or str(tid) != key.strip() or not 0 <= tid < hi:
             raise _bad(f"'logit_bias' key {key!r} is not a token id in the vocabulary (0..{hi - 1})", "logit_bias")
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or (
+                isinstance(bias, float) and not math.isfinite(bias)):
             raise _bad(f"'logit_bias' value for token {key} must be a number", "logit_bias", "invalid_type")
-        if not -MAX_BIAS <= bias <= MAX_BIAS:
-            raise _bad(f"'logit_bias' value for token {key} must be between -100 and 100, got {bias}", "logit_bias")
+        if not -MAX_BIAS <= bias <= MAX_BIAS:  # exact for integers of any size
+            raise _bad(f"'logit_bias' value for token {key} must be between -100 and 100, got {_shown(bias)}",
+                       "logit_bias")
         out[tid] = float(bias)
     return tuple((t, b) for t, b in out.items() if b != 0.0)
 
@@ -268,6 +277,8 @@ def _sampling(body: dict, *, served_model: str, aliases, d_sae: int | None, max_
         raise _bad(f"'stop' may hold at most {MAX_STOP} strings", "stop")
     if any(s == "" for s in stops):
         raise _bad("'stop' strings must not be empty", "stop")
+    if any(len(s) > MAX_STOP_LENGTH for s in stops):
+        raise _bad(f"'stop' strings may be at most {MAX_STOP_LENGTH} characters long", "stop")
     stream = _bool(body, "stream")
     opts = body.get("stream_options")
     include_usage = False

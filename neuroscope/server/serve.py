@@ -31,7 +31,11 @@ def _access_row(cfg: ServeConfig) -> str:
         origins = "any origin"
     else:
         origins = ", ".join(("loopback", *cfg.allowed_origins))
-    return f"{key}; browser origins: {origins}"
+    if "*" in cfg.allowed_hosts or (not cfg.allowed_hosts and not is_loopback_host(cfg.host)):
+        hosts = "any"
+    else:
+        hosts = ", ".join(("loopback", *cfg.allowed_hosts))
+    return f"{key}; browser origins: {origins}; host names: {hosts}"
 
 
 def _filter_rows(rt: Runtime) -> list[tuple[str, str]]:
@@ -129,7 +133,8 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
         features_port=rt.config.features_port,
         default_max_tokens=rt.config.max_tokens,
         top_k=rt.config.top_k,
-        access=Access(OriginPolicy.from_list(rt.config.allowed_origins), rt.config.api_key, rt.config.host),
+        access=Access(OriginPolicy.from_list(rt.config.allowed_origins), rt.config.api_key, rt.config.host,
+                      allowed_hosts=rt.config.allowed_hosts),
         served_model_names=rt.config.served_model_names,
         max_queue=rt.config.max_queue,
         feature_filter=rt.feature_filter,

@@ -1,5 +1,5 @@
-"""Every backend's SAE encoder is the standard JumpReLU, relu(pre) * (pre > threshold), even where a
-threshold is negative (a pre-activation between a negative threshold and zero must give 0, not a negative
+"""Every backend's SAE encoder is the standard JumpReLU, relu(pre) * (pre > threshold) (strictly: a
+pre-activation equal to its threshold gives 0), even where a threshold is negative (a pre-activation between a negative threshold and zero must give 0, not a negative
 activation that could win a top-k slot or count in L0)."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import pytest
 from neuroscope.core.sae import SAEWeights
 
 # pre-activations of the one input below, per feature, and the thresholds they meet
-PRE = np.array([-0.5, -1.5, 0.25, 2.0, -0.01, 0.75], dtype=np.float32)
-THRESHOLD = np.array([-1.0, -1.0, -1.0, 0.5, -0.5, 1.0], dtype=np.float32)
-EXPECTED = np.array([0.0, 0.0, 0.25, 2.0, 0.0, 0.0], dtype=np.float32)  # computed by hand
+# (the last feature sits exactly at its threshold: JumpReLU's test is strict, so it does not fire)
+PRE = np.array([-0.5, -1.5, 0.25, 2.0, -0.01, 0.75, 0.5], dtype=np.float32)
+THRESHOLD = np.array([-1.0, -1.0, -1.0, 0.5, -0.5, 1.0, 0.5], dtype=np.float32)
+EXPECTED = np.array([0.0, 0.0, 0.25, 2.0, 0.0, 0.0, 0.0], dtype=np.float32)  # computed by hand
 
 
 def _sae() -> SAEWeights:

@@ -82,6 +82,8 @@ def test_steering_matches_the_transformers_reference(loaded, prompt_ids, tiny_fi
     n = len(prompt_ids)
     assert len(gen) == N_TOKENS and n + N_TOKENS - 1 >= 16 + 48  # decoding runs >= 48 positions past the window
     assert [s.token_id for s in gen] == want_tokens
+    # every prompt position has its features under steering too (or the loops below would check nothing)
+    assert [s.position for s in prompt] == list(range(n))
     for s in prompt:  # steered prompt positions with "all", untouched ones with "generated"
         assert_topk_matches(s, acts[s.position], K)
     for i, s in enumerate(gen):

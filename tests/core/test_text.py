@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from neuroscope.core.text import REPLACEMENT, Detokenizer, StopMatcher
+from neuroscope.core.text import LOOKAHEAD, REPLACEMENT, Detokenizer, StopMatcher
 
 TEXTS = [
     "The cat sat on the mat. Numbers: 3.14159 and 42!",
@@ -159,3 +159,96 @@ def test_overlapping_prefixes_of_several_stops():
     assert m.feed("c") == ""  # "abc" could still be "abcd", "bc" could be "bce"
     assert m.feed("e tail") == "a"  # "bce" matched at index 2: "za" in all
     assert m.stopped
+
+
+# ---------------------------------------------------------------------------------------------- bounded look-ahead
+class CountingTokenizer:
+    """The real tokenizer, counting the ids it is asked to decode (the detokenizer's work)."""
+
+    def __init__(self, tok):
+        self.tok, self.decoded = tok, 0
+
+    def decode(self, ids, **kw):
+        self.decoded += len(ids)
+        return self.tok.decode(ids, **kw)
+
+
+def lone_byte(tokenizer) -> int:
+    """The token of the lead byte of a three-byte character ("€" is E2 82 AC): alone, it can never complete."""
+    ids = tokenizer.encode("€", add_special_tokens=False)
+    assert len(ids) == 3 and tokenizer.decode(ids[:1]) == REPLACEMENT
+    return ids[0]
+
+
+def test_lone_bytes_never_stall_the_stream(tokenizer):
+    # e.g. forced by logit_bias: every token is a lead byte no continuation follows
+    tid = lone_byte(tokenizer)
+    detok = Detokenizer(tokenizer)
+    deltas = [detok.add(tid) for _ in range(40)]
+    # text comes out within the look-ahead, not all at the end
+    for i in range(0, 40, LOOKAHEAD):
+        assert "".join(deltas[i : i + LOOKAHEAD]), f"nothing released for tokens {i}..{i + LOOKAHEAD - 1}"
+    text = "".join(deltas) + detok.flush()
+    assert set(text) == {REPLACEMENT} and len(text) == 40  # each byte that cannot complete is one U+FFFD
+
+
+def test_text_after_a_lone_byte_is_released_with_its_token(tokenizer):
+    tid = lone_byte(tokenizer)
+    ids = tokenizer.encode("ok", add_special_tokens=False) + [tid] * 5 + tokenizer.encode(" done 😀",
+                                                                                         add_special_tokens=False)
+    detok = Detokenizer(tokenizer)
+    deltas = [detok.add(i) for i in ids]
+    assert "".join(deltas) + detok.flush() == "ok" + REPLACEMENT * 5 + " done 😀"
+    assert deltas[-1].endswith("😀")  # a character split over byte tokens still waits for its last byte
+
+
+def test_detokenization_is_linear(tokenizer):
+    # lone bytes used to grow the decode window without end: n tokens cost n**2 / 2 decoded ids
+    tid = lone_byte(tokenizer)
+    counting = CountingTokenizer(tokenizer)
+    detok = Detokenizer(counting)
+    n = 400
+    for _ in range(n):
+        detok.add(tid)
+    detok.flush()
+    assert counting.decoded <= 4 * LOOKAHEAD * n
+
+
+# ---------------------------------------------------------------------------------------------- linear stops
+def profile_events(fn) -> int:
+    """How many Python and C function calls ``fn()`` makes (a machine-independent measure of its work)."""
+    import sys
+
+    count = 0
+
+    def tally(frame, event, arg):
+        nonlocal count
+        count += 1
+
+    sys.setprofile(tally)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+@pytest.mark.parametrize("char", ["a", "z"], ids=["almost-matching", "never-matching"])
+def test_stop_matching_work_does_not_grow_with_the_stop_length(char):
+    # matching a stop must not try every prefix length of it for every token (quadratic in the stop's length,
+    # cubic overall): the work per character must not depend on how long the stop is
+    def run(stop_length: int) -> int:
+        m = StopMatcher(["a" * (stop_length - 1) + "b"])
+        text = [char] * 2000
+        return profile_events(lambda: [m.feed(d) for d in text])
+
+    short, long = run(8), run(800)
+    assert long < 2 * short, (short, long)
+
+
+def test_a_long_stop_still_matches_across_deltas():
+    stop = "xy" * 300 + "z"
+    m = StopMatcher([stop])
+    text = "before " + "xy" * 500 + "z after"
+    out = [m.feed(text[i : i + 3]) for i in range(0, len(text), 3)]
+    assert m.stopped and "".join(out) == "before " + "xy" * 200

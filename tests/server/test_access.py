@@ -194,7 +194,7 @@ def test_a_key_that_is_not_text_is_just_wrong(keyed_server):
 
     for target in (b"/v1/features/labels", b"/v1/features/labels?api_key=%ff%fe"):
         with socket.create_connection(("127.0.0.1", keyed_server.bound.features_port)) as s:
-            s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\xc3\r\n"
+            s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\xc3\r\n"
                       b"Connection: close\r\n\r\n")
             assert s.recv(4096).startswith(b"HTTP/1.1 401 "), target
     assert httpx.get(f"{keyed_server.features}/health").status_code == 200

@@ -55,8 +55,11 @@ def test_stream_wire_format_ends_with_done(server):
 def test_max_completion_tokens_and_default_length(openai_client, server):
     r = openai_client.chat.completions.create(model=server.model_id, messages=MSG, max_completion_tokens=5, temperature=0)
     assert r.usage.completion_tokens == 5
-    r = openai_client.chat.completions.create(model=server.model_id, messages=MSG, temperature=0)
-    assert r.usage.completion_tokens <= 64  # the server's default max tokens in these tests
+    # greedy decoding of this prompt runs past 450 tokens without EOS: the server's default (64 in these tests)
+    # is what ends it, exactly
+    endless = [{"role": "user", "content": "The cat sat on the mat."}]
+    r = openai_client.chat.completions.create(model=server.model_id, messages=endless, temperature=0)
+    assert r.usage.completion_tokens == 64 and r.choices[0].finish_reason == "length"
 
 
 def test_stop_string_cuts_the_text(openai_client, server):
@@ -95,3 +98,16 @@ def test_system_message_and_multi_turn(openai_client, server):
         temperature=0,
     )
     assert r.usage.completion_tokens == 4
+    # every turn is in the prompt (the system text folded into the first user turn), not only the last one
+    from neuroscope.server.prompt import render_prompt
+
+    conversation = [{"role": "user", "content": "You are terse.\n\nHi"}, {"role": "assistant", "content": "Hello."},
+                    {"role": "user", "content": "Count to three."}]
+    ids = render_prompt(server.info.tokenizer, conversation)
+    assert r.usage.prompt_tokens == len(ids)
+    last_only = render_prompt(server.info.tokenizer, conversation[-1:])
+    assert len(last_only) < len(ids)
+    # and the model saw exactly those tokens: the same prompt as raw token ids gives the same text
+    raw = httpx.post(f"{server.chat}/v1/completions", json={"prompt": ids, "max_tokens": 4, "temperature": 0},
+                     timeout=60).json()
+    assert raw["choices"][0]["text"] == r.choices[0].message.content

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.support.server import SSEReader
+from tests.support.server import RunningServer, SSEReader
 
 MSG = [{"role": "user", "content": "Write a haiku about autumn."}]
 
@@ -111,24 +112,36 @@ def test_unknown_request_id_is_a_404(server):
     assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
 
 
-def test_subscribing_to_a_queued_request_gets_all_its_events(server):
-    long_body = {"messages": [{"role": "user", "content": "The cat sat on the mat."}], "max_tokens": 300,
-                 "temperature": 0, "stream": True}
-    first = threading.Thread(target=lambda: httpx.post(f"{server.chat}/v1/chat/completions", json=long_body,
-                                                       timeout=60).read())
-    first.start()
-    body = {"messages": MSG, "max_tokens": 12, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{server.chat}/v1/chat/completions", json=body, timeout=60) as r:
-        rid = r.headers["x-request-id"]  # known before this request has produced anything
-        reader = SSEReader(f"{server.features}/v1/features/stream?request_id={rid}", until_complete=1).start()
-        text = "".join(
-            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-            for line in r.iter_lines()
-            if line.startswith("data: {") and '"choices": [{' in line
-        )
-    events = reader.wait()
-    first.join(60)
+def test_subscribing_to_a_queued_request_gets_all_its_events(tiny_fixture):
+    # a gate holds the generation thread on a first request, so the second one is surely queued when its
+    # stream is followed, and the first one's events surely come while that subscriber listens
+    gate = threading.Event()
+    srv = RunningServer("torch-cpu", tiny_fixture, gate=gate)
+    pool = ThreadPoolExecutor(1)
+    try:
+        blocker = {"messages": [{"role": "user", "content": "The cat sat on the mat."}], "max_tokens": 20,
+                   "temperature": 0}
+        first = pool.submit(httpx.post, f"{srv.chat}/v1/chat/completions", json=blocker, timeout=60)
+        assert srv.backend.entered.wait(30), "the first request never started"
+        body = {"messages": MSG, "max_tokens": 12, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{srv.chat}/v1/chat/completions", json=body, timeout=60) as r:
+            rid = r.headers["x-request-id"]  # known before this request has produced anything
+            assert httpx.get(f"{srv.chat}/health").json()["queued"] == 1  # it waits behind the first
+            reader = SSEReader(f"{srv.features}/v1/features/stream?request_id={rid}", until_complete=1).start()
+            gate.set()
+            text = "".join(
+                json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                for line in r.iter_lines()
+                if line.startswith("data: {") and '"choices": [{' in line
+            )
+        events = reader.wait()
+        assert first.result(60).json()["usage"]["completion_tokens"] == 20
+    finally:
+        gate.set()
+        pool.shutdown()
+        srv.stop()
     tokens = [d for e, d in events if e == "feature_activation"]
+    assert {d["request_id"] for _, d in events} == {rid}
     assert [d["token_index"] for d in tokens] == list(range(12))
     assert "".join(d["token"] for d in tokens) == text
 

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -62,7 +63,7 @@ def post(port: int, body: bytes, *headers: str, path: str = "/v1/chat/completion
     extra = "".join(f"{h}\r\n" for h in headers)
     if not any(h.lower().startswith("content-type") for h in headers):
         extra += "Content-Type: application/json\r\n"
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
             .encode() + body)
 
 
@@ -128,7 +129,7 @@ def test_gzip_bomb_is_refused(srv):
 def test_chunked_body_is_read_and_bad_chunking_is_a_json_400(srv):
     body = json.dumps(BODY).encode()
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:10], body[10:])) + b"0\r\n\r\n"
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n"
     code, _, rest = raw(srv.bound.chat_port, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
     assert code == 200, rest
     code, hdrs, rest = raw(srv.bound.chat_port, head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nnot hex\r\n")
@@ -148,10 +149,10 @@ def test_other_methods_on_post_routes_are_405_json(srv, method, path):
 def test_framing_errors_are_json_without_traceback_spam(srv, caplog):
     port = srv.bound.chat_port
     bad = [
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad\x00Header: 1\r\n\r\n",
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad\x00Header: 1\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     ]
     with caplog.at_level(logging.INFO):
         for data in bad:
@@ -163,48 +164,50 @@ def test_framing_errors_are_json_without_traceback_spam(srv, caplog):
 
 
 # ----------------------------------------------------------------------------------------------- slow clients
-def _closed_within(sock: socket.socket, seconds: float) -> float:
-    sock.settimeout(seconds)
-    start = time.monotonic()
+def _closed_by_the_server(sock: socket.socket) -> bool:
+    """Whether the server closes ``sock`` (its idle timeout here is 1.5 s; a minute means it never would)."""
+    sock.settimeout(60)
     try:
         while sock.recv(65536):
             pass
     except socket.timeout:
-        pytest.fail(f"the server kept the connection open for more than {seconds} s")
+        return False
     except ConnectionResetError:
         pass
-    return time.monotonic() - start
+    return True
 
 
 def test_incomplete_headers_are_closed(srv):
     with socket.create_connection(("127.0.0.1", srv.bound.chat_port)) as s:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and never the rest
-        assert _closed_within(s, 10) < 10
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+        assert _closed_by_the_server(s)
     assert_alive(srv)
 
 
 def test_trickled_headers_are_closed(srv):
+    # a header line every 0.3 s keeps the connection busy but never completes the head: the server closes it
+    # (the head deadline counts from the connection's start, not from the last byte)
     with socket.create_connection(("127.0.0.1", srv.bound.chat_port)) as s:
         s.settimeout(0.3)
-        start = time.monotonic()
-        closed = False
-        for i in range(40):  # a header line every 0.25 s: never complete
+        closed_after = None
+        for i in range(200):
             try:
                 s.sendall(b"X-%d: y\r\n" % i if i else b"GET /health HTTP/1.1\r\n")
                 if s.recv(1) == b"":
-                    closed = True
+                    closed_after = i
                     break
             except socket.timeout:
                 continue
             except (BrokenPipeError, ConnectionResetError):
-                closed = True
+                closed_after = i
                 break
-        assert closed and time.monotonic() - start < 8
+        assert closed_after is not None, "the server kept reading a head that never ends"
+    assert_alive(srv)
 
 
 def test_incomplete_body_is_closed(srv):
     with socket.create_connection(("127.0.0.1", srv.bound.chat_port)) as s:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 1000\r\n\r\n{\"messages\":")
         s.settimeout(10)
         data = b""
@@ -219,10 +222,10 @@ def test_incomplete_body_is_closed(srv):
 
 def test_idle_keep_alive_is_closed(srv):
     with socket.create_connection(("127.0.0.1", srv.bound.chat_port)) as s:
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         s.settimeout(5)
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
-        assert _closed_within(s, 10) < 10
+        assert _closed_by_the_server(s)
 
 
 def test_default_timeouts_are_within_the_limits():
@@ -242,39 +245,48 @@ def _rss() -> int:
         return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:"))
 
 
+class _HeldExecutor:
+    """Runs what the server hands its worker thread only once ``release`` is set, and records what it was."""
+
+    def __init__(self, inner):
+        self.inner, self.release, self.held, self.names = inner, threading.Event(), threading.Event(), []
+
+    def submit(self, fn, *args):
+        self.names.append(fn.__name__)
+
+        def run():
+            self.held.set()
+            self.release.wait(120)
+            return fn(*args)
+
+        return self.inner.submit(run)
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 def test_big_bodies_do_not_freeze_the_loop_or_keep_memory(srv, path):
     text = "the river bends around the old mill " * (7_900_000 // 36)  # just under the 8 MB limit
     key = "prompt" if path == "/v1/completions" else "messages"
     body = json.dumps({key: text if key == "prompt" else [{"role": "user", "content": text}]}).encode()
-    stop, lags = threading.Event(), []
-
-    def probe():
-        with httpx.Client(timeout=5) as c:
-            while not stop.is_set():
-                t = time.monotonic()
-                assert c.get(f"{srv.features}/health").status_code == 200
-                lags.append(time.monotonic() - t)
-                time.sleep(0.01)
-
-    prober = threading.Thread(target=probe, daemon=True)
+    state = srv.server.state
+    inner = state.executor
     before = _rss()
-    prober.start()
     try:
         for _ in range(4):
-            r = httpx.post(f"{srv.chat}{path}", content=body, headers={"content-type": "application/json"}, timeout=60)
+            held = state.executor = _HeldExecutor(inner)
+            with ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(httpx.post, f"{srv.chat}{path}", content=body,
+                                     headers={"content-type": "application/json"}, timeout=120)
+                assert held.held.wait(60), "the body was never handed to the worker thread"
+                # its decoding is held on the worker: the event loop still answers both ports meanwhile
+                assert httpx.get(f"{srv.features}/health", timeout=30).status_code == 200
+                assert httpx.get(f"{srv.chat}/health", timeout=30).status_code == 200
+                held.release.set()
+                r = answer.result(120)
             assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text[:300]
+            # decompressing, decoding, parsing and the prompt's planning all ran on the worker
+            assert held.names[:2] == ["decode_json", "plan_chat" if key == "messages" else "plan_completion"]
     finally:
-        stop.set()
-        prober.join(10)
-    assert lags and sorted(lags)[int(len(lags) * 0.95)] < 0.1, f"the other port stalled: max {max(lags):.3f} s"
-    assert max(lags) < 0.5
+        state.executor = inner
     assert _rss() - before < 256 * 1024 * 1024
     assert_alive(srv)
-
-
-def test_body_over_the_limit_is_413(srv):
-    r = httpx.post(f"{srv.chat}/v1/chat/completions", content=b"x" * (9 * 1024 * 1024),
-                   headers={"content-type": "application/json"}, timeout=60)
-    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"

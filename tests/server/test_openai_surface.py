@@ -110,10 +110,17 @@ def test_completions_with_the_openai_client_token_ids_and_steering(server):
     by_ids = client.completions.create(model=server.model_id, prompt=[[server.info.tokenizer.bos_token_id, *ids]],
                                        max_tokens=3, temperature=0)
     assert by_ids.choices[0].text == r.choices[0].text
+    spec = {"features": [{"index": 1, "mode": "add", "value": 500}]}
     steered = client.completions.create(model=server.model_id, prompt="Hello", max_tokens=3, temperature=0,
-                                        extra_body={"steering": {"features": [{"index": 1, "mode": "add",
-                                                                                "value": 500}]}})
+                                        extra_body={"steering": spec})
     assert steered.usage.completion_tokens == 3
+    # the steering reached the model: its events are flagged, the completion echoes the spec, the text changed
+    events = SSEReader(f"{server.features}/v1/features/stream?request_id={steered.id}", until_complete=1).start().wait()
+    tokens = [d for e, d in events if e == "feature_activation"]
+    (done,) = [d for e, d in events if e == "generation_complete"]
+    assert len(tokens) == 3 and all(d["steered"] for d in tokens)
+    assert done["steering"]["features"] == [{"index": 1, "mode": "add", "value": 500.0}]
+    assert steered.choices[0].text != r.choices[0].text
 
 
 @pytest.mark.parametrize("body,param,code", [
