@@ -20,7 +20,8 @@ from rich.text import Text
 
 from neuroscope.cli.calibrate import Demo, InputNorm, Layer, _config
 from neuroscope.cli.labels import _d_sae, _namespace
-from neuroscope.cli.options import Labeler, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath, err, fail, group
+from neuroscope.cli.options import (Labeler, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath, fail, group,
+                                    load_or_fail)
 from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 
 app = group(help="Explore features: search the labels, show a feature's page, inspect which features fire on a text.")
@@ -190,7 +191,6 @@ def inspect_cmd(
 ) -> None:
     """Which features fire on a text: its top features, and each token's top-k (loads the model; no generation)."""
     from neuroscope.explore import inspect
-    from neuroscope.runtime import StartupError, load_runtime
 
     if not text:
         fail("the text is empty", 2)
@@ -205,11 +205,7 @@ def inspect_cmd(
         config.validate()
     except ValueError as exc:
         fail(str(exc), 2)
-    try:
-        with err.status("loading") as status:
-            rt = load_runtime(config, lambda msg: status.update(msg))
-    except StartupError as exc:
-        fail(str(exc))
+    rt = load_or_fail(config)
     try:
         tok = rt.info.tokenizer
         ids = list(tok.encode(text, add_special_tokens=True))

@@ -96,6 +96,18 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def load_or_fail(config):
+    """The backend, model and SAE loaded as ``serve`` loads them, a spinner on stderr meanwhile; a failure is one
+    ``error:`` line and exit 1. The caller closes ``runtime.backend``."""
+    from neuroscope.runtime import StartupError, load_runtime
+
+    try:
+        with err.status("loading") as status:
+            return load_runtime(config, lambda msg: status.update(msg))
+    except StartupError as exc:
+        fail(str(exc))
+
+
 MODEL_OPTIONS = ("model", "sae", "sae_path", "sae_local_path")
 
 

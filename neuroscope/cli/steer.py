@@ -144,7 +144,8 @@ def register(app: typer.Typer) -> None:
     """Add ``steer`` to the ``neuroscope`` app. Its option types are ``serve``'s, imported here (not at the top:
     ``neuroscope.cli.serve`` imports this module); the annotations are evaluated as the function is defined, which
     is why this module does not use postponed annotations."""
-    from neuroscope.cli.options import DType, Model, Norm, ReadableCommand, Sae, SAEDType, SaeLocal, SaePath, err, fail
+    from neuroscope.cli.options import (DType, Model, Norm, ReadableCommand, Sae, SAEDType, SaeLocal, SaePath, err, fail,
+                                        load_or_fail)
 
     @app.command("steer", cls=ReadableCommand)
     def steer_cmd(
@@ -176,7 +177,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate greedily with and without feature steering and show both, side by side."""
         from neuroscope.core.steering import SteeringError, parse_feature_option, steering_from_options
-        from neuroscope.runtime import StartupError, load_runtime
 
         defaults = all(
             getattr(ctx.get_parameter_source(p), "name", "DEFAULT") == "DEFAULT"
@@ -194,11 +194,7 @@ def register(app: typer.Typer) -> None:
             features = [parse_feature_option(f) for f in feature]
         except (ValueError, SteeringError) as exc:
             fail(str(exc), 2)
-        try:
-            with err.status("loading") as status:
-                rt = load_runtime(config, lambda msg: status.update(msg))
-        except StartupError as exc:
-            fail(str(exc))
+        rt = load_or_fail(config)
         try:
             try:
                 spec = steering_from_options(features, positions.value, rt.sae.d_sae)
