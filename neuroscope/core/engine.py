@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from neuroscope.core import decode
 from neuroscope.core.feature_hub import FeatureHub
-from neuroscope.core.protocol import Backend, GenerationParams, ModelInfo, Step
+from neuroscope.core.protocol import Backend, BatchingBackend, GenerationParams, ModelInfo, Step
 from neuroscope.core.text import Detokenizer, StopMatcher
 
 if TYPE_CHECKING:  # the engine only calls them; the core does not import the data half
@@ -78,7 +78,9 @@ class Engine:
     """Owns the backend on its own thread; ``submit`` queues a job and returns its output queue."""
 
     def __init__(self, backend: Backend, info: ModelInfo, hub: FeatureHub, labels: Labels, *, layer: int,
-                 feature_filter: ActiveFilter | None = None):
+                 feature_filter: ActiveFilter | None = None, max_batch: int = 1, max_context: int | None = None):
+        """``max_batch`` > 1 on a backend that batches (:class:`BatchingBackend`): up to that many jobs decode
+        together, their KV cache for ``max_context`` positions each (default: the model's) allocated here."""
         self.backend = backend
         # the filter the backend applies before top-k; when calibrated, events report surprise and filtered_count
         self.feature_filter = feature_filter
@@ -91,7 +93,17 @@ class Engine:
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._current: Job | None = None
+        self.running: set[Job] = set()  # jobs being generated (at most max_batch; changed under _lock)
+        self._lock = threading.Lock()
+        self._stepped = False  # a job has run (the last batch size without batching)
+        self.max_context = min(info.context_length, max_context or info.context_length)
+        self.max_batch, self.kv_bytes = 1, None  # the batch actually served, and its KV cache's size
+        self.scheduler: decode.Scheduler | None = None
+        if max_batch > 1 and isinstance(backend, BatchingBackend):
+            self.kv_bytes = backend.open_batch(max_batch, self.max_context)
+            if self.kv_bytes is not None:
+                self.max_batch = max_batch
+                self.scheduler = decode.Scheduler(backend, max_batch)
         self.completed = 0
         self.unfinished = 0  # submitted and not yet completed (loop thread only)
         # called on the generation thread per generated token with the seconds since the previous one (None for
@@ -118,9 +130,10 @@ class Engine:
         for job in pending:
             if job is not None:
                 job.cancel()
-        current = self._current
-        if current is not None:
-            current.cancel()
+        with self._lock:
+            running = list(self.running)
+        for job in running:
+            job.cancel()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Cancel everything queued or running and join the thread."""
@@ -134,6 +147,13 @@ class Engine:
     def queued(self) -> int:
         return self._jobs.qsize()
 
+    @property
+    def last_batch(self) -> int:
+        """Rows in the last decode step (1 without batching once a request has run)."""
+        if self.scheduler is not None:
+            return self.scheduler.last_batch
+        return 1 if self._stepped else 0
+
     def submit(self, job: Job) -> asyncio.Queue:
         """Queue ``job`` (call on the loop thread); its output queue yields Chunk items then one Done."""
         if self._thread is None:
@@ -145,18 +165,23 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ the thread
     def _run(self) -> None:
+        if self.scheduler is not None:
+            self._run_batched()
+            return
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            self._current = job
             try:
                 self._run_job(job)
             except Exception as exc:  # a failed generation must not take the server down
                 log.exception("generation %s failed", job.request_id)
+                self._release(job)
                 self._finish(job, "error", error=f"generation failed: {exc}")
-            finally:
-                self._current = None
+
+    def _release(self, job: Job) -> None:
+        with self._lock:
+            self.running.discard(job)
 
     def _post(self, fn, *args) -> None:
         try:
@@ -168,60 +193,37 @@ class Engine:
         if job.cancelled.is_set():
             self._finish(job, "cancelled")
             return
-        tok = self.info.tokenizer
-        params = job.params
-        if self.hub.prompt_subscribers > 0 and not params.prompt_features:
-            params = replace(params, prompt_features=True)
-        if not params.eos_token_ids:
-            params = replace(params, eos_token_ids=self.eos_ids)
-        detok = Detokenizer(tok)
-        prompt_detok = Detokenizer(tok, skip_special_tokens=False)
-        stops = StopMatcher(job.stop)
+        stream = _Stream(self, job)
         finish = "length"
-        on_token = self.on_token
-        gen = decode.generate(self.backend, job.prompt_ids, params)
-        last: float | None = None  # the first token's time is the prefill's: not a time per token
-        offset = 0  # characters generated so far (the text offset of the next token)
+        gen = decode.generate(self.backend, job.prompt_ids, stream.params)
         try:
             for step in gen:
-                if job.cancelled.is_set():
-                    finish = "cancelled"
-                    break
-                if step.prompt:
-                    self._post(self._publish, "feature_activation", self._event(job, step, prompt_detok.add(step.token_id)), True)
-                    continue
-                if step.finish_reason == "stop":  # EOS ends the turn: no text, but its features are the
-                    finish = "stop"                # model's state as it decided to stop
-                    self._post(self._publish, "feature_activation", self._event(job, step, ""), False)
-                    break
-                delta = detok.add(step.token_id)
-                if step.finish_reason == "length":
-                    delta += detok.flush()
-                event = self._event(job, step, delta)
-                job.completion_tokens += 1
-                if on_token is not None:
-                    now = time.perf_counter()
-                    on_token(None if last is None else now - last)
-                    last = now
-                lps = () if step.logprob is None else (self._logprob(step, offset),)
-                offset += len(delta)
-                visible = stops.feed(delta)
-                self._post(self._deliver, job, visible, event, lps)
-                if stops.stopped:
-                    finish = "stop"
-                    break
-                if step.finish_reason == "length":
-                    finish = "length"
+                reason = stream.step(step)
+                if reason is not None:
+                    finish = reason
                     break
         finally:
             gen.close()
-        if finish != "cancelled":
-            # text held back as a possible stop-string prefix is released now. Bytes of an unfinished UTF-8
-            # character before EOS are dropped: they decode to nothing and belong to no token event.
-            rest = stops.finish()
-            if rest:
-                self._post(self._deliver, job, rest, None)
-        self._finish(job, finish)
+        stream.end(finish)
+
+    def _run_batched(self) -> None:
+        """Continuous batching: the scheduler takes jobs from the queue as rows free up."""
+        self.scheduler.run(self._take)
+
+    def _take(self, block: bool):
+        while True:
+            try:
+                job = self._jobs.get(block)
+            except queue.Empty:
+                return None
+            if job is None:
+                return decode.CLOSED
+            if job.cancelled.is_set():
+                self._finish(job, "cancelled")
+                if not block:
+                    return None
+                continue
+            return _Stream(self, job)
 
     def _token_text(self, token_id: int) -> tuple[str, list[int]]:
         """A token's own text and its UTF-8 bytes (a byte-fallback token ``<0xNN>`` is that one byte)."""
@@ -313,3 +315,65 @@ class Engine:
         )
         job.out.put_nowait(done)
 
+
+class _Stream:
+    """One job's host side on the generation thread: each Step becomes a text delta and a feature event (detokenizer,
+    stop strings, logprobs, timing), the same whether the job decodes alone or in a batch."""
+
+    def __init__(self, engine: Engine, job: Job):
+        self.engine, self.job = engine, job
+        params = job.params
+        if engine.hub.prompt_subscribers > 0 and not params.prompt_features:
+            params = replace(params, prompt_features=True)
+        if not params.eos_token_ids:
+            params = replace(params, eos_token_ids=engine.eos_ids)
+        self.params, self.prompt_ids = params, job.prompt_ids
+        tok = engine.info.tokenizer
+        self.detok = Detokenizer(tok)
+        self.prompt_detok = Detokenizer(tok, skip_special_tokens=False)
+        self.stops = StopMatcher(job.stop)
+        self.last: float | None = None  # the first token's time is the prefill's: not a time per token
+        self.offset = 0  # characters generated so far (the text offset of the next token)
+        with engine._lock:
+            engine.running.add(job)
+        engine._stepped = True
+
+    def step(self, step: Step) -> str | None:
+        """Publish one step; returns the finish reason when the job is over."""
+        engine, job = self.engine, self.job
+        if job.cancelled.is_set():
+            return "cancelled"
+        if step.prompt:
+            engine._post(engine._publish, "feature_activation",
+                         engine._event(job, step, self.prompt_detok.add(step.token_id)), True)
+            return None
+        if step.finish_reason == "stop":  # EOS ends the turn: no text, but its features are the model's state as
+            engine._post(engine._publish, "feature_activation", engine._event(job, step, ""), False)  # it stopped
+            return "stop"
+        delta = self.detok.add(step.token_id)
+        if step.finish_reason == "length":
+            delta += self.detok.flush()
+        event = engine._event(job, step, delta)
+        job.completion_tokens += 1
+        on_token = engine.on_token
+        if on_token is not None:
+            now = time.perf_counter()
+            on_token(None if self.last is None else now - self.last)
+            self.last = now
+        lps = () if step.logprob is None else (engine._logprob(step, self.offset),)
+        self.offset += len(delta)
+        visible = self.stops.feed(delta)
+        engine._post(engine._deliver, job, visible, event, lps)
+        if self.stops.stopped:
+            return "stop"
+        return "length" if step.finish_reason == "length" else None
+
+    def end(self, finish: str, error: str | None = None) -> None:
+        self.engine._release(self.job)
+        if finish not in ("cancelled", "error"):
+            # text held back as a possible stop-string prefix is released now. Bytes of an unfinished UTF-8
+            # character before EOS are dropped: they decode to nothing and belong to no token event.
+            rest = self.stops.finish()
+            if rest:
+                self.engine._post(self.engine._deliver, self.job, rest, None)
+        self.engine._finish(self.job, finish, error)
