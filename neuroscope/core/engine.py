@@ -93,7 +93,7 @@ class Engine:
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.running: set[Job] = set()  # jobs being generated (at most max_batch; changed under _lock)
+        self.running: dict[int, Job] = {}  # id -> job being generated (at most max_batch; changed under _lock)
         self._lock = threading.Lock()
         self._stepped = False  # a job has run (the last batch size without batching)
         self.max_context = min(info.context_length, max_context or info.context_length)
@@ -131,7 +131,7 @@ class Engine:
             if job is not None:
                 job.cancel()
         with self._lock:
-            running = list(self.running)
+            running = list(self.running.values())
         for job in running:
             job.cancel()
 
@@ -181,7 +181,7 @@ class Engine:
 
     def _release(self, job: Job) -> None:
         with self._lock:
-            self.running.discard(job)
+            self.running.pop(id(job), None)
 
     def _post(self, fn, *args) -> None:
         try:
@@ -335,7 +335,7 @@ class _Stream:
         self.last: float | None = None  # the first token's time is the prefill's: not a time per token
         self.offset = 0  # characters generated so far (the text offset of the next token)
         with engine._lock:
-            engine.running.add(job)
+            engine.running[id(job)] = job
         engine._stepped = True
 
     def step(self, step: Step) -> str | None:

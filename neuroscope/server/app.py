@@ -109,6 +109,8 @@ class NeuroscopeServer:
         feature_filter: ActiveFilter | None = None,  # already set on the backend; events report it
         filter_warning: str | None = None,
         sae_input_norm: str = "none",
+        max_batch: int = 1,
+        max_context: int | None = None,
     ):
         """``idle_timeout``: a connection that has not sent a complete request head within this many seconds
         of opening or of its last response is closed (idle keep-alive and slowloris alike); ``body_timeout``:
@@ -117,7 +119,8 @@ class NeuroscopeServer:
         labels = LabelChain.of(labels)
         self.labels = labels
         self.hub = FeatureHub(queue_size)
-        self.engine = Engine(backend, info, self.hub, labels, layer=layer, feature_filter=feature_filter)
+        self.engine = Engine(backend, info, self.hub, labels, layer=layer, feature_filter=feature_filter,
+                             max_batch=max_batch, max_context=max_context)
         self.access = access or Access(bind_host=host)
         self.metrics = Metrics(self.engine, self.hub)
         self.engine.on_token = self.metrics.token
