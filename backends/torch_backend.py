@@ -72,6 +72,7 @@ class _TorchBackend:
         self.capture = True  # False: plain decoding, no residual capture and no SAE (benchmarks' baseline)
         self.prefill_chunk = 2048  # prompt tokens per prefill forward (bounds attention memory on long prompts)
         self.batch: TorchBatch | None = None  # the rows decoding together (open_batch)
+        self.batch_compile_seconds: float | None = None  # the compiled engine's batch buckets, at open_batch
 
     @classmethod
     def install_hint(cls) -> str:
@@ -209,13 +210,14 @@ class _TorchBackend:
     # ------------------------------------------------------------------------------------------- batching
     def open_batch(self, max_batch: int, max_context: int) -> int | None:
         """Allocate the batch's KV cache (``max_batch`` rows x ``max_context`` positions) and step inputs; returns
-        its bytes, or None when this engine decodes one request at a time (the compiled engine)."""
+        its bytes. Under the compiled engine the batched step is compiled too, one graph per batch bucket and
+        KV-length bucket: every batch bucket at the shortest KV length here, longer lengths on first use."""
         if self.model is None or self.sae is None:
             raise BackendError("backend is not loaded")
+        self.batch = TorchBatch(self.model, self.sae, max_batch, max_context, compiled=self.compiled)
         if self.compiled is not None:
-            self.batch = None
-            return None
-        self.batch = TorchBatch(self.model, self.sae, max_batch, max_context)
+            self.batch_compile_seconds = self.compiled.warm_up_batch(self.batch, min(max_context, cache_size(1)),
+                                                                     self.layer)
         return self.batch.bytes
 
     def join(self, key: object, pre: Prefilled) -> None:

@@ -25,7 +25,7 @@ import torch
 from backends.torch_gemma2 import Gemma2, KVCache, _rotate_half, _softcap, cache_size
 from backends.torch_sae import TorchSAE
 from backends.torch_sampling import MAX_LOGPROBS, logprob_tails, process, sample
-from backends.torch_step import StepInputs
+from backends.torch_step import Skips, StepInputs, decode_step
 from neuroscope.core.protocol import MAX_STEER_FEATURES
 
 
@@ -51,15 +51,20 @@ class BatchInputs:
 
     @classmethod
     def allocate(cls, sae: TorchSAE, vocab: int, rows: int) -> "BatchInputs":
-        one = StepInputs.allocate(sae, vocab)
-        return cls(**{f.name: torch.zeros((rows, *_row_shape(getattr(one, f.name))), dtype=getattr(one, f.name).dtype,
-                                          device=sae.device) for f in fields(cls)})
+        one = StepInputs.allocate(sae, vocab)  # a free row holds these (top_p 1: a valid nucleus) until one joins
+        return cls(**{f.name: getattr(one, f.name).reshape(_row_shape(getattr(one, f.name)))
+                      .expand(rows, *_row_shape(getattr(one, f.name))).clone() for f in fields(cls)})
 
     def put(self, row: int, inp: StepInputs) -> None:
         """Row ``row`` <- one request's inputs (after its prefill: its first token, position and counts)."""
         for f in fields(self):
             dst = getattr(self, f.name)[row]
             dst.copy_(getattr(inp, f.name).reshape(dst.shape))
+
+    def row(self, i: int) -> StepInputs:
+        """Row ``i`` as a :class:`StepInputs` of views (the solo step's in-place updates land in the row)."""
+        return StepInputs(**{f.name: getattr(self, f.name)[i: i + 1] if f.name in ("token", "position")
+                             else getattr(self, f.name)[i] for f in fields(self)})
 
     def move(self, src: int, dst: int) -> None:
         for f in fields(self):
@@ -70,6 +75,16 @@ class BatchInputs:
 def _row_shape(t: torch.Tensor) -> tuple[int, ...]:
     """A StepInputs field's shape per row: the (1,) token and position become scalars."""
     return () if t.dim() <= 1 and t.numel() == 1 else tuple(t.shape)
+
+
+class _RowCache:
+    """Row 0 of the batch's cache as a one-row :class:`KVCache` of ``size`` positions (views, no copy)."""
+
+    def __init__(self, cache: KVCache, size: int):
+        self.keys = [k[:1] for k in cache.keys]
+        self.values = [v[:1] for v in cache.values]
+        self.size = size
+        self.key_positions = cache.key_positions
 
 
 @dataclass
@@ -85,7 +100,10 @@ class Row:
 class TorchBatch:
     """The rows decoding together and their device buffers, allocated once."""
 
-    def __init__(self, model: Gemma2, sae: TorchSAE, max_batch: int, max_context: int):
+    def __init__(self, model: Gemma2, sae: TorchSAE, max_batch: int, max_context: int, compiled=None):
+        """``compiled``: the compiled engine's :class:`backends.torch_compiled.CompiledStep`, whose
+        :meth:`~backends.torch_compiled.CompiledStep.batch` runs the step compiled, one graph per (batch bucket,
+        KV-length bucket); None: eager."""
         if max_batch < 1 or max_context < 1:
             raise ValueError("max_batch and max_context must be >= 1")
         self.model, self.sae = model, sae
@@ -95,6 +113,9 @@ class TorchBatch:
             self.cache = KVCache(model.cfg, max_context, model.dtype, device, batch=max_batch)
             self.inputs = BatchInputs.allocate(sae, model.cfg.vocab_size, max_batch)
         self.rows: list[Row] = []
+        self.compiled = compiled
+        if compiled is not None:
+            compiled.adopt_batch(self)
 
     @property
     def bytes(self) -> int:
@@ -148,9 +169,17 @@ class TorchBatch:
         furthest = max(r.position for r in rows)
         size = min(self.max_context, cache_size(furthest + 1))
         logprobs = any(r.logprobs is not None for r in rows)
-        record = batch_step(self.model, self.sae, self.inputs, self.cache, len(rows), size, layer, capture, logprobs,
-                            steering=any(r.steered for r in rows), processing=any(r.processes for r in rows),
-                            sampling=any(r.samples for r in rows))
+        if self.compiled is not None:
+            record = self.compiled.batch(self, len(rows), size, layer, capture, logprobs)[: len(rows)]
+        elif len(rows) == 1:  # one row: the solo step on views of row 0 (fewer, cheaper ops than a batch of one)
+            r = rows[0]
+            skips = Skips(steering=not r.steered, logits=not r.processes, sampling=not r.samples)
+            record = decode_step(self.model, self.sae, self.inputs.row(0), _RowCache(self.cache, size), layer, capture,
+                                 logprobs, skips)[None]
+        else:
+            record = batch_step(self.model, self.sae, self.inputs, self.cache, len(rows), size, layer, capture,
+                                logprobs, steering=any(r.steered for r in rows),
+                                processing=any(r.processes for r in rows), sampling=any(r.samples for r in rows))
         for r in rows:
             r.position += 1
         return record, rows

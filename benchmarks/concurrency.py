@@ -21,6 +21,7 @@ from neuroscope.core.protocol import GenerationParams, ModelSpec
 
 CONCURRENCY = (1, 2, 4, 8)
 MAX_BATCH = 8
+WARM_UP_TOKENS = 8
 
 
 class _Timed:
@@ -64,20 +65,22 @@ def _batched(backend, reqs: list[_Timed], max_batch: int) -> float:
 
 
 def run_backend(name: str, bm: BenchModel, prompt: list[int], *, tokens: int, k: int, log=print,
-                concurrency: tuple[int, ...] = CONCURRENCY) -> dict:
+                concurrency: tuple[int, ...] = CONCURRENCY, engine: str = "eager") -> dict:
     """One backend's table rows: for each max-batch (1, 8) and each concurrency, the figures of :func:`_summary`."""
     from neuroscope.core import registry
 
     backend = registry.resolve(name)()
     if hasattr(backend, "engine"):
-        backend.engine = "eager"
+        backend.engine = engine
     backend.load(ModelSpec(str(bm.path), dtype=bm.dtype), bm.sae, bm.layer, top_k=k)
+    if engine == "compiled":
+        backend.warm_up(len(prompt) + tokens)  # the --max-batch 1 graph
     try:
-        if backend.open_batch(MAX_BATCH, len(prompt) + tokens) is None:
+        if backend.open_batch(MAX_BATCH, len(prompt) + max(tokens, WARM_UP_TOKENS)) is None:
             raise RuntimeError(f"{name} does not batch")
         params = GenerationParams(max_tokens=tokens)
-        _solo(backend, [_Timed(prompt, GenerationParams(max_tokens=8))])  # warm-up
-        _batched(backend, [_Timed(prompt, GenerationParams(max_tokens=8)) for _ in range(2)], MAX_BATCH)
+        _solo(backend, [_Timed(prompt, GenerationParams(max_tokens=WARM_UP_TOKENS))])  # warm-up
+        _batched(backend, [_Timed(prompt, GenerationParams(max_tokens=WARM_UP_TOKENS)) for _ in range(2)], MAX_BATCH)
         rows = []
         for max_batch in (1, MAX_BATCH):
             for c in concurrency:
@@ -86,6 +89,7 @@ def run_backend(name: str, bm: BenchModel, prompt: list[int], *, tokens: int, k:
                 row = {"max_batch": max_batch, "concurrent": c, **_summary(reqs, t0)}
                 log(f"concurrency: {name} --max-batch {max_batch}, {c} at once: {row['tokens_per_s']:.0f} tok/s")
                 rows.append(row)
-        return {"backend": name, "model": bm.label, "dtype": bm.dtype, "tokens": tokens, "rows": rows}
+        return {"backend": name, "model": bm.label, "dtype": bm.dtype, "engine": engine, "tokens": tokens,
+                "rows": rows}
     finally:
         backend.close()

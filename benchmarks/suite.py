@@ -126,7 +126,7 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
         del sae
         gc.collect()
 
-    if decode_names and (suite.decode or suite.corpus):
+    if decode_names and (suite.decode or suite.corpus or suite.concurrency):
         bm = _model(suite, cache, log)
         big = bm.approx_params > BIG_MODEL_PARAMS
         for name in decode_names if suite.decode else []:
@@ -152,14 +152,17 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
                 _note(rec, log, f"decode {name}: {row['repeats']} of {repeats} repeats fitted in the "
                                 f"{suite.decode_budget_s:.0f} s budget")
             rec["decode"].append(row)
-            if suite.concurrency and name in BATCHING_BACKENDS:
-                log(f"concurrency: {name} {bm.label}, {tokens} tokens per request, {suite.concurrency} at once")
-                with machine.OtherLoad() as other:
-                    row = concurrency.run_backend(name, bm, decode_bench._prompt(bm, suite.prompt_tokens),
-                                                  tokens=tokens, k=suite.top_k, log=log,
-                                                  concurrency=suite.concurrency)
-                row["other_processes_cores"] = other.cores
-                rec.setdefault("concurrency", []).append(row)
+
+        for name in [n for n in decode_names if n in BATCHING_BACKENDS] if suite.concurrency else []:
+            # on a GPU the compiled engine (CUDA graphs), as served there by default; eager on the CPU
+            engine = "compiled" if suite.compiled and targets.device_of(name) != "cpu" else "eager"
+            tokens = suite.tokens if not (big and targets.device_of(name) == "cpu") else CPU_BIG_MODEL_TOKENS
+            log(f"concurrency: {name} {bm.label} ({engine}), {tokens} tokens per request, {suite.concurrency} at once")
+            with machine.OtherLoad() as other:
+                row = concurrency.run_backend(name, bm, decode_bench._prompt(bm, suite.prompt_tokens), tokens=tokens,
+                                              k=suite.top_k, log=log, concurrency=suite.concurrency, engine=engine)
+            row["other_processes_cores"] = other.cores
+            rec.setdefault("concurrency", []).append(row)
 
         if suite.corpus:
             for name in decode_names:

@@ -36,6 +36,8 @@ def record(tmp_path_factory):
     files = list(out.glob("*.json"))
     assert len(files) == 1, files
     assert "SAE encode + top-k" in result.output and "Decode" in result.output and "Corpus pass" in result.output
+    if any(neuroscope_backend_status(n)[0] for n in ("torch-cpu", "torch-cuda")):
+        assert "Concurrent requests" in result.output
     if any(neuroscope_backend_status(n)[0] for n in ("torch-cpu", "torch-cuda", "mlx")):
         assert "Decode with steering" in result.output
     return json.loads(files[0].read_text())
@@ -127,3 +129,17 @@ def test_corpus_rows_compare_the_corpus_pass_with_a_bare_forward(record):
             assert len(d["s_by_repeat"]) == r["repeats"] and all(_measured(x) for x in d["s_by_repeat"])
             assert d["tokens_per_s"] == pytest.approx(r["tokens"] / d["seconds"])
         assert math.isfinite(r["sae_stats_overhead"]) and r["sae_stats_overhead"] > -1
+
+
+def test_concurrency_rows_compare_max_batch_8_with_1(record):
+    expected = [n for n in ("torch-cpu", "torch-cuda") if neuroscope_backend_status(n)[0]]
+    if not expected:
+        pytest.skip("no torch backend here: no concurrency table")
+    assert [r["backend"] for r in record["concurrency"]] == expected
+    for r in record["concurrency"]:
+        cells = {(x["max_batch"], x["concurrent"]) for x in r["rows"]}
+        assert cells == {(mb, c) for mb in (1, 8) for c in (1, 2)}
+        for x in r["rows"]:
+            assert x["tokens"] == x["concurrent"] * r["tokens"]
+            for key in ("tokens_per_s", "wall_s", "itl_p50_ms", "itl_p95_ms"):
+                assert _measured(x[key]), (x, key)

@@ -75,8 +75,10 @@ def batch_row(engine, config: ServeConfig) -> str:
     """The batch settings: rows, context and the KV cache planned for them, or why requests go one at a time."""
     if engine.max_batch > 1:
         gib = engine.kv_bytes / 2**30
+        took = getattr(engine.backend, "batch_compile_seconds", None)
+        took = f"; batch buckets compiled in {took:.1f} s" if took is not None else ""
         return (f"up to {engine.max_batch} requests per step, {engine.max_context:,} tokens each (KV cache "
-                f"{gib:.2f} GiB allocated); prompts prefilled in chunks of {config.prefill_chunk}")
+                f"{gib:.2f} GiB allocated); prompts prefilled in chunks of {config.prefill_chunk}{took}")
     why = "--max-batch 1" if config.max_batch == 1 else "this backend / engine decodes one request at a time"
     return f"one request at a time ({why}), {engine.max_context:,} tokens each"
 
