@@ -144,3 +144,22 @@ def test_a_request_longer_than_max_context_is_a_400_before_it_queues(tiny_fixtur
         assert httpx.get(f"{srv.chat}/health").json()["completed"] == 1
     finally:
         srv.stop()
+
+
+def test_the_start_up_panel_states_the_batch_settings(tiny_fixture):
+    from neuroscope.config import ServeConfig
+    from neuroscope.server.serve import batch_row
+
+    srv = RunningServer("torch-cpu", tiny_fixture, max_batch=4, max_context=128)
+    try:
+        engine = srv.server.engine
+        assert engine.kv_bytes > 0
+        row = batch_row(engine, ServeConfig(max_batch=4, prefill_chunk=64, max_context=128))
+        assert "up to 4 requests per step, 128 tokens each" in row and "chunks of 64" in row and "GiB" in row
+    finally:
+        srv.stop()
+    srv = RunningServer("torch-cpu", tiny_fixture)
+    try:
+        assert batch_row(srv.server.engine, ServeConfig(max_batch=1)).startswith("one request at a time (--max-batch 1)")
+    finally:
+        srv.stop()
