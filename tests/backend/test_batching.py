@@ -251,3 +251,38 @@ def test_a_request_longer_than_the_context_fails_alone(loaded, prompts):
     assert reqs[0].finish == "length" and reqs[0].error is None
     assert reqs[1].finish == "error" and "exceed the context" in reqs[1].error
     assert_same(reqs[0].steps, solo(backend, reqs[0]))
+
+
+class _FailingStep:
+    """The real backend, whose ``fail_at``-th batch step raises."""
+
+    def __init__(self, backend, fail_at):
+        self._backend, self.fail_at, self.calls = backend, fail_at, 0
+
+    def batch_step(self):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("device lost")
+        return self._backend.batch_step()
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+def test_a_failed_step_ends_its_rows_with_an_error_and_the_next_request_runs(loaded, prompts):
+    backend, _, _ = loaded
+    assert backend.open_batch(4, 256) is not None
+    failing = _FailingStep(backend, fail_at=4)
+    sched = Scheduler(failing, 4)
+    first = [Collect(prompts[0], GenerationParams(max_tokens=12)), Collect(prompts[1], GenerationParams(max_tokens=12))]
+    later = Collect(prompts[2], GenerationParams(max_tokens=6))
+    queue = list(first)
+    sched.run(lambda block: queue.pop(0) if queue else CLOSED)
+    assert [r.finish for r in first] == ["error", "error"]
+    assert all("device lost" in r.error for r in first)
+    assert backend.batch.rows == []
+    # the batch was reset: the next request decodes as it does alone
+    queue = [later]
+    sched.run(lambda block: queue.pop(0) if queue else CLOSED)
+    assert later.finish == "length" and later.error is None
+    assert_same(later.steps, solo(backend, later))
