@@ -1,4 +1,5 @@
-"""The generation thread: one thread owns the backend and runs queued jobs one at a time.
+"""The generation thread: one thread owns the backend and runs queued jobs — one at a time, or with ``max_batch``
+> 1 on a backend that batches, up to that many together (:class:`neuroscope.core.decode.Scheduler`).
 
 The event loop never runs a forward pass. Per token the thread turns the backend's Step into a text delta
 (for the chat response) and a feature event (for the hub), and hands both to the loop with one
