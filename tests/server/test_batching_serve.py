@@ -163,3 +163,21 @@ def test_the_start_up_panel_states_the_batch_settings(tiny_fixture):
         assert batch_row(srv.server.engine, ServeConfig(max_batch=1)).startswith("one request at a time (--max-batch 1)")
     finally:
         srv.stop()
+
+
+@pytest.mark.skipif("mlx" not in __import__("neuroscope.core.registry", fromlist=["available"]).available(),
+                    reason="mlx is not available here")
+def test_a_backend_that_does_not_batch_serves_one_request_at_a_time(tiny_fixture):
+    from neuroscope.config import ServeConfig
+    from neuroscope.server.serve import batch_row
+
+    srv = RunningServer("mlx", tiny_fixture, max_batch=4)
+    try:
+        health = httpx.get(f"{srv.chat}/health").json()
+        assert health["max_batch"] == 1 and health["last_batch"] == 0
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0}
+        assert httpx.post(f"{srv.chat}/v1/chat/completions", json=body, timeout=60).status_code == 200
+        assert httpx.get(f"{srv.chat}/health").json()["last_batch"] == 1
+        assert "decodes one request at a time" in batch_row(srv.server.engine, ServeConfig(max_batch=4))
+    finally:
+        srv.stop()
