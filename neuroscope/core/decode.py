@@ -68,6 +68,10 @@ class Sink(Protocol):
 
     def end(self, finish: str, error: str | None = None) -> None: ...
 
+    def cancelled(self) -> bool:
+        """Whether the request was cancelled (checked between the chunks of its prefill)."""
+        ...
+
 
 @dataclass(eq=False)
 class _Row:
@@ -152,6 +156,10 @@ class Scheduler:
                 except StopIteration as done:
                     pre: Prefilled = done.value
                     break
+                if row.sink.cancelled():  # a client that left while its long prompt was being read
+                    gen.close()
+                    self._end(row, "cancelled")
+                    return None
                 if not all_chunks:
                     return row, gen
             if pre.prompt_records is not None:

@@ -369,6 +369,9 @@ class _Stream:
             return "stop"
         return "length" if step.finish_reason == "length" else None
 
+    def cancelled(self) -> bool:
+        return self.job.cancelled.is_set()
+
     def end(self, finish: str, error: str | None = None) -> None:
         self.engine._release(self.job)
         if finish not in ("cancelled", "error"):

@@ -66,6 +66,9 @@ class Collect:
         assert self.finish is None, "a request ends once"
         self.finish, self.error = finish, error
 
+    def cancelled(self):
+        return self.cancel_after == 0
+
 
 def run_batched(backend, requests, *, max_batch=4, max_context=256):
     """Run ``requests`` through the scheduler; each is handed out once the scheduler has taken ``join_at`` turns."""
@@ -286,3 +289,36 @@ def test_a_failed_step_ends_its_rows_with_an_error_and_the_next_request_runs(loa
     sched.run(lambda block: queue.pop(0) if queue else CLOSED)
     assert later.finish == "length" and later.error is None
     assert_same(later.steps, solo(backend, later))
+
+
+def test_a_request_cancelled_during_its_chunked_prefill_ends_there(loaded, prompts):
+    backend, _, _ = loaded
+    backend.prefill_chunk = 4
+    try:
+        running = Collect(prompts[1], GenerationParams(max_tokens=16))
+        gone = Collect(prompts[2] + prompts[0], GenerationParams(max_tokens=8, prompt_features=True), join_at=2,
+                       cancel_after=0)
+        chunks = []
+
+        class Counting:
+            def prefill_steps(self, *a, **kw):
+                gen = backend.prefill_steps(*a, **kw)
+                while True:
+                    try:
+                        next(gen)
+                    except StopIteration as done:
+                        return done.value
+                    chunks.append(len(a[0]))
+                    yield
+
+            def __getattr__(self, name):
+                return getattr(backend, name)
+
+        run_batched(Counting(), [running, gone])
+        assert gone.finish == "cancelled" and gone.steps == []
+        long_chunks = [c for c in chunks if c == len(gone.prompt_ids)]
+        assert 0 < len(long_chunks) < len(gone.prompt_ids) // 4 - 1, "the prefill should stop at its first chunk"
+        assert running.finish == "length"
+        assert_same(running.steps, solo(backend, running))
+    finally:
+        backend.prefill_chunk = 2048
