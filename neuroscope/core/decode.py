@@ -232,6 +232,15 @@ class Scheduler:
         finally:
             row.sink.end(finish, error)
 
+    def abort(self, exc: Exception) -> None:
+        """End every admitted request with an error and drop the batch (after :meth:`run` itself failed)."""
+        rows, self.rows = self.rows, []
+        for r in rows:
+            r.joined = False
+        self.backend.reset_batch()
+        for r in rows:
+            self._end(r, "error", f"generation failed: {exc}")
+
     def _fail(self, rows: list[_Row], exc: Exception) -> None:
         log.error("generation failed: %s", exc, exc_info=exc)
         if any(r.joined for r in rows):  # a failed step leaves the batch in an unknown state: every row in it ends

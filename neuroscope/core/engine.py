@@ -173,12 +173,16 @@ class Engine:
             job = self._jobs.get()
             if job is None:
                 return
-            try:
-                self._run_job(job)
-            except Exception as exc:  # a failed generation must not take the server down
-                log.exception("generation %s failed", job.request_id)
-                self._release(job)
-                self._finish(job, "error", error=f"generation failed: {exc}")
+            self._run_item(job)
+
+    def _run_item(self, job: Job) -> None:
+        """Run one queued item to its end (a job decoded alone; under batching only what is not a Job)."""
+        try:
+            self._run_job(job)
+        except Exception as exc:  # a failed generation must not take the server down
+            log.exception("generation %s failed", job.request_id)
+            self._release(job)
+            self._finish(job, "error", error=f"generation failed: {exc}")
 
     def _release(self, job: Job) -> None:
         with self._lock:
@@ -208,8 +212,15 @@ class Engine:
         stream.end(finish)
 
     def _run_batched(self) -> None:
-        """Continuous batching: the scheduler takes jobs from the queue as rows free up."""
-        self.scheduler.run(self._take)
+        """Continuous batching: the scheduler takes jobs from the queue as rows free up. Should the scheduler itself
+        fail, its requests end with an error and it starts again (a failure must not take the server down)."""
+        while True:
+            try:
+                self.scheduler.run(self._take)
+                return
+            except Exception as exc:
+                log.exception("the batch scheduler failed")
+                self.scheduler.abort(exc)
 
     def _take(self, block: bool):
         while True:
@@ -219,6 +230,11 @@ class Engine:
                 return None
             if job is None:
                 return decode.CLOSED
+            if not isinstance(job, Job):  # another kind of queued work runs between steps, as it would alone
+                self._run_item(job)
+                if not block:
+                    return None
+                continue
             if job.cancelled.is_set():
                 self._finish(job, "cancelled")
                 if not block:

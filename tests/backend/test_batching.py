@@ -322,3 +322,24 @@ def test_a_request_cancelled_during_its_chunked_prefill_ends_there(loaded, promp
         assert_same(running.steps, solo(backend, running))
     finally:
         backend.prefill_chunk = 2048
+
+
+def test_abort_ends_every_admitted_request_and_drops_the_batch(loaded, prompts):
+    backend, _, _ = loaded
+    assert backend.open_batch(4, 256) is not None
+    sched = Scheduler(backend, 4)
+    reqs = [Collect(prompts[0], GenerationParams(max_tokens=12)), Collect(prompts[1], GenerationParams(max_tokens=12))]
+    queue = list(reqs)
+    turns = [0]
+
+    def take(block):
+        turns[0] += 1
+        if turns[0] == 5:
+            raise RuntimeError("queue broke")
+        return queue.pop(0) if queue else None
+
+    with pytest.raises(RuntimeError, match="queue broke"):
+        sched.run(take)
+    assert len(backend.batch.rows) == 2 and all(r.finish is None for r in reqs)
+    sched.abort(RuntimeError("queue broke"))
+    assert [r.finish for r in reqs] == ["error", "error"] and backend.batch.rows == [] and sched.running == 0
