@@ -12,11 +12,12 @@ so on CUDA the host work for token t overlaps the device work for token t+1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generator
 
 import numpy as np
 import torch
 
+from backends.torch_batch import TorchBatch
 from backends.torch_compiled import ENGINES, CompiledStep
 from backends.torch_gemma2 import Gemma2, KVCache, cache_size
 from backends.torch_sae import SAE_DTYPES, TorchSAE
@@ -62,6 +63,8 @@ class _Request:
     cut: torch.Tensor | None  # indices keeping the request's n logprobs of the MAX_LOGPROBS the step computes
     owner: object | None = None  # the compiled engine's ownership token (None: eager)
     skips: Skips = NOTHING  # the identities an eager step leaves out
+    n: int = 0  # prompt tokens
+    params: GenerationParams | None = None
 
 
 class _TorchBackend:
@@ -80,6 +83,8 @@ class _TorchBackend:
         self.capture = True  # False: plain decoding, no residual capture and no SAE (benchmarks' baseline)
         self.prefill_chunk = 2048  # prompt tokens per prefill forward (bounds attention memory on long prompts)
         self._effects = None  # the feature page's weights view, made on first use
+        self.batch: TorchBatch | None = None  # the rows decoding together (open_batch)
+        self.batch_compile_seconds: float | None = None  # the compiled engine's batch buckets, at open_batch
 
     @classmethod
     def install_hint(cls) -> str:
@@ -146,6 +151,7 @@ class _TorchBackend:
         self.sae = None
         self.compiled = None
         self._effects = None
+        self.batch = None
 
     def feature_effects(self, index: int, *, neighbours: int = 10, logits: int = 10) -> FeatureEffects:
         """Neighbours and logit effects of one feature, on the device (:mod:`backends.torch_explore`)."""
@@ -179,28 +185,39 @@ class _TorchBackend:
                                "--engine eager runs the same step uncompiled") from exc
 
     # ------------------------------------------------------------------------------------------- the pieces
-    @torch.inference_mode()
     def prefill(self, prompt_ids: list[int], params: GenerationParams) -> Prefilled:
+        gen = self.prefill_steps(prompt_ids, params)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
+
+    @torch.inference_mode()
+    def prefill_steps(self, prompt_ids: list[int], params: GenerationParams, *,
+                      joining: bool = False) -> Generator[None, None, Prefilled]:
+        """:meth:`prefill` one ``prefill_chunk`` at a time (yields between chunks). ``joining``: for a request
+        that joins the batch: a private cache of the prompt's length, copied into its row by :meth:`join`."""
         if self.model is None or self.sae is None:
             raise BackendError("backend is not loaded")
         model, device, capture = self.model, self.device, self.capture
         n = len(prompt_ids)
         steer = self.sae.steerer(params.steering, self.layer) if params.steering is not None else None
-        size = cache_size(n + params.max_tokens)
+        size = n if joining else cache_size(n + params.max_tokens)
         owner = None
-        if self.compiled is not None:
+        if self.compiled is not None and not joining:
             cache, inputs, owner = self.compiled.take(size)
         else:
             cache, inputs = model.new_cache(size), StepInputs.allocate(self.sae, model.cfg.vocab_size)
-        inputs.load(params, steer)
         want_prompt = params.prompt_features and capture
-        logits, hidden = model.prefill(
+        inputs.load(params, steer)
+        logits, hidden = yield from model.prefill_chunks(
             torch.tensor(prompt_ids, dtype=torch.long, device=device), cache,
             capture=self.layer if capture else None, all_positions=want_prompt, chunk=self.prefill_chunk,
             steer=steer if steer is not None and steer.positions == "all" else None,
         )
         logprobs = params.logprobs is not None
-        skips = NOTHING if self.compiled is not None else Skips.for_request(params)
+        skips = NOTHING if self.compiled is not None and not joining else Skips.for_request(params)
         drawn = draw(logits, inputs, torch.tensor([n], device=device), logprobs, skips)
         inputs.token.copy_(drawn[0])
         inputs.position.fill_(n)
@@ -213,8 +230,40 @@ class _TorchBackend:
             width = sum(p.numel() for p in parts)
             cut = tail_index(width, min(params.logprobs, MAX_LOGPROBS), device)
         record = torch.cat(parts)
-        state = _Request(cache, inputs, logprobs, cut, owner, skips)
+        state = _Request(cache, inputs, logprobs, cut, owner, skips, n, params)
         return Prefilled(state, _cut(record, cut), self.sae.topk(hidden) if want_prompt else None)
+
+    # ------------------------------------------------------------------------------------------- batching
+    def open_batch(self, max_batch: int, max_context: int) -> int | None:
+        """Allocate the batch's KV cache (``max_batch`` rows x ``max_context`` positions) and step inputs; returns
+        its bytes. Under the compiled engine the batched step is compiled too, one graph per batch bucket and
+        KV-length bucket: every batch bucket at the shortest KV length here, longer lengths on first use."""
+        if self.model is None or self.sae is None:
+            raise BackendError("backend is not loaded")
+        self.batch = TorchBatch(self.model, self.sae, max_batch, max_context, compiled=self.compiled)
+        if self.compiled is not None:
+            self.batch_compile_seconds = self.compiled.warm_up_batch(self.batch, min(max_context, cache_size(1)),
+                                                                     self.layer)
+        return self.batch.bytes
+
+    def join(self, key: object, pre: Prefilled) -> None:
+        st: _Request = pre.state
+        self.batch.join(key, st.cache, st.inputs, st.n, st.params)
+
+    def leave(self, key: object) -> None:
+        self.batch.leave(key)
+
+    def batch_step(self) -> tuple[torch.Tensor, list]:
+        return self.batch.step(self.layer, self.capture)
+
+    def batch_to_host(self, step: tuple[torch.Tensor, list]) -> list[tuple[object, np.ndarray]]:
+        record, rows = step
+        host = record.cpu().numpy()
+        return [(r.key, rec) for r, rec in zip(rows, self.batch.split(host, rows, self.capture))]
+
+    def reset_batch(self) -> None:
+        if self.batch is not None:
+            self.batch.clear()
 
     @torch.inference_mode()
     def decode_step(self, state: _Request) -> torch.Tensor:

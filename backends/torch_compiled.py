@@ -14,8 +14,10 @@ the next step is queued. The compiled code is process-wide, the CUDA graphs are 
 thread-local managers): a warm-up on the main thread compiles, the generation thread records its own graph in its
 first steps.
 
-The static buffers belong to one request at a time (the server decodes one request at a time); a state whose
-buffers a newer request has taken is refused rather than silently decoded from the newer request's cache.
+The static buffers belong to one request at a time (``--max-batch 1``: the server decodes one request at a time);
+a state whose buffers a newer request has taken is refused rather than silently decoded from the newer request's
+cache. Under continuous batching (:mod:`backends.torch_batch`) the batch's cache and per-row inputs are the static
+buffers instead, and the batched step compiles once per (batch bucket 1, 2, 4, 8..., KV-length bucket).
 """
 
 from __future__ import annotations
@@ -76,6 +78,51 @@ class CompiledStep:
         self.owner: object | None = None
         for t in [*sae.static_tensors(), *self.inputs.tensors(), *model.static_tensors()]:
             torch._dynamo.mark_static_address(t)
+
+    # ------------------------------------------------------------------------------------------ batching
+    def adopt_batch(self, batch) -> None:
+        """A :class:`backends.torch_batch.TorchBatch`'s cache and inputs become static inputs of the batched graphs."""
+        from backends.torch_batch import batch_step
+
+        if getattr(self, "batch_fn", None) is None:
+            self.batch_fn = torch.compile(batch_step, fullgraph=True, dynamic=False, mode=self.mode)
+        for t in [*batch.cache.keys, *batch.cache.values, batch.cache.key_positions,
+                  *(getattr(batch.inputs, f) for f in batch.inputs.__dataclass_fields__)]:
+            torch._dynamo.mark_static_address(t)
+
+    @staticmethod
+    def bucket(rows: int, max_batch: int) -> int:
+        """The batch bucket of ``rows`` active rows: the next power of two, at most ``max_batch``."""
+        return min(max_batch, 1 << max(0, rows - 1).bit_length())
+
+    def batch(self, batch, rows: int, size: int, layer: int, capture: bool, logprobs: bool) -> torch.Tensor:
+        """One compiled step of the batch's first ``rows`` rows, run as its bucket (the rows past ``rows`` are free:
+        their results are dropped, their position is reset to 0 first so their cache writes stay in range). Every
+        op runs for every row (no skips): one graph per (bucket, ``size``, capture, logprobs)."""
+        b = self.bucket(rows, batch.max_batch)
+        if b > rows:
+            batch.inputs.position[rows:b].zero_()
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        record = self.batch_fn(self.model, self.sae, batch.inputs, batch.cache, b, size, layer, capture, logprobs,
+                               steering=True, processing=True, sampling=True)
+        return record.clone() if self.cudagraphs else record
+
+    @torch.inference_mode()
+    def warm_up_batch(self, batch, size: int, layer: int) -> float:
+        """Compile every batch bucket's instrumented graph at KV length ``size`` (longer lengths compile on first
+        use); returns the seconds spent. Only free rows are touched: a row's inputs are rewritten when it joins."""
+        t0 = time.perf_counter()
+        b = 1
+        while True:
+            b = self.bucket(b, batch.max_batch)
+            self.batch(batch, b, size, layer, True, False)
+            if b >= batch.max_batch:
+                break
+            b *= 2
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
     def describe(self) -> str:
         return "torch.compile, CUDA graphs" if self.cudagraphs else "torch.compile, inductor"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -301,10 +301,25 @@ class Gemma2(nn.Module):
         """``ids`` (n,) from position 0 -> logits (1, vocab) of the last position and block ``capture``'s
         output at every position (n, d) with ``all_positions``, else at the last one (1, d). ``steer``
         rewrites block ``steer.layer``'s output at every position."""
+        gen = self.prefill_chunks(ids, cache, capture=capture, all_positions=all_positions, chunk=chunk, steer=steer)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
+
+    def prefill_chunks(
+        self, ids: torch.Tensor, cache: KVCache, *, capture: int | None, all_positions: bool, chunk: int = 2048,
+        steer: Steer | None = None,
+    ) -> Generator[None, None, tuple[torch.Tensor, torch.Tensor | None]]:
+        """:meth:`prefill` one chunk at a time: yields after each chunk but the last, returns what it returns
+        (a scheduler runs other work between chunks)."""
         n = ids.shape[0]
         kept: list[torch.Tensor] = []
         h = captured = None
         for start in range(0, n, chunk):
+            if start:
+                yield
             end = min(n, start + chunk)
             positions = torch.arange(start, end, device=ids.device)
             h, captured = self._run(ids[start:end], positions, cache, end, capture, steer)

@@ -19,9 +19,12 @@ MAX_LOGPROBS = 20  # the step always computes this many top logprobs when asked;
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seed: torch.Tensor,
            counter: torch.Tensor) -> torch.Tensor:
-    """``logits`` (1, vocab) float32 -> (1,) int64 token: the argmax when ``temperature`` (a () tensor) is 0,
+    """``logits`` (B, vocab) float32 -> (B,) int64 tokens: per row, the argmax when its ``temperature`` is 0,
     else a draw from the top-``top_p`` nucleus of ``softmax(logits / temperature)`` by inverse CDF with the
-    Philox uniform of (``seed``, ``counter``), the position of the drawn token."""
+    Philox uniform of (``seed``, ``counter``), the position of the drawn token. ``temperature``, ``top_p`` and
+    ``seed`` are () tensors for one row or (B,) for a batch, ``counter`` (B,); every op is row by row, so a
+    row's token never depends on its neighbours."""
+    temperature, top_p = temperature.reshape(-1, 1), top_p.reshape(-1, 1)
     greedy = logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature.clamp_min(1e-6), dim=-1)
     sorted_p, sorted_idx = probs.sort(dim=-1, descending=True, stable=True)
@@ -32,11 +35,11 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
     keep = ((cum - sorted_p) < top_p) | (top_p >= 1.0) | first
     kept = sorted_p * keep
     cdf = kept.cumsum(dim=-1)
-    u = uniform(seed, counter) * cdf[..., -1:]
+    u = uniform(seed, counter).reshape(-1, 1) * cdf[..., -1:]
     # the first kept index whose cumulative mass exceeds u (clamped: rounding can put u at the very top)
     choice = torch.minimum((cdf <= u).sum(dim=-1, keepdim=True), keep.sum(dim=-1, keepdim=True) - 1)
     sampled = sorted_idx.gather(-1, choice).squeeze(-1)
-    return torch.where(temperature > 0, sampled, greedy)
+    return torch.where(temperature.reshape(-1) > 0, sampled, greedy)
 
 
 def process(logits: torch.Tensor, bias: torch.Tensor, counts: torch.Tensor, presence: torch.Tensor,
@@ -52,6 +55,13 @@ def logprob_tail(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
     lp = torch.log_softmax(logits, dim=-1)[0]
     top = lp.topk(MAX_LOGPROBS)
     return torch.cat([lp.gather(0, token.view(1)), top.indices.float(), top.values])
+
+
+def logprob_tails(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """:func:`logprob_tail` of each row of (B, vocab) ``logits`` for its drawn token (B,): (B, 1 + 2 MAX_LOGPROBS)."""
+    lp = torch.log_softmax(logits, dim=-1)
+    top = lp.topk(MAX_LOGPROBS, dim=-1)
+    return torch.cat([lp.gather(1, tokens.view(-1, 1)), top.indices.float(), top.values], dim=1)
 
 
 def tail_index(record_width: int, n: int, device: torch.device) -> torch.Tensor:

@@ -39,6 +39,8 @@ def main(
     no_compiled: Annotated[bool, typer.Option("--no-compiled", help="Skip the torch compiled engine's decode "
                                                                     "modes (they compile first).")] = False,
     no_steering: Annotated[bool, typer.Option("--no-steering", help="Skip the steered decode modes.")] = False,
+    no_concurrency: Annotated[bool, typer.Option("--no-concurrency", help="Skip the concurrent-requests table "
+                                                                          "(--max-batch 8 beside 1).")] = False,
     prompt_tokens: Annotated[Optional[int], typer.Option(help="Decode prompt length in tokens.", min=1)] = None,
     out: Annotated[Path, typer.Option(help="Where the JSON record goes.")] = RESULTS,
     cache: Annotated[Optional[Path], typer.Option(help="Where benchmark checkpoints are built.")] = None,
@@ -69,6 +71,8 @@ def main(
         suite.compiled = False
     if no_steering:
         suite.steering = False
+    if no_concurrency:
+        suite.concurrency = ()
     try:
         run(suite, out_dir=out, cache=cache or bench_dir())
     except BackendError as exc:

@@ -128,6 +128,26 @@ def steering_table(rows: list[dict]) -> Table:
     return t
 
 
+def concurrency_table(rows: list[dict]) -> Table:
+    t = Table(title="Concurrent requests: aggregate tokens/s, per-request inter-token latency p50 / p95 (ms)")
+    for c in ("backend", "model", "max-batch", *(f"{n} at once" for n in _concurrencies(rows))):
+        t.add_column(c, justify="left" if c in ("backend", "model") else "right")
+    for r in rows:
+        for mb in sorted({x["max_batch"] for x in r["rows"]}):
+            by = {x["concurrent"]: x for x in r["rows"] if x["max_batch"] == mb}
+            cells = []
+            for n in _concurrencies(rows):
+                x = by.get(n)
+                cells.append("-" if x is None else f"{x['tokens_per_s']:.0f} tok/s, {_f(x['itl_p50_ms'])} / "
+                                                   f"{_f(x['itl_p95_ms'])}")
+            t.add_row(f"{r['backend']} ({r.get('engine', 'eager')})", f"{r['model']} {r['dtype']}", str(mb), *cells)
+    return t
+
+
+def _concurrencies(rows: list[dict]) -> list[int]:
+    return sorted({x["concurrent"] for r in rows for x in r["rows"]})
+
+
 def print_all(console: Console, record: dict) -> None:
     console.print(bandwidth_table(record["bandwidth"]))
     if record["sae"]:
@@ -138,6 +158,8 @@ def print_all(console: Console, record: dict) -> None:
             console.print(steering_table(record["decode"]))
         if any("compiled_vs_instrumented" in r for r in record["decode"]):
             console.print(engines_table(record["decode"]))
+    if record.get("concurrency"):
+        console.print(concurrency_table(record["concurrency"]))
     if record.get("corpus"):
         console.print(corpus_table(record["corpus"]))
     noisy = [f"{r['backend']} {r['model']}" for r in record["decode"] + record.get("corpus", [])

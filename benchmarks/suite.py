@@ -10,12 +10,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmarks import bandwidth, corpus_bench, decode_bench, machine, models, report, sae_bench, targets
+from benchmarks import bandwidth, concurrency, corpus_bench, decode_bench, machine, models, report, sae_bench, targets
 from neuroscope.core import fixtures
 
 GEMMA_D_MODEL = fixtures.SHAPES["gemma-2-2b"].hidden_size
 TINY = fixtures.SHAPES["tiny"]
 DECODE_BACKENDS = ("torch-cpu", "torch-cuda", "mlx")
+BATCHING_BACKENDS = ("torch-cpu", "torch-cuda")  # continuous batching: the torch eager engine
 MLX_CPU_BIG_ITERS = 10  # mlx[cpu] uses a reference BLAS: big shapes get a few iterations only
 BUSY_CORES = 0.2  # other processes' average use above which a run is flagged as contended
 BIG_MODEL_PARAMS = 100_000_000  # above this a model counts as big for a CPU
@@ -49,6 +50,7 @@ class Suite:
     corpus_max_tokens: int = 256  # calibrate run's default --max-tokens-per-sample
     corpus_batches: int = 6
     corpus_repeats: int = 5
+    concurrency: tuple[int, ...] = concurrency.CONCURRENCY  # requests at once in the concurrency table; () skips it
     model: str | None = None
     dtype: str | None = None
     layer: int | None = None
@@ -63,6 +65,7 @@ SUITES = {
         "smoke", [(TINY.hidden_size, TINY.d_sae)], "tiny", sae_iters=5, sae_warmup=1, sae_budget_s=0.2,
         bw_cpu_bytes=16 * 2**20, bw_gpu_bytes=64 * 2**20, bw_reps=2, tokens=4, repeats=1, warmup_tokens=2,
         corpus_batch_size=2, corpus_max_tokens=32, corpus_batches=2, corpus_repeats=1, compiled=False,
+        concurrency=(1, 2),
     ),
     "default": Suite(
         "default", [(TINY.hidden_size, TINY.d_sae), (GEMMA_D_MODEL, 16384)], "tiny", tokens=64, repeats=9,
@@ -124,7 +127,7 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
         del sae
         gc.collect()
 
-    if decode_names and (suite.decode or suite.corpus):
+    if decode_names and (suite.decode or suite.corpus or suite.concurrency):
         bm = _model(suite, cache, log)
         big = bm.approx_params > BIG_MODEL_PARAMS
         for name in decode_names if suite.decode else []:
@@ -150,6 +153,17 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
                 _note(rec, log, f"decode {name}: {row['repeats']} of {repeats} repeats fitted in the "
                                 f"{suite.decode_budget_s:.0f} s budget")
             rec["decode"].append(row)
+
+        for name in [n for n in decode_names if n in BATCHING_BACKENDS] if suite.concurrency else []:
+            # on a GPU the compiled engine (CUDA graphs), as served there by default; eager on the CPU
+            engine = "compiled" if suite.compiled and targets.device_of(name) != "cpu" else "eager"
+            tokens = suite.tokens if not (big and targets.device_of(name) == "cpu") else CPU_BIG_MODEL_TOKENS
+            log(f"concurrency: {name} {bm.label} ({engine}), {tokens} tokens per request, {suite.concurrency} at once")
+            with machine.OtherLoad() as other:
+                row = concurrency.run_backend(name, bm, decode_bench._prompt(bm, suite.prompt_tokens), tokens=tokens,
+                                              k=suite.top_k, log=log, concurrency=suite.concurrency, engine=engine)
+            row["other_processes_cores"] = other.cores
+            rec.setdefault("concurrency", []).append(row)
 
         if suite.corpus:
             for name in decode_names:

@@ -72,7 +72,10 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] = ()
     # when set, every endpoint but /health requires it (Authorization: Bearer, or ?api_key= on the features port)
     api_key: str | None = field(default=None, repr=False)
-    max_queue: int = 64  # requests waiting behind the running one; beyond it 429
+    max_queue: int = 64  # requests waiting for a free batch row; beyond it 429
+    max_batch: int = 8  # requests decoded together in one step (1: one at a time)
+    prefill_chunk: int = 512  # prompt tokens per prefill forward, interleaved with the running requests' steps
+    max_context: int | None = None  # prompt + completion tokens per request (the KV cache's length); None: the model's
     served_model_names: tuple[str, ...] = ()  # more names a request's "model" may use
 
     def validate(self) -> None:
@@ -103,6 +106,12 @@ class ServeConfig:
             raise ValueError("--labeler (or LABELER_MODEL) must not be empty")
         if self.max_queue < 0:
             raise ValueError(f"--max-queue must be >= 0, got {self.max_queue}")
+        if self.max_batch < 1:
+            raise ValueError(f"--max-batch must be at least 1, got {self.max_batch}")
+        if self.prefill_chunk < 1:
+            raise ValueError(f"--prefill-chunk must be at least 1, got {self.prefill_chunk}")
+        if self.max_context is not None and self.max_context < 2:
+            raise ValueError(f"--max-context must be at least 2, got {self.max_context}")
         if any(not n.strip() for n in self.served_model_names):
             raise ValueError("--served-model-name must not be empty")
         parse_allowed_origins(self.allowed_origins)

@@ -149,6 +149,8 @@ def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
     backend = backend_cls()
     if config.engine != "auto":
         backend.engine = config.engine  # read by load(); only backends with engines get here
+    if hasattr(backend, "prefill_chunk"):
+        backend.prefill_chunk = config.prefill_chunk
     spec = ModelSpec(config.model, dtype=config.dtype, offline=offline)
     try:
         info = backend.load(

@@ -40,6 +40,8 @@ def record(tmp_path_factory):
         from backends.torch_backend import cpu_threads
 
         assert f"torch CPU threads: {cpu_threads()} (as serve picks them" in result.output
+    if any(neuroscope_backend_status(n)[0] for n in ("torch-cpu", "torch-cuda")):
+        assert "Concurrent requests" in result.output
     if any(neuroscope_backend_status(n)[0] for n in ("torch-cpu", "torch-cuda", "mlx")):
         assert "Decode with steering" in result.output
     return json.loads(files[0].read_text())
@@ -153,3 +155,17 @@ def test_a_share_below_zero_is_reported_as_noise_never_as_a_negative_share():
     screen = io.StringIO()
     report.print_all(Console(file=screen, width=250, color_system=None), record)
     assert "+12.5 %" in screen.getvalue() and "too noisy" not in screen.getvalue()
+
+
+def test_concurrency_rows_compare_max_batch_8_with_1(record):
+    expected = [n for n in ("torch-cpu", "torch-cuda") if neuroscope_backend_status(n)[0]]
+    if not expected:
+        pytest.skip("no torch backend here: no concurrency table")
+    assert [r["backend"] for r in record["concurrency"]] == expected
+    for r in record["concurrency"]:
+        cells = {(x["max_batch"], x["concurrent"]) for x in r["rows"]}
+        assert cells == {(mb, c) for mb in (1, 8) for c in (1, 2)}
+        for x in r["rows"]:
+            assert x["tokens"] == x["concurrent"] * r["tokens"]
+            for key in ("tokens_per_s", "wall_s", "itl_p50_ms", "itl_p95_ms"):
+                assert _measured(x[key]), (x, key)

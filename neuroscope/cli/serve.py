@@ -143,8 +143,21 @@ def serve_cmd(
     ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "warning",
     max_queue: Annotated[
-        int, typer.Option(help="Requests that may wait behind the running one; beyond it a request gets 429.", min=0)
+        int, typer.Option(help="Requests that may wait for a free batch row; beyond it a request gets 429.", min=0)
     ] = 64,
+    max_batch: Annotated[
+        int, typer.Option(help="Requests decoded together in one step (continuous batching); 1: one at a time.",
+                          min=1)
+    ] = 8,
+    prefill_chunk: Annotated[
+        int, typer.Option(help="Prompt tokens per prefill forward; a long prompt's chunks alternate with the "
+                               "running requests' steps.", min=1)
+    ] = 512,
+    max_context: Annotated[
+        Optional[int], typer.Option(help="Prompt + completion tokens a request may use (the KV cache allocated per "
+                                         "batch row at start-up); longer requests get 400. Default: the model's "
+                                         "context length.", min=2, show_default=False)
+    ] = None,
     served_model_name: Annotated[
         Optional[list[str]], typer.Option(help="Another name the model answers to in requests (repeatable); the "
                                                "model id and its last path component always work.",
@@ -193,6 +206,9 @@ def serve_cmd(
         allowed_hosts=split_origins(allowed_hosts),
         api_key=api_key,
         max_queue=max_queue,
+        max_batch=max_batch,
+        prefill_chunk=prefill_chunk,
+        max_context=max_context,
         served_model_names=tuple(served_model_name or ()),
     )
     try:

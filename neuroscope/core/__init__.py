@@ -3,8 +3,9 @@
 - ``protocol`` — the boundary: what a backend provides (``load``, ``prefill``, one fixed-shape ``decode_step``,
   ``to_host``, ``corpus_pass``), the records it returns, steering and feature-filter inputs;
 - ``decode`` — the one per-token state machine every backend runs under; ``records`` — host records → ``Step``;
-- ``engine`` — the generation thread (jobs in, text deltas and feature events out); ``text`` — incremental
-  detokenization and stop strings; ``feature_hub`` — the broadcast of feature events to subscribers;
+- ``engine`` — the generation thread (jobs in, text deltas and feature events out): ``jobs`` — what it is given
+  and gives back, ``stream`` — one job's host side per step; ``text`` — incremental detokenization and stop
+  strings; ``feature_hub`` — the broadcast of feature events to subscribers;
 - ``steering`` — steering specs from request bodies and the command line;
 - ``sae`` — SAE weights (Gemma Scope ``params.npz``) and the numpy reference encoder; ``checkpoint`` — a model
   checkpoint on disk; ``hub_cache`` — models and SAEs in the Hugging Face cache (list, pull, known releases);

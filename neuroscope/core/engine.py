@@ -1,4 +1,5 @@
-"""The generation thread: one thread owns the backend and runs queued jobs one at a time.
+"""The generation thread: one thread owns the backend and runs queued jobs — one at a time, or with ``max_batch``
+> 1 on a backend that batches, up to that many together (:class:`neuroscope.core.decode.Scheduler`).
 
 The event loop never runs a forward pass. Per token the thread turns the backend's Step into a text delta
 (for the chat response) and a feature event (for the hub), and hands both to the loop with one
@@ -11,15 +12,13 @@ import asyncio
 import logging
 import queue
 import threading
-import time
-import uuid
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from neuroscope.core import decode
 from neuroscope.core.feature_hub import FeatureHub
-from neuroscope.core.protocol import Backend, GenerationParams, ModelInfo, Step
-from neuroscope.core.text import Detokenizer, StopMatcher
+from neuroscope.core.jobs import Call, Chunk, Done, Job, TokenLogprob
+from neuroscope.core.protocol import Backend, BatchingBackend, ModelInfo, Step
+from neuroscope.core.stream import RequestStream
 
 if TYPE_CHECKING:  # the engine only calls them; the core does not import the data half
     from neuroscope.calibration.filters import ActiveFilter
@@ -28,71 +27,13 @@ if TYPE_CHECKING:  # the engine only calls them; the core does not import the da
 log = logging.getLogger("neuroscope.engine")
 
 
-def new_request_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
-
-
-@dataclass
-class Job:
-    prompt_ids: list[int]
-    params: GenerationParams
-    stop: list[str] = field(default_factory=list)
-    request_id: str = field(default_factory=new_request_id)
-    created: int = field(default_factory=lambda: int(time.time()))
-    # filled by the engine
-    out: asyncio.Queue | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-
-@dataclass
-class Call:
-    """Device work other than a generation (a feature page's linear algebra, an inspect prefill): ``fn`` runs
-    on the generation thread between generations, queued behind them like a job."""
-
-    fn: Callable[[], Any]
-    request_id: str = field(default_factory=lambda: f"call-{uuid.uuid4().hex[:24]}")
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    future: asyncio.Future | None = None
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """One generated token's log-probability and the top-n alternatives, as text (for the response shapes)."""
-
-    token: str
-    logprob: float
-    bytes: list[int]
-    offset: int  # where the token's text starts in the generated text
-    top: tuple[tuple[str, float, list[int]], ...] = ()  # (token, logprob, bytes), most likely first
-
-
-@dataclass(frozen=True)
-class Chunk:
-    text: str
-    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens of this chunk, when the request asked for logprobs
-
-
-@dataclass(frozen=True)
-class Done:
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    error: str | None = None
-
-
 class Engine:
     """Owns the backend on its own thread; ``submit`` queues a job and returns its output queue."""
 
     def __init__(self, backend: Backend, info: ModelInfo, hub: FeatureHub, labels: Labels, *, layer: int,
-                 feature_filter: ActiveFilter | None = None):
+                 feature_filter: ActiveFilter | None = None, max_batch: int = 1, max_context: int | None = None):
+        """``max_batch`` > 1 on a backend that batches (:class:`BatchingBackend`): up to that many jobs decode
+        together, their KV cache for ``max_context`` positions each (default: the model's) allocated here."""
         self.backend = backend
         # the filter the backend applies before top-k; when calibrated, events report surprise and filtered_count
         self.feature_filter = feature_filter
@@ -105,7 +46,17 @@ class Engine:
         self._jobs: queue.Queue[Job | Call | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._current: Job | None = None
+        self.running: dict[int, Job] = {}  # id -> job being generated (at most max_batch; changed under _lock)
+        self._lock = threading.Lock()
+        self._stepped = False  # a job has run (the last batch size without batching)
+        self.max_context = min(info.context_length, max_context or info.context_length)
+        self.max_batch, self.kv_bytes = 1, None  # the batch actually served, and its KV cache's size
+        self.scheduler: decode.Scheduler | None = None
+        if max_batch > 1 and isinstance(backend, BatchingBackend):
+            self.kv_bytes = backend.open_batch(max_batch, self.max_context)
+            if self.kv_bytes is not None:
+                self.max_batch = max_batch
+                self.scheduler = decode.Scheduler(backend, max_batch)
         self.completed = 0
         self.unfinished = 0  # submitted and not yet completed (loop thread only)
         # called on the generation thread per generated token with the seconds since the previous one (None for
@@ -132,9 +83,10 @@ class Engine:
         for job in pending:
             if job is not None:
                 job.cancel()
-        current = self._current
-        if current is not None:
-            current.cancel()
+        with self._lock:
+            running = list(self.running.values())
+        for job in running:
+            job.cancel()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Cancel everything queued or running and join the thread."""
@@ -147,6 +99,13 @@ class Engine:
     @property
     def queued(self) -> int:
         return self._jobs.qsize()
+
+    @property
+    def last_batch(self) -> int:
+        """Rows in the last decode step (1 without batching once a request has run)."""
+        if self.scheduler is not None:
+            return self.scheduler.last_batch
+        return 1 if self._stepped else 0
 
     def submit(self, job: Job) -> asyncio.Queue:
         """Queue ``job`` (call on the loop thread); its output queue yields Chunk items then one Done."""
@@ -169,21 +128,31 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ the thread
     def _run(self) -> None:
+        if self.scheduler is not None:
+            self._run_batched()
+            return
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            if isinstance(job, Call):
-                self._run_call(job)
-                continue
-            self._current = job
-            try:
-                self._run_job(job)
-            except Exception as exc:  # a failed generation must not take the server down
-                log.exception("generation %s failed", job.request_id)
-                self._finish(job, "error", error=f"generation failed: {exc}")
-            finally:
-                self._current = None
+            self._run_item(job)
+
+    def _run_item(self, job: Job | Call) -> None:
+        """Run one queued item to its end: a call, or a job decoded alone (under batching only calls come here,
+        between two steps)."""
+        if isinstance(job, Call):
+            self._run_call(job)
+            return
+        try:
+            self._run_job(job)
+        except Exception as exc:  # a failed generation must not take the server down
+            log.exception("generation %s failed", job.request_id)
+            self._release(job)
+            self._finish(job, "error", error=f"generation failed: {exc}")
+
+    def _release(self, job: Job) -> None:
+        with self._lock:
+            self.running.pop(id(job), None)
 
     def _run_call(self, job: Call) -> None:
         result, error = None, None
@@ -206,60 +175,49 @@ class Engine:
         if job.cancelled.is_set():
             self._finish(job, "cancelled")
             return
-        tok = self.info.tokenizer
-        params = job.params
-        if self.hub.prompt_subscribers > 0 and not params.prompt_features:
-            params = replace(params, prompt_features=True)
-        if not params.eos_token_ids:
-            params = replace(params, eos_token_ids=self.eos_ids)
-        detok = Detokenizer(tok)
-        prompt_detok = Detokenizer(tok, skip_special_tokens=False)
-        stops = StopMatcher(job.stop)
+        stream = RequestStream(self, job)
         finish = "length"
-        on_token = self.on_token
-        gen = decode.generate(self.backend, job.prompt_ids, params)
-        last: float | None = None  # the first token's time is the prefill's: not a time per token
-        offset = 0  # characters generated so far (the text offset of the next token)
+        gen = decode.generate(self.backend, job.prompt_ids, stream.params)
         try:
             for step in gen:
-                if job.cancelled.is_set():
-                    finish = "cancelled"
-                    break
-                if step.prompt:
-                    self._post(self._publish, "feature_activation", self._event(job, step, prompt_detok.add(step.token_id)), True)
-                    continue
-                if step.finish_reason == "stop":  # EOS ends the turn: no text, but its features are the
-                    finish = "stop"                # model's state as it decided to stop
-                    self._post(self._publish, "feature_activation", self._event(job, step, ""), False)
-                    break
-                delta = detok.add(step.token_id)
-                if step.finish_reason == "length":
-                    delta += detok.flush()
-                event = self._event(job, step, delta)
-                job.completion_tokens += 1
-                if on_token is not None:
-                    now = time.perf_counter()
-                    on_token(None if last is None else now - last)
-                    last = now
-                lps = () if step.logprob is None else (self._logprob(step, offset),)
-                offset += len(delta)
-                visible = stops.feed(delta)
-                self._post(self._deliver, job, visible, event, lps)
-                if stops.stopped:
-                    finish = "stop"
-                    break
-                if step.finish_reason == "length":
-                    finish = "length"
+                reason = stream.step(step)
+                if reason is not None:
+                    finish = reason
                     break
         finally:
             gen.close()
-        if finish != "cancelled":
-            # text held back as a possible stop-string prefix is released now. Bytes of an unfinished UTF-8
-            # character before EOS are dropped: they decode to nothing and belong to no token event.
-            rest = stops.finish()
-            if rest:
-                self._post(self._deliver, job, rest, None)
-        self._finish(job, finish)
+        stream.end(finish)
+
+    def _run_batched(self) -> None:
+        """Continuous batching: the scheduler takes jobs from the queue as rows free up. Should the scheduler itself
+        fail, its requests end with an error and it starts again (a failure must not take the server down)."""
+        while True:
+            try:
+                self.scheduler.run(self._take)
+                return
+            except Exception as exc:
+                log.exception("the batch scheduler failed")
+                self.scheduler.abort(exc)
+
+    def _take(self, block: bool):
+        while True:
+            try:
+                job = self._jobs.get(block)
+            except queue.Empty:
+                return None
+            if job is None:
+                return decode.CLOSED
+            if not isinstance(job, Job):  # another kind of queued work runs between steps, as it would alone
+                self._run_item(job)
+                if not block:
+                    return None
+                continue
+            if job.cancelled.is_set():
+                self._finish(job, "cancelled")
+                if not block:
+                    return None
+                continue
+            return RequestStream(self, job)
 
     def _token_text(self, token_id: int) -> tuple[str, list[int]]:
         """A token's own text and its UTF-8 bytes (a byte-fallback token ``<0xNN>`` is that one byte)."""
@@ -366,4 +324,3 @@ class Engine:
             },
         )
         job.out.put_nowait(done)
-

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Generator, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -344,3 +344,41 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchingBackend(Protocol):
+    """What a backend adds for continuous batching (:class:`neuroscope.core.decode.Scheduler`). Rows are keyed by
+    an opaque handle of the core's; a step advances every joined row by one token and its record crosses to the
+    host once for all rows. A row's tokens and features never depend on the other rows."""
+
+    def open_batch(self, max_batch: int, max_context: int) -> int | None:
+        """Allocate the KV cache for ``max_batch`` rows of ``max_context`` positions (at start-up); returns its
+        bytes, or None when the backend's engine decodes one request at a time."""
+        ...
+
+    def prefill_steps(self, prompt_ids: list[int], params: GenerationParams, *,
+                      joining: bool = False) -> Generator[None, None, Prefilled]:
+        """:meth:`Backend.prefill` in chunks: yields between chunks, returns the Prefilled (``joining``: for
+        :meth:`join`)."""
+        ...
+
+    def join(self, key: Any, pre: Prefilled) -> None:
+        """The prefilled request becomes a row of the batch (its first token is ``pre.record``)."""
+        ...
+
+    def leave(self, key: Any) -> None:
+        """Free the row at once (a step already queued still carries it; its entry is ignored)."""
+        ...
+
+    def batch_step(self) -> Any:
+        """Queue one step of every row; returns it without waiting."""
+        ...
+
+    def batch_to_host(self, step: Any) -> list[tuple[Any, np.ndarray]]:
+        """Wait for a step and copy it to the host: (key, the row's token record) per row it carried."""
+        ...
+
+    def reset_batch(self) -> None:
+        """Drop every row (after a failed step)."""
+        ...

@@ -119,6 +119,8 @@ class NeuroscopeServer:
         filter_warning: str | None = None,
         sae_input_norm: str = "none",
         explore_namespace=None,  # a store.paths.Namespace: where feature pages find calibration and examples
+        max_batch: int = 1,
+        max_context: int | None = None,
     ):
         """``idle_timeout``: a connection that has not sent a complete request head within this many seconds
         of opening or of its last response is closed (idle keep-alive and slowloris alike); ``body_timeout``:
@@ -127,7 +129,8 @@ class NeuroscopeServer:
         labels = LabelChain.of(labels)
         self.labels = labels
         self.hub = FeatureHub(queue_size)
-        self.engine = Engine(backend, info, self.hub, labels, layer=layer, feature_filter=feature_filter)
+        self.engine = Engine(backend, info, self.hub, labels, layer=layer, feature_filter=feature_filter,
+                             max_batch=max_batch, max_context=max_context)
         self.access = access or Access(bind_host=host)
         redact.install(self.access.api_key)
         self.metrics = Metrics(self.engine, self.hub)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from neuroscope.core.engine import Chunk, Done, Job, TokenLogprob
+from neuroscope.core.jobs import Chunk, Done, Job, TokenLogprob
 from neuroscope.core.protocol import GenerationParams
 from neuroscope.server import access
 from neuroscope.server.body import read_json
@@ -64,6 +64,10 @@ async def health(request: web.Request) -> web.Response:
             "sae": st.sae_id,
             "sae_dtype": st.engine.info.sae_dtype,
             "queued": st.engine.queued,
+            "running": len(st.engine.running),
+            "last_batch": st.engine.last_batch,
+            "max_batch": st.engine.max_batch,
+            "max_context": st.engine.max_context,
             "completed": st.engine.completed,
         }
     )
@@ -77,7 +81,7 @@ def _context_error(ctx: int, n: int, what: str, at_least: bool = False) -> APIEr
 
 
 def _plan(st: ServerState, req: SamplingRequest, prompt_ids: list[int], what: str, request_id: str) -> Job:
-    ctx = st.engine.info.context_length
+    ctx = st.engine.max_context  # the model's context length, or less under --max-context
     n = len(prompt_ids)
     if n >= ctx:
         raise _context_error(ctx, n, what)
@@ -103,7 +107,7 @@ def _plan(st: ServerState, req: SamplingRequest, prompt_ids: list[int], what: st
 def _too_long(st: ServerState, texts: list[str], what: str) -> None:
     """Refuse text that cannot fit before tokenizing it (a body near the size limit tokenizes slowly and
     allocates far more than its size)."""
-    ctx = st.engine.info.context_length
+    ctx = st.engine.max_context
     least = at_least_tokens(st.engine.info.tokenizer, sum(len(t.encode("utf-8")) for t in texts))
     if least >= ctx:
         raise _context_error(ctx, least, what, at_least=True)

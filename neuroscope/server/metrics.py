@@ -39,8 +39,12 @@ class Metrics:
         self.time_per_token = Histogram("neuroscope_time_per_token_seconds",
                                         "Time between consecutive generated tokens", buckets=TOKEN_BUCKETS,
                                         registry=r)
-        queue = Gauge("neuroscope_queue_depth", "Requests waiting behind the running one", registry=r)
+        queue = Gauge("neuroscope_queue_depth", "Requests waiting for a free batch row", registry=r)
         queue.set_function(lambda: engine.queued)
+        running = Gauge("neuroscope_running_requests", "Requests being generated (batch rows in use)", registry=r)
+        running.set_function(lambda: len(engine.running))
+        batch = Gauge("neuroscope_last_batch_size", "Requests advanced by the last decode step", registry=r)
+        batch.set_function(lambda: engine.last_batch)
         subs = Gauge("neuroscope_feature_subscribers", "Open feature-stream (SSE) subscribers", registry=r)
         subs.set_function(lambda: hub.subscribers)
         r.register(_Dropped(hub))

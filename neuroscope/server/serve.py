@@ -75,7 +75,19 @@ def _label_rows(rt: Runtime) -> list[tuple[str, str]]:
     return rows
 
 
-def _panel(rt: Runtime, bound: Bound) -> Panel:
+def batch_row(engine, config: ServeConfig) -> str:
+    """The batch settings: rows, context and the KV cache planned for them, or why requests go one at a time."""
+    if engine.max_batch > 1:
+        gib = engine.kv_bytes / 2**30
+        took = getattr(engine.backend, "batch_compile_seconds", None)
+        took = f"; batch buckets compiled in {took:.1f} s" if took is not None else ""
+        return (f"up to {engine.max_batch} requests per step, {engine.max_context:,} tokens each (KV cache "
+                f"{gib:.2f} GiB allocated); prompts prefilled in chunks of {config.prefill_chunk}{took}")
+    why = "--max-batch 1" if config.max_batch == 1 else "this backend / engine decodes one request at a time"
+    return f"one request at a time ({why}), {engine.max_context:,} tokens each"
+
+
+def _panel(rt: Runtime, bound: Bound, engine=None) -> Panel:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold cyan", justify="right")
     t.add_column(overflow="fold")
@@ -91,6 +103,8 @@ def _panel(rt: Runtime, bound: Bound) -> Panel:
         t.add_row("engine", escape(rt.engine) + took)
         if rt.engine_warning:
             t.add_row("", f"[yellow]warning: {escape(rt.engine_warning)}[/]")
+    if engine is not None:
+        t.add_row("batching", escape(batch_row(engine, cfg)))
     t.add_row("top-k", str(cfg.top_k))
     for name, value in _label_rows(rt):
         t.add_row(name, value)
@@ -141,10 +155,12 @@ def serve(config: ServeConfig, console: Console | None = None) -> int:
         filter_warning=rt.filter_warning,
         sae_input_norm=rt.config.sae_input_norm,
         explore_namespace=_namespace(rt.config),
+        max_batch=rt.config.max_batch,
+        max_context=rt.config.max_context,
     )
 
     def ready(bound: Bound) -> None:
-        console.print(_panel(rt, bound))
+        console.print(_panel(rt, bound, server.engine))
         warning = exposure_warning(rt.config)
         if warning:
             console.print(f"[bold red]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)

@@ -254,3 +254,46 @@ def test_shutdown_answers_queued_explorer_requests_with_503(tiny_fixture):
     finally:
         gate.set()
         pool.shutdown()
+
+
+class LoggedBackend:
+    """The real backend, each batch step slowed a little and logged with the feature pages' device work."""
+
+    def __init__(self, backend):
+        self._backend, self.log = backend, []
+
+    def batch_step(self):
+        self.log.append("step")
+        time.sleep(0.02)
+        return self._backend.batch_step()
+
+    def feature_effects(self, *args, **kwargs):
+        self.log.append("effects")
+        return self._backend.feature_effects(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+def test_under_batching_device_work_runs_between_two_steps_of_a_running_generation(tiny_fixture):
+    srv = RunningServer("torch-cpu", tiny_fixture, max_batch=4, max_tokens=200)
+    engine = srv.server.engine
+    engine.backend = engine.scheduler.backend = logged = LoggedBackend(srv.backend)
+    pool = ThreadPoolExecutor(2)
+    try:
+        chat = pool.submit(httpx.post, f"{srv.chat}/v1/chat/completions", timeout=120,
+                           json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200,
+                                 "temperature": 0, "logit_bias": {str(srv.info.eos_token_ids[0]): -100}})
+        deadline = time.monotonic() + 60
+        while logged.log.count("step") < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        page = _get(srv, "/v1/features/4")
+        assert page.status_code == 200 and page.json()["neighbours"]
+        reply = chat.result(120).json()
+        assert reply["usage"]["completion_tokens"] == 200
+        at = logged.log.index("effects")
+        assert logged.log.count("effects") == 1 and 3 <= at < len(logged.log) - 1  # steps before and after it
+    finally:
+        pool.shutdown()
+        srv.stop()

@@ -1,0 +1,183 @@
+"""Continuous batching through a real server: concurrent OpenAI clients decode in one batch, and each gets the very
+reply and feature events it gets alone; /health and /metrics report the batch; --max-context is a 400."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.support.server import RunningServer, SSEReader
+
+REQUESTS = [
+    {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 24, "temperature": 0},
+    {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 18, "temperature": 0.9, "seed": 5},
+    {"messages": [{"role": "user", "content": "Tell me a story about a mill by a river, please."}], "max_tokens": 20,
+     "seed": 9, "stop": ["ee"], "steering": {"features": [{"index": 3, "mode": "add", "value": 30.0}]},
+     "logprobs": True, "top_logprobs": 2},
+    {"messages": [{"role": "user", "content": "Count: one two three"}], "max_tokens": 22, "temperature": 0,
+     "frequency_penalty": 0.5},
+]
+
+
+class HeldBackend:
+    """The real backend; the first prefill waits at ``gate`` (so the other requests queue and then join the running
+    one), and every batch step's size is recorded."""
+
+    def __init__(self, backend, gate: threading.Event):
+        self._backend, self.gate, self.sizes = backend, gate, []
+        self.entered = threading.Event()
+
+    def prefill_steps(self, *args, **kwargs):
+        self.entered.set()
+        self.gate.wait(60)
+        return (yield from self._backend.prefill_steps(*args, **kwargs))
+
+    def batch_step(self):
+        self.sizes.append(len(self._backend.batch.rows))
+        return self._backend.batch_step()
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+def _stream(srv, body) -> tuple[str, str]:
+    """One streaming chat request: (its id, its text)."""
+    text, rid = [], None
+    with httpx.stream("POST", f"{srv.chat}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[6:])
+                rid = chunk["id"]
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    text.append(chunk["choices"][0]["delta"]["content"])
+    return rid, "".join(text)
+
+
+def _events(reader, rid) -> list[dict]:
+    out = []
+    for e in reader.of(rid):
+        e = dict(e)
+        e.pop("request_id")
+        out.append(e)
+    return out
+
+
+def _assert_same_events(got: list[dict], want: list[dict]) -> None:
+    """Equal events, activations to 1e-4 relative."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert {k: v for k, v in g.items() if k != "top_features"} == {k: v for k, v in w.items() if k != "top_features"}
+        assert [f["index"] for f in g["top_features"]] == [f["index"] for f in w["top_features"]], g["token_index"]
+        assert [f["activation"] for f in g["top_features"]] == pytest.approx(
+            [f["activation"] for f in w["top_features"]], rel=1e-4, abs=1e-5)
+
+
+def _wait(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_concurrent_clients_get_what_they_get_alone(tiny_fixture):
+    alone = RunningServer("torch-cpu", tiny_fixture)  # --max-batch 1: today's engine
+    try:
+        assert httpx.get(f"{alone.chat}/health").json()["max_batch"] == 1
+        reader = SSEReader(f"{alone.features}/v1/features/stream", until_complete=len(REQUESTS)).start()
+        solo = [_stream(alone, body) for body in REQUESTS]
+        reader.wait()
+        solo_events = [_events(reader, rid) for rid, _ in solo]
+    finally:
+        alone.stop()
+
+    gate = threading.Event()
+    srv = RunningServer("torch-cpu", tiny_fixture, max_batch=4)
+    held = HeldBackend(srv.backend, gate)
+    srv.server.engine.backend = held
+    srv.server.engine.scheduler.backend = held
+    pool = ThreadPoolExecutor(len(REQUESTS))
+    try:
+        reader = SSEReader(f"{srv.features}/v1/features/stream", until_complete=len(REQUESTS)).start()
+        first = pool.submit(_stream, srv, REQUESTS[0])
+        _wait(held.entered.is_set)
+        rest = [pool.submit(_stream, srv, body) for body in REQUESTS[1:]]
+        _wait(lambda: httpx.get(f"{srv.chat}/health").json()["queued"] == len(REQUESTS) - 1)
+        health = httpx.get(f"{srv.chat}/health").json()
+        assert health["running"] == 1 and health["max_batch"] == 4
+        gate.set()
+        batched = [first.result(60), *[f.result(60) for f in rest]]
+        reader.wait()
+        assert max(held.sizes) >= 3, f"the requests should have decoded together: {held.sizes}"
+        for (rid, text), (_, solo_text), want in zip(batched, solo, solo_events):
+            assert text == solo_text
+            got = _events(reader, rid)
+            assert [e["token_index"] for e in got] == list(range(len(got)))
+            _assert_same_events(got, want)
+        health = httpx.get(f"{srv.chat}/health").json()
+        assert health["running"] == 0 and health["queued"] == 0 and health["last_batch"] >= 1
+        metrics = httpx.get(f"{srv.chat}/metrics").text
+        assert "neuroscope_running_requests 0.0" in metrics
+        assert "neuroscope_last_batch_size" in metrics
+    finally:
+        gate.set()
+        pool.shutdown()
+        srv.stop()
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_a_request_longer_than_max_context_is_a_400_before_it_queues(tiny_fixture, max_batch):
+    srv = RunningServer("torch-cpu", tiny_fixture, max_batch=max_batch, max_context=64)
+    try:
+        assert httpx.get(f"{srv.chat}/health").json()["max_context"] == 64
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 60}
+        r = httpx.post(f"{srv.chat}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert "64" in r.json()["error"]["message"]
+        r = httpx.post(f"{srv.chat}/v1/chat/completions", json={**body, "max_tokens": 8}, timeout=30)
+        assert r.status_code == 200
+        assert httpx.get(f"{srv.chat}/health").json()["completed"] == 1
+    finally:
+        srv.stop()
+
+
+def test_the_start_up_panel_states_the_batch_settings(tiny_fixture):
+    from neuroscope.config import ServeConfig
+    from neuroscope.server.serve import batch_row
+
+    srv = RunningServer("torch-cpu", tiny_fixture, max_batch=4, max_context=128)
+    try:
+        engine = srv.server.engine
+        assert engine.kv_bytes > 0
+        row = batch_row(engine, ServeConfig(max_batch=4, prefill_chunk=64, max_context=128))
+        assert "up to 4 requests per step, 128 tokens each" in row and "chunks of 64" in row and "GiB" in row
+    finally:
+        srv.stop()
+    srv = RunningServer("torch-cpu", tiny_fixture)
+    try:
+        assert batch_row(srv.server.engine, ServeConfig(max_batch=1)).startswith("one request at a time (--max-batch 1)")
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif("mlx" not in __import__("neuroscope.core.registry", fromlist=["available"]).available(),
+                    reason="mlx is not available here")
+def test_a_backend_that_does_not_batch_serves_one_request_at_a_time(tiny_fixture):
+    from neuroscope.config import ServeConfig
+    from neuroscope.server.serve import batch_row
+
+    srv = RunningServer("mlx", tiny_fixture, max_batch=4)
+    try:
+        health = httpx.get(f"{srv.chat}/health").json()
+        assert health["max_batch"] == 1 and health["last_batch"] == 0
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0}
+        assert httpx.post(f"{srv.chat}/v1/chat/completions", json=body, timeout=60).status_code == 200
+        assert httpx.get(f"{srv.chat}/health").json()["last_batch"] == 1
+        assert "decodes one request at a time" in batch_row(srv.server.engine, ServeConfig(max_batch=4))
+    finally:
+        srv.stop()
