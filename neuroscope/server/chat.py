@@ -74,23 +74,30 @@ async def health(request: web.Request) -> web.Response:
 
 
 # ------------------------------------------------------------------------------------------------ planning
-def _context_error(ctx: int, n: int, what: str, at_least: bool = False) -> APIError:
+def _limit(st: ServerState) -> str:
+    """OpenAI's wording of the context limit; under ``--max-context`` it says the limit is the server's."""
+    ctx, model = st.engine.max_context, st.engine.info.context_length
+    if ctx < model:
+        return f"This server's maximum context length is {ctx} tokens (--max-context; the model's is {model})"
+    return f"This model's maximum context length is {ctx} tokens"
+
+
+def _context_error(st: ServerState, n: int, what: str, at_least: bool = False) -> APIError:
     take = f"at least {n}" if at_least else str(n)
-    return APIError(f"This model's maximum context length is {ctx} tokens, but the {what} take {take} tokens.",
-                    param=what, code="context_length_exceeded")
+    return APIError(f"{_limit(st)}, but the {what} take {take} tokens.", param=what, code="context_length_exceeded")
 
 
 def _plan(st: ServerState, req: SamplingRequest, prompt_ids: list[int], what: str, request_id: str) -> Job:
     ctx = st.engine.max_context  # the model's context length, or less under --max-context
     n = len(prompt_ids)
     if n >= ctx:
-        raise _context_error(ctx, n, what)
+        raise _context_error(st, n, what)
     room = ctx - n
     if req.max_tokens is None:
         max_tokens = min(st.default_max_tokens, room)
     elif req.max_tokens > room:
         raise APIError(
-            f"This model's maximum context length is {ctx} tokens. However, you requested {n + req.max_tokens} "
+            f"{_limit(st)}. However, you requested {n + req.max_tokens} "
             f"tokens ({n} in the {what}, {req.max_tokens} in the completion).",
             param="max_tokens", code="context_length_exceeded",
         )
@@ -110,7 +117,7 @@ def _too_long(st: ServerState, texts: list[str], what: str) -> None:
     ctx = st.engine.max_context
     least = at_least_tokens(st.engine.info.tokenizer, sum(len(t.encode("utf-8")) for t in texts))
     if least >= ctx:
-        raise _context_error(ctx, least, what, at_least=True)
+        raise _context_error(st, least, what, at_least=True)
 
 
 def plan_chat(st: ServerState, body: Any) -> tuple[ChatRequest, Job]:
