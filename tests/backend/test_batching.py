@@ -18,12 +18,14 @@ from neuroscope.core.protocol import FeatureFilter, GenerationParams, SteerFeatu
 from tests.support.reference import load_backend
 
 K = 8
-pytestmark = pytest.mark.skipif("torch-cpu" not in registry.available(), reason="torch-cpu is not available")
+BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(name not in registry.available(),
+                                                       reason=f"{name} is not available"))
+            for name in ("torch-cpu", "mlx")]
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny_fixture):
-    backend, info, sae = load_backend("torch-cpu", tiny_fixture, top_k=K)
+@pytest.fixture(scope="module", params=BACKENDS)
+def loaded(request, tiny_fixture):
+    backend, info, sae = load_backend(request.param, tiny_fixture, top_k=K)
     yield backend, info, sae
     backend.close()
 
