@@ -233,7 +233,7 @@ class MLXBackend:
         self.batch.leave(key)
 
     def batch_step(self):
-        return self.batch.step(self.layer, self.capture, draw)
+        return self.batch.step(self.layer, self.capture, draw, self.decode_step)
 
     def batch_to_host(self, step) -> list[tuple[object, np.ndarray]]:
         record, rows = step

@@ -99,12 +99,15 @@ class MLXBatch:
     def clear(self) -> None:
         self.rows.clear()
 
-    def step(self, layer: int, capture: bool, draw) -> tuple[Any, list[Row]]:
+    def step(self, layer: int, capture: bool, draw, solo) -> tuple[Any, list[Row]]:
         """Queue one step of every row: the (B, width) record and the rows it belongs to, in order. ``draw(state,
-        logits)`` is the solo step's per-request logit processing and sampling."""
+        logits)`` is the solo step's per-request logit processing and sampling; ``solo(state)`` the solo step
+        itself, which a single row runs (fewer ops than a batch of one)."""
         rows = list(self.rows)
         if not rows:
             raise RuntimeError("no rows to step")
+        if len(rows) == 1:
+            return solo(rows[0].state)[None], rows
         states = [r.state for r in rows]
         counts = []
         with mx.stream(self.stream):
