@@ -215,9 +215,8 @@ class MLXBackend:
 
     # ------------------------------------------------------------------------------------------- batching
     def open_batch(self, max_batch: int, max_context: int) -> int | None:
-        """Allocate the global layers' caches of ``max_batch`` slots x ``max_context`` positions
-        (:mod:`backends.mlx_batch`); returns the bytes of the batch's KV cache (the local layers' rotating caches,
-        ``sliding_window`` entries per row, included)."""
+        """Allocate the batch's KV cache (:mod:`backends.mlx_batch`): ``max_batch`` rows of ``max_context``
+        positions on the global layers and of ``sliding_window`` on the local ones; returns its bytes."""
         if self.model is None or self.sae is None:
             raise BackendError("backend is not loaded")
         from backends.mlx_batch import MLXBatch
@@ -233,7 +232,7 @@ class MLXBackend:
         self.batch.leave(key)
 
     def batch_step(self):
-        return self.batch.step(self.layer, self.capture, draw, self.decode_step)
+        return self.batch.step(self.layer, self.capture, draw)
 
     def batch_to_host(self, step) -> list[tuple[object, np.ndarray]]:
         record, rows = step

@@ -104,6 +104,12 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
+        return self.attention(q, k, v, mask)
+
+    def attention(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
+        """Scaled, soft-capped attention of ``q`` (B, heads, L, hd) over ``k``, ``v`` (B, kv heads, S, hd), ``mask``
+        (True = attend) broadcast to (B, kv heads, repeats, L, S) with grouped queries, else (B, heads, L, S)."""
+        B, _, L, _ = q.shape
         q = q * self.scale
         if self.repeats > 1:  # grouped-query attention without materialising repeated keys
             q = q.reshape(B, self.n_kv_heads, self.repeats, L, self.head_dim)
