@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generator
 
 import numpy as np
 
@@ -47,6 +47,8 @@ class _Request:
     top_p: float
     steer: Any = None  # this request's MLXSteer (fixed-shape arrays), applied in every decode step
     logits: Any = None  # this request's _LogitProcessor (bias / penalties / logprobs); None: the plain graph
+    n: int = 0  # prompt tokens
+    params: GenerationParams | None = None
 
 
 class MLXBackend:
@@ -57,8 +59,9 @@ class MLXBackend:
         self.sae = None
         self.layer = -1
         self.capture = True  # False: plain decoding, no residual capture and no SAE (benchmarks' baseline)
-        self.prefill_step = 2048  # prompt tokens per prefill chunk (bounds attention memory on long prompts)
+        self.prefill_chunk = 2048  # prompt tokens per prefill chunk (bounds attention memory on long prompts)
         self._effects = None  # the feature page's weights view, made on first use
+        self.batch = None  # the rows decoding together (open_batch): a backends.mlx_batch.MLXBatch
 
     # ------------------------------------------------------------------------------------------- discovery
     @classmethod
@@ -142,6 +145,7 @@ class MLXBackend:
         self.model = None
         self.sae = None
         self._effects = None
+        self.batch = None
 
     def feature_effects(self, index: int, *, neighbours: int = 10, logits: int = 10) -> FeatureEffects:
         """Neighbours and logit effects of one feature, on the device (:mod:`backends.mlx_explore`)."""
@@ -156,9 +160,19 @@ class MLXBackend:
 
     # ------------------------------------------------------------------------------------------- the pieces
     def prefill(self, prompt_ids: list[int], params: GenerationParams) -> Prefilled:
-        """All prompt chunks but the last only fill the caches; the last one also samples the first token.
-        Nothing is evaluated here but the caches between chunks: the first record is queued with one
-        ``mx.async_eval``, and the prompt records (one batched encode) stay lazy until ``to_host``."""
+        gen = self.prefill_steps(prompt_ids, params)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
+
+    def prefill_steps(self, prompt_ids: list[int], params: GenerationParams, *,
+                      joining: bool = False) -> Generator[None, None, Prefilled]:
+        """All prompt chunks but the last only fill the caches (yielding after each); the last one also samples
+        the first token. Nothing is evaluated here but the caches between chunks: the first record is queued with
+        one ``mx.async_eval``, and the prompt records (one batched encode) stay lazy until ``to_host``. A request
+        that joins the batch is prefilled the same way (its own caches; :meth:`join` moves them into a slot)."""
         import mlx.core as mx
 
         if self.model is None or self.sae is None:
@@ -168,13 +182,14 @@ class MLXBackend:
         steer = self.sae.steerer(params.steering, self.layer) if params.steering is not None else None
         state = _Request(model.make_cache(), None, mx.random.key(seed & 0xFFFF_FFFF_FFFF_FFFF),  # unsigned 64-bit
                          params.temperature, params.top_p, steer,
-                         _LogitProcessor(params, self.model.args.vocab_size) if params.processes_logits else None)
+                         _LogitProcessor(params, self.model.args.vocab_size) if params.processes_logits else None,
+                         len(prompt_ids), params)
         prompt_steer = steer if steer is not None and steer.positions == "all" else None
         want_prompt = params.prompt_features and capture
         stream = _generation_stream()
         ids = mx.array(prompt_ids, dtype=mx.int32)[None]
         kept: list = []
-        chunk = max(1, int(self.prefill_step))
+        chunk = max(1, int(self.prefill_chunk))
         while ids.shape[1] > chunk:
             with mx.stream(stream):
                 out = model(ids[:, :chunk], state.cache, capture_layer=self.layer if want_prompt else None,
@@ -183,6 +198,7 @@ class MLXBackend:
                     kept.append(out[1][0])
                 mx.eval([c.state for c in state.cache] + kept)
             ids = ids[:, chunk:]
+            yield
         record, hidden = self._step(state, ids, prompt_steer)
         prompt_records = None
         if want_prompt:
@@ -196,6 +212,36 @@ class MLXBackend:
 
     def to_host(self, record) -> np.ndarray:
         return np.array(record)
+
+    # ------------------------------------------------------------------------------------------- batching
+    def open_batch(self, max_batch: int, max_context: int) -> int | None:
+        """Allocate the batch's KV cache (:mod:`backends.mlx_batch`): ``max_batch`` rows of ``max_context``
+        positions on the global layers and of ``sliding_window`` on the local ones; returns its bytes."""
+        if self.model is None or self.sae is None:
+            raise BackendError("backend is not loaded")
+        from backends.mlx_batch import MLXBatch
+
+        self.batch = MLXBatch(self.model, self.sae, max_batch, max_context, _generation_stream())
+        return self.batch.bytes
+
+    def join(self, key: object, pre: Prefilled) -> None:
+        st: _Request = pre.state
+        self.batch.join(key, st, st.n, st.params)
+
+    def leave(self, key: object) -> None:
+        self.batch.leave(key)
+
+    def batch_step(self):
+        return self.batch.step(self.layer, self.capture, draw)
+
+    def batch_to_host(self, step) -> list[tuple[object, np.ndarray]]:
+        record, rows = step
+        host = np.array(record)
+        return [(r.key, rec) for r, rec in zip(rows, self.batch.split(host, rows, self.capture))]
+
+    def reset_batch(self) -> None:
+        if self.batch is not None:
+            self.batch.clear()
 
     def corpus_pass(self, batch: CorpusBatch, *, records: bool = False) -> CorpusResult:
         """Prefill only: block N's output of a padded batch, the SAE encode, statistics reduced on the device,
@@ -214,30 +260,37 @@ class MLXBackend:
 
         capture = self.capture
         with mx.stream(_generation_stream()):
-            sub = None
-            if state.temperature > 0:  # greedy decoding needs no randomness (and no key split per token)
-                state.key, sub = mx.random.split(state.key)
             out = self.model(tokens, state.cache, capture_layer=self.layer if capture else None, last_only=True,
                              steer=steer)
             logits, hidden = out if capture else (out, None)
-            last = logits[:, -1, :]
-            proc = state.logits
-            if proc is not None:
-                last = proc.process(last)
-            state.token = _sample(last, state.temperature, state.top_p, sub)
+            tail = draw(state, logits[:, -1, :])
             parts = [state.token.astype(mx.float32)]
             if capture:
                 parts.append(self.sae.topk(hidden[:, -1, :])[0])
-            if proc is not None:
-                tail = proc.after(last, state.token)
-                if tail is not None:
-                    parts.append(tail)
+            if tail is not None:
+                parts.append(tail)
             record = parts[0] if len(parts) == 1 else mx.concatenate(parts)
         if state.logits is not None and state.logits.counts is not None:
             mx.async_eval(record, state.logits.counts)  # the counts the next step reads, computed with this one
         else:
             mx.async_eval(record)
         return record, hidden
+
+
+def draw(state: _Request, last):
+    """One request's next token from its (1, vocab) logits: its logit processing, then greedy or a sample with its
+    own PRNG key (split once per sampled token). Sets ``state.token``; returns the record's logprob tail (None
+    without logprobs). The solo step and every row of a batch step draw with this."""
+    import mlx.core as mx
+
+    sub = None
+    if state.temperature > 0:  # greedy decoding needs no randomness (and no key split per token)
+        state.key, sub = mx.random.split(state.key)
+    proc = state.logits
+    if proc is not None:
+        last = proc.process(last)
+    state.token = _sample(last, state.temperature, state.top_p, sub)
+    return proc.after(last, state.token) if proc is not None else None
 
 
 _STREAM = None

@@ -86,14 +86,30 @@ class Attention(nn.Module):
         self.rope = nn.RoPE(self.head_dim, traditional=args.rope_traditional, base=args.rope_theta)
 
     def __call__(self, x: mx.array, mask: mx.array | None, cache: Any) -> mx.array:
+        return self.o_proj(self.attend(*self.project(x), mask, cache))
+
+    def project(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """``x`` (B, L, d) -> queries (B, heads, L, head_dim), keys and values (B, kv heads, L, head_dim)."""
         B, L, _ = x.shape
         q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        return q, k, v
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None, cache: Any) -> mx.array:
+        """RoPE at the cache's offset, the cache update and the attention of projected ``q``, ``k``, ``v``:
+        (B, L, heads * head_dim), before ``o_proj``."""
+        B, _, L, _ = q.shape
         offset = cache.offset if cache is not None else 0
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
+        return self.attention(q, k, v, mask)
+
+    def attention(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
+        """Scaled, soft-capped attention of ``q`` (B, heads, L, hd) over ``k``, ``v`` (B, kv heads, S, hd), ``mask``
+        (True = attend) broadcast to (B, kv heads, repeats, L, S) with grouped queries, else (B, heads, L, S)."""
+        B, _, L, _ = q.shape
         q = q * self.scale
         if self.repeats > 1:  # grouped-query attention without materialising repeated keys
             q = q.reshape(B, self.n_kv_heads, self.repeats, L, self.head_dim)
@@ -104,7 +120,7 @@ class Attention(nn.Module):
         out = mx.softmax(scores, axis=-1, precise=True) @ v
         if self.repeats > 1:
             out = out.reshape(B, self.n_heads, L, self.head_dim)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return out.transpose(0, 2, 1, 3).reshape(B, L, -1)
 
 
 class MLP(nn.Module):

@@ -6,7 +6,7 @@ Every request arrives at once, is greedy, instrumented (SAE encode + top-k in ev
 new tokens. A request's inter-token latencies are the gaps between its consecutive tokens (its first token, which
 waits for its prefill and for the requests queued before it, is not a gap); p50 / p95 are over every gap of every
 request. Aggregate tokens/s is all tokens over the wall time from the first arrival to the last token. Measured at
-the generation thread (no HTTP), on the backends that batch (the torch eager engine).
+the generation thread (no HTTP), on the backends that batch (torch and MLX).
 """
 
 from __future__ import annotations

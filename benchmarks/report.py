@@ -140,7 +140,8 @@ def concurrency_table(rows: list[dict]) -> Table:
                 x = by.get(n)
                 cells.append("-" if x is None else f"{x['tokens_per_s']:.0f} tok/s, {_f(x['itl_p50_ms'])} / "
                                                    f"{_f(x['itl_p95_ms'])}")
-            t.add_row(f"{r['backend']} ({r.get('engine', 'eager')})", f"{r['model']} {r['dtype']}", str(mb), *cells)
+            engine = "" if r["backend"] == "mlx" else f" ({r.get('engine', 'eager')})"
+            t.add_row(f"{r['backend']}{engine}", f"{r['model']} {r['dtype']}", str(mb), *cells)
     return t
 
 

@@ -16,7 +16,7 @@ from neuroscope.core import fixtures
 GEMMA_D_MODEL = fixtures.SHAPES["gemma-2-2b"].hidden_size
 TINY = fixtures.SHAPES["tiny"]
 DECODE_BACKENDS = ("torch-cpu", "torch-cuda", "mlx")
-BATCHING_BACKENDS = ("torch-cpu", "torch-cuda")  # continuous batching: the torch eager engine
+BATCHING_BACKENDS = ("torch-cpu", "torch-cuda", "mlx")  # continuous batching: torch eager and compiled, MLX
 MLX_CPU_BIG_ITERS = 10  # mlx[cpu] uses a reference BLAS: big shapes get a few iterations only
 BUSY_CORES = 0.2  # other processes' average use above which a run is flagged as contended
 BIG_MODEL_PARAMS = 100_000_000  # above this a model counts as big for a CPU
@@ -155,8 +155,8 @@ def run(suite: Suite, *, out_dir: Path, cache: Path, console: Console | None = N
             rec["decode"].append(row)
 
         for name in [n for n in decode_names if n in BATCHING_BACKENDS] if suite.concurrency else []:
-            # on a GPU the compiled engine (CUDA graphs), as served there by default; eager on the CPU
-            engine = "compiled" if suite.compiled and targets.device_of(name) != "cpu" else "eager"
+            # on a GPU the compiled engine (CUDA graphs), as served there by default; eager on the CPU; MLX has one
+            engine = "compiled" if suite.compiled and targets.device_of(name) == "cuda" else "eager"
             tokens = suite.tokens if not (big and targets.device_of(name) == "cpu") else CPU_BIG_MODEL_TOKENS
             log(f"concurrency: {name} {bm.label} ({engine}), {tokens} tokens per request, {suite.concurrency} at once")
             with machine.OtherLoad() as other:

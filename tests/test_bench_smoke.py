@@ -158,9 +158,9 @@ def test_a_share_below_zero_is_reported_as_noise_never_as_a_negative_share():
 
 
 def test_concurrency_rows_compare_max_batch_8_with_1(record):
-    expected = [n for n in ("torch-cpu", "torch-cuda") if neuroscope_backend_status(n)[0]]
+    expected = [n for n in ("torch-cpu", "torch-cuda", "mlx") if neuroscope_backend_status(n)[0]]
     if not expected:
-        pytest.skip("no torch backend here: no concurrency table")
+        pytest.skip("no torch or mlx backend here: no concurrency table")
     assert [r["backend"] for r in record["concurrency"]] == expected
     for r in record["concurrency"]:
         cells = {(x["max_batch"], x["concurrent"]) for x in r["rows"]}

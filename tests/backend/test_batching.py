@@ -18,12 +18,14 @@ from neuroscope.core.protocol import FeatureFilter, GenerationParams, SteerFeatu
 from tests.support.reference import load_backend
 
 K = 8
-pytestmark = pytest.mark.skipif("torch-cpu" not in registry.available(), reason="torch-cpu is not available")
+BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(name not in registry.available(),
+                                                       reason=f"{name} is not available"))
+            for name in ("torch-cpu", "mlx")]
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny_fixture):
-    backend, info, sae = load_backend("torch-cpu", tiny_fixture, top_k=K)
+@pytest.fixture(scope="module", params=BACKENDS)
+def loaded(request, tiny_fixture):
+    backend, info, sae = load_backend(request.param, tiny_fixture, top_k=K)
     yield backend, info, sae
     backend.close()
 
@@ -343,3 +345,28 @@ def test_abort_ends_every_admitted_request_and_drops_the_batch(loaded, prompts):
     assert len(backend.batch.rows) == 2 and all(r.finish is None for r in reqs)
     sched.abort(RuntimeError("queue broke"))
     assert [r.finish for r in reqs] == ["error", "error"] and backend.batch.rows == [] and sched.running == 0
+
+
+def test_an_mlx_step_of_several_rows_is_one_graph_queued_once(loaded, prompts, monkeypatch):
+    backend, _, _ = loaded
+    if backend.name != "mlx":
+        pytest.skip("MLX's evaluation calls")
+    import mlx.core as mx
+
+    assert backend.open_batch(4, 256) > 0
+    keys = [object() for _ in range(3)]
+    params = [GenerationParams(max_tokens=8, logprobs=2), GenerationParams(max_tokens=8, temperature=0.7, seed=1),
+              GenerationParams(max_tokens=8)]
+    for key, p, ids in zip(keys, params, prompts):
+        backend.join(key, backend.prefill(ids, p))
+    calls = []
+    for name in ("eval", "async_eval"):
+        real = getattr(mx, name)
+        monkeypatch.setattr(mx, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
+    step = backend.batch_step()
+    assert calls == ["async_eval"], "one step: one graph, queued with one async_eval"
+    out = backend.batch_to_host(step)
+    assert [k for k, _ in out] == keys
+    assert [len(rec) for _, rec in out] == [3 + 2 * K + 5, 3 + 2 * K, 3 + 2 * K]
+    backend.reset_batch()
+    assert backend.batch.rows == []

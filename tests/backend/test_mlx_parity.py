@@ -79,24 +79,24 @@ def test_greedy_parity_past_the_window(backends):
     print(f"greedy parity over {N_TOKENS} tokens: max abs {worst['abs']:.2e}, max rel {worst['rel']:.2e}")
 
 
-@pytest.mark.parametrize("prefill_step", [2048, 24, 7], ids=["one-chunk", "chunk-24", "chunk-7"])
-def test_long_prompt_parity_with_prompt_features(backends, prefill_step):
+@pytest.mark.parametrize("prefill_chunk", [2048, 24, 7], ids=["one-chunk", "chunk-24", "chunk-7"])
+def test_long_prompt_parity_with_prompt_features(backends, prefill_chunk):
     """A prompt longer than the window, prefilled whole or in chunks (longer and shorter than the window)."""
     mlx_b, torch_b, info = backends
     prompt = _chat_prompt(info.tokenizer, LONG_TEXT)
     assert len(prompt) >= 40
     params = GenerationParams(max_tokens=128, prompt_features=True)
-    mlx_b.prefill_step = prefill_step
+    mlx_b.prefill_chunk = prefill_chunk
     try:
         got = list(generate(mlx_b, prompt, params))
     finally:
-        mlx_b.prefill_step = 2048
+        mlx_b.prefill_chunk = 2048
     want = list(generate(torch_b, prompt, params))
     assert [s.prompt for s in got[: len(prompt)]] == [True] * len(prompt)
     assert [s.token_id for s in got[: len(prompt)]] == prompt
     assert [s.position for s in got] == list(range(len(prompt))) + [len(prompt) + i - 1 for i in range(128)]
     worst = assert_same_steps(got, want)
-    print(f"long-prompt parity (prefill_step={prefill_step}): max abs {worst['abs']:.2e}, max rel {worst['rel']:.2e}")
+    print(f"long-prompt parity (prefill_chunk={prefill_chunk}): max abs {worst['abs']:.2e}, max rel {worst['rel']:.2e}")
 
 
 def test_capture_off_is_plain_decoding(backends):

@@ -78,3 +78,17 @@ def test_same_logits_as_mlx_lm_within_the_window(quantized_dir, loaded):
     np.testing.assert_allclose(np.array(backend.model(short)), np.array(plain(short)), rtol=1e-5, atol=1e-5)
     long = mx.array([list(range(20, 60))])
     assert np.abs(np.array(backend.model(long)) - np.array(plain(long))).max() > 1e-2  # past it, mlx-lm drifts
+
+
+def test_a_quantized_model_batches_each_request_as_alone(loaded):
+    from tests.backend.test_batching import Collect, assert_same, run_batched, solo
+
+    backend, info = loaded
+    tok = info.tokenizer
+    prompts = [tok.encode(t, add_special_tokens=False) for t in ("Hello there", "A story about a mill by the river")]
+    reqs = [Collect(prompts[0], GenerationParams(max_tokens=12)),
+            Collect(prompts[1], GenerationParams(max_tokens=12, temperature=0.8, seed=4), join_at=2)]
+    sizes = run_batched(backend, reqs, max_batch=2, max_context=64)
+    assert max(sizes) == 2
+    for r in reqs:
+        assert_same(r.steps, solo(backend, r))

@@ -11,7 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from neuroscope.core import registry
+from tests.support import server as support_server
 from tests.support.server import RunningServer, SSEReader
+
+BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(name not in registry.available(),
+                                                       reason=f"{name} is not available"))
+            for name in ("torch-cpu", "mlx")]
 
 REQUESTS = [
     {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 24, "temperature": 0},
@@ -85,8 +91,9 @@ def _wait(cond, timeout=30.0):
         time.sleep(0.02)
 
 
-def test_concurrent_clients_get_what_they_get_alone(tiny_fixture):
-    alone = RunningServer("torch-cpu", tiny_fixture)  # --max-batch 1: today's engine
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_clients_get_what_they_get_alone(tiny_fixture, backend):
+    alone = RunningServer(backend, tiny_fixture)  # --max-batch 1: one request at a time
     try:
         assert httpx.get(f"{alone.chat}/health").json()["max_batch"] == 1
         reader = SSEReader(f"{alone.features}/v1/features/stream", until_complete=len(REQUESTS)).start()
@@ -97,7 +104,8 @@ def test_concurrent_clients_get_what_they_get_alone(tiny_fixture):
         alone.stop()
 
     gate = threading.Event()
-    srv = RunningServer("torch-cpu", tiny_fixture, max_batch=4)
+    srv = RunningServer(backend, tiny_fixture, max_batch=4)
+    assert srv.server.engine.kv_bytes > 0
     held = HeldBackend(srv.backend, gate)
     srv.server.engine.backend = held
     srv.server.engine.scheduler.backend = held
@@ -166,13 +174,29 @@ def test_the_start_up_panel_states_the_batch_settings(tiny_fixture):
         srv.stop()
 
 
-@pytest.mark.skipif("mlx" not in __import__("neuroscope.core.registry", fromlist=["available"]).available(),
-                    reason="mlx is not available here")
-def test_a_backend_that_does_not_batch_serves_one_request_at_a_time(tiny_fixture):
+class OneAtATime:
+    """A backend with the single-request pieces only (no batching methods), as a backend that does not batch."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def __getattr__(self, name):
+        if name in ("open_batch", "prefill_steps", "join", "leave", "batch_step", "batch_to_host", "reset_batch"):
+            raise AttributeError(name)
+        return getattr(self._backend, name)
+
+
+def test_a_backend_that_does_not_batch_serves_one_request_at_a_time(tiny_fixture, monkeypatch):
     from neuroscope.config import ServeConfig
     from neuroscope.server.serve import batch_row
 
-    srv = RunningServer("mlx", tiny_fixture, max_batch=4)
+    def load(*args, **kwargs):
+        backend, info, sae = load_backend(*args, **kwargs)
+        return OneAtATime(backend), info, sae
+
+    load_backend = support_server.load_backend
+    monkeypatch.setattr(support_server, "load_backend", load)
+    srv = RunningServer("torch-cpu", tiny_fixture, max_batch=4)
     try:
         health = httpx.get(f"{srv.chat}/health").json()
         assert health["max_batch"] == 1 and health["last_batch"] == 0
