@@ -27,6 +27,14 @@ REQUESTS = [
      "logprobs": True, "top_logprobs": 2},
     {"messages": [{"role": "user", "content": "Count: one two three"}], "max_tokens": 22, "temperature": 0,
      "frequency_penalty": 0.5},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+     "max_tokens": 16, "top_p": 0.8, "seed": 11},
+    {"messages": [{"role": "user", "content": "Write one line about the sea and the wind over it."}], "max_tokens": 26,
+     "temperature": 0.7, "seed": 3, "presence_penalty": 0.4},
+    {"messages": [{"role": "user", "content": "Go"}], "max_tokens": 12, "temperature": 0,
+     "steering": {"features": [{"index": 5, "mode": "ablate"}]}},
+    {"messages": [{"role": "user", "content": "Say something about mills."}], "max_tokens": 20, "seed": 21,
+     "logit_bias": {"7": 2.0}},
 ]
 
 
@@ -104,7 +112,7 @@ def test_concurrent_clients_get_what_they_get_alone(tiny_fixture, backend):
         alone.stop()
 
     gate = threading.Event()
-    srv = RunningServer(backend, tiny_fixture, max_batch=4)
+    srv = RunningServer(backend, tiny_fixture, max_batch=8)
     assert srv.server.engine.kv_bytes > 0
     held = HeldBackend(srv.backend, gate)
     srv.server.engine.backend = held
@@ -117,11 +125,11 @@ def test_concurrent_clients_get_what_they_get_alone(tiny_fixture, backend):
         rest = [pool.submit(_stream, srv, body) for body in REQUESTS[1:]]
         _wait(lambda: httpx.get(f"{srv.chat}/health").json()["queued"] == len(REQUESTS) - 1)
         health = httpx.get(f"{srv.chat}/health").json()
-        assert health["running"] == 1 and health["max_batch"] == 4
+        assert health["running"] == 1 and health["max_batch"] == 8
         gate.set()
         batched = [first.result(60), *[f.result(60) for f in rest]]
         reader.wait()
-        assert max(held.sizes) >= 3, f"the requests should have decoded together: {held.sizes}"
+        assert max(held.sizes) >= 6, f"the requests should have decoded together: {held.sizes}"
         for (rid, text), (_, solo_text), want in zip(batched, solo, solo_events):
             assert text == solo_text
             got = _events(reader, rid)
