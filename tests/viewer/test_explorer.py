@@ -148,3 +148,29 @@ def test_page_draws_density_and_windows_across_the_range(explored, open_page):
     quantiles = panel.locator(".example[data-quantile]").evaluate_all("els => els.map(e => Number(e.dataset.quantile))")
     assert quantiles == [e["quantile"] for e in api["quantile_examples"]]
     assert not p.errors, p.errors
+
+
+def test_the_top_bar_buttons_are_legible(server, open_page):
+    """The Inspect toggle sits in the dark top bar: its text must contrast with the bar (WCAG ratio ≥ 4.5)."""
+    from playwright.sync_api import expect
+
+    p = open_page(f"{server.features}/")
+    page = p.page
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    colours = page.evaluate("""() => {
+        const fg = getComputedStyle(document.querySelector('#inspect-toggle')).color;
+        let el = document.querySelector('#inspect-toggle'), bg = 'rgba(0, 0, 0, 0)';
+        while (el && (bg === 'rgba(0, 0, 0, 0)' || bg === 'transparent')) {
+            bg = getComputedStyle(el).backgroundColor; el = el.parentElement;
+        }
+        return [fg, bg];
+    }""")
+
+    def luminance(css: str) -> float:
+        r, g, b = (int(x) / 255 for x in css[css.index("(") + 1:css.index(")")].split(",")[:3])
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((luminance(colours[0]), luminance(colours[1])), reverse=True)
+    assert (hi + 0.05) / (lo + 0.05) >= 4.5, colours
+    expect(page.locator("#inspect-toggle")).to_have_text("Inspect")
