@@ -21,11 +21,11 @@ from tests.support.reference import reference_acts, residuals
 
 
 @pytest.fixture
-def cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
+def cache(cache, monkeypatch):
+    """The suite's empty cache, with no labeler or Neuronpedia registry from the environment."""
     for name in ("LABELER_MODEL", "NEURONPEDIA_REGISTRY"):
         monkeypatch.delenv(name, raising=False)
-    return tmp_path
+    return cache
 
 
 def invoke(fx, *args, model=None, labels=None):

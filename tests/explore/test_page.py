@@ -19,12 +19,6 @@ from neuroscope.store import paths
 from tests.support.calib import write_corpus
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("NEUROSCOPE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def test_page_reads_calibration_and_examples(tiny_fixture, cache, tmp_path):
     config = ServeConfig(model=str(tiny_fixture.model_dir), sae_local_path=str(tiny_fixture.sae_path),
                          sae_layer=tiny_fixture.sae_layer, backend="torch-cpu")
