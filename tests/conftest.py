@@ -43,3 +43,10 @@ def cache(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_fixture(tmp_path_factory) -> fixtures.Fixture:
     return fixtures.build(tmp_path_factory.mktemp("fixture") / "tiny", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_fixture(tmp_path_factory) -> fixtures.Fixture:
+    """A tiny Gemma-3 (text) checkpoint: six layers with globals at 2 and 5, a 16-token window, linear RoPE
+    scaling on the global layers, q/k norms; its JumpReLU SAE reads block 3."""
+    return fixtures.build(tmp_path_factory.mktemp("fixture") / "tiny-gemma3", "tiny-gemma3")

@@ -73,6 +73,12 @@ class FixtureShape:
     sae_layer: int
     d_sae: int
     bpe_vocab: int = 512
+    family: str = "gemma2"  # gemma2 | gemma3 (neuroscope/core/fixtures_gemma3.py)
+    # Gemma-3 only: every pattern-th layer is global; the attention scale's denominator; global RoPE's linear factor
+    sliding_window_pattern: int = 6
+    query_pre_attn_scalar: int | None = None
+    rope_scaling_factor: float | None = None
+    sae_threshold: float = 3.6  # the random SAE's mean threshold, sized to the block's residual (random_sae)
 
 
 SHAPES: dict[str, FixtureShape] = {
@@ -81,6 +87,17 @@ SHAPES: dict[str, FixtureShape] = {
     # Gemma-2-2B's shapes with random weights, for realistic timing (GPU / Mac).
     "gemma-2-2b": FixtureShape(
         "gemma-2-2b", 256000, 2304, 9216, 26, 8, 4, 256, 4096, 8192, sae_layer=20, d_sae=16384
+    ),
+    # Gemma-3: six layers, globals at 2 and 5 (pattern 3), a window shorter than test sequences, linear RoPE
+    # scaling on the global layers, an attention scalar that is not the head size.
+    "tiny-gemma3": FixtureShape(
+        "tiny-gemma3", 512, 64, 128, 6, 4, 2, 16, 16, 1024, sae_layer=3, d_sae=256, family="gemma3",
+        sliding_window_pattern=3, query_pre_attn_scalar=24, rope_scaling_factor=8.0, sae_threshold=4.1,
+    ),
+    # Gemma-3 1B's shapes with random weights, for timing.
+    "gemma-3-1b": FixtureShape(
+        "gemma-3-1b", 262144, 1152, 6912, 26, 4, 1, 256, 512, 32768, sae_layer=17, d_sae=16384, family="gemma3",
+        sliding_window_pattern=6, query_pre_attn_scalar=256,
     ),
 }
 
@@ -121,7 +138,15 @@ def gemma2_config(shape: FixtureShape) -> dict:
     }
 
 
-def build_tokenizer(out_dir: Path, vocab: int = 512) -> int:
+def _template(shape: FixtureShape) -> str:
+    if shape.family == "gemma3":
+        from neuroscope.core.fixtures_gemma3 import GEMMA3_CHAT_TEMPLATE
+
+        return GEMMA3_CHAT_TEMPLATE
+    return GEMMA_CHAT_TEMPLATE
+
+
+def build_tokenizer(out_dir: Path, vocab: int = 512, chat_template: str = GEMMA_CHAT_TEMPLATE) -> int:
     """Train a small byte-level BPE with Gemma's special tokens and chat template; return its vocabulary size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -147,7 +172,7 @@ def build_tokenizer(out_dir: Path, vocab: int = 512) -> int:
                 "add_eos_token": False,
                 "clean_up_tokenization_spaces": False,
                 "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"],
-                "chat_template": GEMMA_CHAT_TEMPLATE,
+                "chat_template": chat_template,
                 **specials,
             },
             indent=2,
@@ -156,11 +181,20 @@ def build_tokenizer(out_dir: Path, vocab: int = 512) -> int:
     (out_dir / "special_tokens_map.json").write_text(
         json.dumps({**specials, "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}, indent=2)
     )
-    (out_dir / "chat_template.jinja").write_text(GEMMA_CHAT_TEMPLATE)
+    (out_dir / "chat_template.jinja").write_text(chat_template)
     return tok.get_vocab_size()
 
 
 def random_weights(shape: FixtureShape, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Random weights of the shape's family."""
+    if shape.family == "gemma3":
+        from neuroscope.core import fixtures_gemma3
+
+        return fixtures_gemma3.random_weights(shape, seed, dtype)
+    return gemma2_weights(shape, seed, dtype)
+
+
+def gemma2_weights(shape: FixtureShape, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
     """Random Gemma-2 weights, re-scaled so greedy decoding gives varied tokens.
 
     With tied embeddings a residual dominated by the input embedding predicts the same token again, so the
@@ -192,7 +226,7 @@ def random_weights(shape: FixtureShape, seed: int = 0, dtype=np.float32) -> dict
     return w
 
 
-def random_sae(d_model: int, d_sae: int, seed: int = 1) -> SAEWeights:
+def random_sae(d_model: int, d_sae: int, seed: int = 1, threshold: float = 3.6) -> SAEWeights:
     """A random JumpReLU SAE in Gemma Scope's layout, sized to a model.
 
     The tiny model's raw block-2 residual has an RMS of about 2.6, so its pre-activations have a standard
@@ -201,7 +235,7 @@ def random_sae(d_model: int, d_sae: int, seed: int = 1) -> SAEWeights:
     rng = np.random.default_rng(seed)
     W_enc = (rng.standard_normal((d_model, d_sae), dtype=np.float32) / np.sqrt(d_model)).astype(np.float32)
     b_enc = (rng.standard_normal(d_sae, dtype=np.float32) * 0.05).astype(np.float32)
-    threshold = np.abs(3.6 + rng.standard_normal(d_sae, dtype=np.float32) * 0.5).astype(np.float32)
+    threshold = np.abs(threshold + rng.standard_normal(d_sae, dtype=np.float32) * 0.5).astype(np.float32)
     W_dec = np.ascontiguousarray(W_enc.T)
     b_dec = np.zeros(d_model, dtype=np.float32)
     return SAEWeights(W_enc, b_enc, threshold, W_dec, b_dec, source="random")
@@ -225,8 +259,14 @@ def atomic_dir(out: Path):
 
 def write_model_config(model_dir: Path, shape: FixtureShape, dtype: str = "float32") -> None:
     """config.json and generation_config.json of a fixture checkpoint."""
-    cfg = gemma2_config(shape)
-    cfg["torch_dtype"] = cfg["dtype"] = dtype
+    if shape.family == "gemma3":
+        from neuroscope.core import fixtures_gemma3
+
+        cfg = fixtures_gemma3.text_config(shape)
+        cfg["torch_dtype"] = dtype
+    else:
+        cfg = gemma2_config(shape)
+        cfg["torch_dtype"] = cfg["dtype"] = dtype
     (model_dir / "config.json").write_text(json.dumps(cfg, indent=2))
     (model_dir / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 2, "eos_token_id": [1, 5], "pad_token_id": 0}, indent=2)
@@ -259,17 +299,18 @@ def build(out_dir: str | os.PathLike[str], shape: str | FixtureShape = "tiny", *
         return fixture
     with atomic_dir(out) as tmp:
         model_dir = tmp / "model"
-        n_tok = build_tokenizer(model_dir, vocab=shp.bpe_vocab)
+        n_tok = build_tokenizer(model_dir, vocab=shp.bpe_vocab, chat_template=_template(shp))
         if n_tok > shp.vocab_size:
             raise ValueError(f"tokenizer has {n_tok} tokens but the model vocabulary is {shp.vocab_size}")
         write_model_config(model_dir, shp)
         save_file(random_weights(shp, seed), str(model_dir / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "sae").mkdir()
-        save_npz(tmp / "sae" / "params.npz", random_sae(shp.hidden_size, shp.d_sae, seed + 1))
+        save_npz(tmp / "sae" / "params.npz", random_sae(shp.hidden_size, shp.d_sae, seed + 1, shp.sae_threshold))
         labels = {str(i): f"random feature {i}" for i in range(0, shp.d_sae, 2)}
         (tmp / "labels.json").write_text(json.dumps(labels))
         (tmp / "README.txt").write_text(
-            "Random-weight Gemma-2 and JumpReLU SAE built by Neuroscope for its demo and tests.\n"
+            f"Random-weight {'Gemma-3' if shp.family == 'gemma3' else 'Gemma-2'} and JumpReLU SAE built by Neuroscope "
+            "for its demo and tests.\n"
             "The weights are random: the text is varied but meaningless, and so are the features.\n"
         )
         (tmp / "fixture.json").write_text(json.dumps(meta))
