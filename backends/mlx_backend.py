@@ -100,7 +100,7 @@ class MLXBackend:
         import mlx.core as mx
         from mlx_lm.utils import load_model
 
-        from backends.mlx_gemma2 import model_classes
+        from backends.mlx_models import model_classes
         from backends.mlx_sae import MLXSAE, SAE_DTYPES
 
         if model.dtype is not None and model.dtype not in _MODEL_DTYPES:
