@@ -143,7 +143,7 @@ def test_load_errors(tiny_fixture, sae, tmp_path):
     shutil.copytree(tiny_fixture.model_dir, other)
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
-    with pytest.raises(BackendError, match="runs Gemma-2 models"):
+    with pytest.raises(BackendError, match="unsupported model_type 'llama': the mlx backend runs Gemma-2 .*Gemma-3"):
         MLXBackend().load(ModelSpec(str(other)), sae, 0, top_k=K)
     with pytest.raises(BackendError, match="SAE dtype"):
         MLXBackend().load(ModelSpec(str(tiny_fixture.model_dir)), sae, 0, top_k=K, sae_dtype="int8")
