@@ -155,9 +155,7 @@ class Model(g2.Model):
     """The Gemma-3 language model, called as :class:`backends.mlx_gemma2.Model` (capture, steering, caches)."""
 
     def __init__(self, args: ModelArgs):
-        nn.Module.__init__(self)
-        self.args = args
-        self.model_type = args.model_type
+        super().__init__(args)
         self.model = GemmaModel(args)
 
     def sanitize(self, weights: dict) -> dict:
