@@ -8,20 +8,17 @@ huggingface_hub's downloads, and ``clean`` never touches it.
 from __future__ import annotations
 
 import inspect
-import json
 import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from neuroscope.core.checkpoint import ALLOW_PATTERNS
+from neuroscope.core.releases import registry, release_path, releases_for  # noqa: F401  (the registry's home)
 from neuroscope.core.sae import SAEError
 
 SAE_KEYS = ("W_enc", "b_enc", "threshold", "W_dec", "b_dec")
-REGISTRY_FORMAT = "neuroscope-sae-registry/1"
 
 
 class HubCacheError(Exception):
@@ -137,25 +134,6 @@ def cached_saes() -> list[CachedSae]:
                 found.append(CachedSae(repo.repo_id, rev.commit_hash[:7], in_repo, d_model, d_sae, f.size_on_disk,
                                        problem))
     return sorted(found, key=lambda s: (s.repo, s.path, s.revision))
-
-
-# ------------------------------------------------------------------------------------------------ registry
-@lru_cache(maxsize=1)
-def registry() -> dict:
-    """The known SAE releases (package data: ``neuroscope/data/gemma_scope.json``)."""
-    data = json.loads(resources.files("neuroscope.data").joinpath("gemma_scope.json").read_text(encoding="utf-8"))
-    if data.get("format") != REGISTRY_FORMAT:
-        raise ValueError(f"unknown SAE registry format {data.get('format')!r}")
-    return data
-
-
-def releases_for(model: str) -> list[dict]:
-    """The registry's releases made for ``model`` (a hub id)."""
-    return [r for r in registry()["releases"] if model in r["models"]]
-
-
-def release_path(release: dict, layer: int, width: str, l0: int) -> str:
-    return release["path"].format(layer=layer, width=width, l0=l0)
 
 
 # ------------------------------------------------------------------------------------------------ pulling
