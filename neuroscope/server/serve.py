@@ -96,6 +96,9 @@ def _panel(rt: Runtime, bound: Bound, engine=None) -> Panel:
     if cfg.served_model_names:
         t.add_row("also named", escape(", ".join(cfg.served_model_names)))
     t.add_row("SAE", f"{escape(rt.sae_id)}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU, {cfg.sae_dtype})")
+    if cfg.sae_default and not rt.demo:
+        t.add_row("", f"the default SAE of {escape(cfg.model)}, from the registry (--sae, --sae-path or "
+                      "--sae-local-path serve another)")
     t.add_row("layer", f"output of block {cfg.sae_layer} of {info.n_layers}  (input norm: {cfg.sae_input_norm})")
     t.add_row("backend", f"{rt.backend.name} on {info.device}, {info.dtype}")
     if rt.engine is not None:
