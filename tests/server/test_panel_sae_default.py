@@ -33,3 +33,7 @@ def test_the_panel_says_the_sae_is_the_models_default(cache):
     named = ServeConfig(model="google/gemma-3-1b-it", sae="google/gemma-scope-2-1b-it",
                         sae_path="resid_post/layer_13_width_65k_l0_medium", sae_layer=13)
     assert "the default SAE of" not in panel_text(named)
+    moved = panel_text(with_sae(ServeConfig(model="google/gemma-3-1b-it", sae_layer=13)))
+    assert "google/gemma-scope-2-1b-it/resid_post/layer_13_width_16k_l0_medium" in moved
+    assert "the default SAE of google/gemma-3-1b-it, from the registry moved to layer 13" in moved
+    assert "moved to layer" not in text
