@@ -128,7 +128,10 @@ def sae_list_cmd(
         out.print(f"no SAE files in the Hugging Face cache ({escape(_hub_cache_dir())}); `neuroscope sae pull` "
                   "downloads one", highlight=False, soft_wrap=True)
     known = releases.releases_for(model)
-    files = hub_cache.cached_files()
+    files = set()  # every cached file and each folder above it: a one-file SAE's file, a directory SAE's folder
+    for repo, path in hub_cache.cached_files():
+        parts = path.split("/")
+        files.update((repo, "/".join(parts[:n])) for n in range(1, len(parts) + 1))
     if not known:
         out.print(f"the registry knows no SAE release for {escape(model)} (it knows "
                   f"{escape(', '.join(releases.known_models()))}); serve it with --sae and --sae-path, or "
@@ -143,9 +146,8 @@ def sae_list_cmd(
         for sae in release["saes"]:
             if layer is not None and sae["layer"] != layer:
                 continue
-            here = [str(l0) for l0 in sae["l0"] if any(
-                repo == release["repo"] and _holds(path, releases.release_path(release, sae["layer"], sae["width"], l0))
-                for repo, path in files)]
+            here = [str(l0) for l0 in sae["l0"]
+                    if (release["repo"], releases.release_path(release, sae["layer"], sae["width"], l0)) in files]
             table.add_row(str(sae["layer"]), sae["width"], f"{release['widths'][sae['width']]:,}",
                           _l0_cell(release, sae, default), str(sae.get("canonical_l0", "")),
                           escape(sae.get("neuronpedia", "")), ", ".join(here))
