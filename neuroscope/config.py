@@ -166,9 +166,11 @@ def choose_sae(model: str, sae: str | None, sae_path: str | None, sae_local_path
         moved = releases.default_sae_at(model, sae_layer)
         if moved is None:
             layers = ", ".join(str(n) for n in releases.default_layers(model))
+            there = [k for k in releases.saes_at(model, sae_layer) if k.repo == default.repo]
+            example = f", e.g. --sae-path {there[0].path}" if there else ""
             raise SaeChoiceError(f"{default.repo} has no {default.width} SAE like {model}'s default at layer "
-                                 f"{sae_layer} (it has layers {layers}): pass another --sae-layer, or the SAE with "
-                                 f"--sae-path (`neuroscope sae list --model {model}` lists them)")
+                                 f"{sae_layer} (it has layers {layers}): pass another --sae-layer, or an SAE with "
+                                 f"--sae-path{example} (`neuroscope sae list --model {model}` lists them)")
         default = moved
     return SaeChoice(default.repo, default.path, default.layer, default=True)
 

@@ -100,6 +100,12 @@ def default_sae_at(model: str, layer: int) -> KnownSae | None:
     return None
 
 
+def saes_at(model: str, layer: int) -> list[KnownSae]:
+    """Every known SAE for ``model`` at ``layer`` (each L0 variant), the default's release first."""
+    return [KnownSae(r, layer, sae["width"], l0) for r in releases_for(model) for sae in r["saes"]
+            if sae["layer"] == layer for l0 in sae["l0"]]
+
+
 def _variant(release: dict, sae: dict) -> int | str | None:
     """The L0 variant of ``sae`` that matches the release's default: its canonical L0 when the default's L0 is
     a number (Gemma Scope's per-layer average L0s), the same named variant otherwise."""

@@ -59,7 +59,9 @@ def test_a_given_layer_moves_the_default_there(captured):
 def test_a_layer_without_such_an_sae_is_one_line(captured):
     line = error_line(run("serve", "--model", "google/gemma-3-1b-it", "--sae-layer", "20"), 2)
     assert "google/gemma-scope-2-1b-it has no 16k SAE" in line and "layer 20" in line and "7, 13, 17, 22" in line
-    assert "--sae-path" in line and captured == []
+    assert "--sae-path resid_post_all/layer_20_width_16k_l0_small" in line and captured == []  # one that exists
+    line = error_line(run("serve", "--sae-layer", "26"), 2)  # Gemma 2 2B has blocks 0-25
+    assert "no 16k SAE like google/gemma-2-2b-it's default at layer 26" in line and "e.g." not in line
 
 
 def test_an_unknown_model_needs_its_sae_named(captured, tmp_path):

@@ -95,3 +95,10 @@ def test_find_matches_a_directory_or_its_files():
     assert releases.find(DEFAULT_SAE, "layer_20") is None
     assert releases.find("google/gemma-scope-2-4b-pt", "resid_post/layer_9_width_65k_l0_big") is not None
     assert releases.find("google/gemma-scope-2-4b-pt", "resid_post/layer_10_width_65k_l0_big") is None
+
+
+def test_every_sae_at_a_layer():
+    found = releases.saes_at("google/gemma-3-1b-it", 17)
+    assert found[0].release["id"] == "gemma-scope-2-1b-it-res"  # the default's release first
+    assert {k.path for k in found} >= {"resid_post/layer_17_width_1m_l0_big", "resid_post_all/layer_17_width_262k_l0_small"}
+    assert len(found) == 4 * 3 + 2 * 2 and releases.saes_at("google/gemma-3-1b-it", 26) == []
