@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from neuroscope.core.sae import INPUT_NORMS, SAE_DTYPES
 from neuroscope.server.origins import parse_allowed_hosts, parse_allowed_origins
@@ -13,6 +13,7 @@ FILTER_MODES = ("none", "frequency", "surprise", "combined")  # neuroscope.calib
 ENGINES = ("auto", "eager", "compiled")
 
 DEFAULT_MODEL = "google/gemma-2-2b-it"
+# the default model's default SAE (the registry, neuroscope/data/gemma_scope.json, marks each model's default)
 DEFAULT_SAE = "google/gemma-scope-2b-pt-res"
 DEFAULT_SAE_PATH = "layer_20/width_16k/average_l0_71/params.npz"
 DEFAULT_LAYER = 20
@@ -39,8 +40,9 @@ def data_repo() -> str:
 @dataclass
 class ServeConfig:
     model: str = DEFAULT_MODEL
-    sae: str = DEFAULT_SAE
-    sae_path: str = DEFAULT_SAE_PATH
+    # the SAE's hub repo and its file or directory there; None: the model's default (see with_sae)
+    sae: str | None = None
+    sae_path: str | None = None
     sae_local_path: str | None = None
     sae_layer: int = DEFAULT_LAYER
     top_k: int = 10
@@ -77,6 +79,7 @@ class ServeConfig:
     prefill_chunk: int = 512  # prompt tokens per prefill forward, interleaved with the running requests' steps
     max_context: int | None = None  # prompt + completion tokens per request (the KV cache's length); None: the model's
     served_model_names: tuple[str, ...] = ()  # more names a request's "model" may use
+    sae_default: bool = False  # the SAE is the model's default from the registry (none was named)
 
     def validate(self) -> None:
         for name, port in (("--port", self.port), ("--features-port", self.features_port)):
@@ -121,3 +124,62 @@ class ServeConfig:
                 raise ValueError("--api-key (or NEUROSCOPE_API_KEY) must not be empty")
             if not all(33 <= ord(c) <= 126 for c in self.api_key):
                 raise ValueError("--api-key (or NEUROSCOPE_API_KEY) must be printable ASCII without spaces")
+
+
+# ------------------------------------------------------------------------------------------- the SAE to serve
+class SaeChoiceError(ValueError):
+    """No SAE follows from what was given; the message is one line naming the options to pass."""
+
+
+@dataclass(frozen=True)
+class SaeChoice:
+    sae: str | None
+    sae_path: str | None
+    sae_layer: int | None  # None: not decided here (the SAE's own, or the command's default)
+    default: bool = False  # the model's registry default (or it at another layer)
+
+
+def choose_sae(model: str, sae: str | None, sae_path: str | None, sae_local_path: str | None,
+               sae_layer: int | None) -> SaeChoice:
+    """The SAE to serve with ``model``, from what was given (None: not given). A local SAE, or a hub repo and
+    path, is taken as given. Otherwise the registry's default SAE for the model fills in what is missing: the
+    repo (with a given path), or repo, path and layer — at ``sae_layer`` when one is given (the same release,
+    width and L0 kind there). A model without a default in the registry needs its SAE named."""
+    from neuroscope.core import releases
+
+    if sae_local_path or (sae and sae_path):
+        return SaeChoice(sae, sae_path, sae_layer)
+    default = releases.default_sae(model)
+    if default is None:
+        if sae:
+            raise SaeChoiceError(f"--sae {sae} needs --sae-path (the SAE's file or directory in that repo)")
+        if sae_path:
+            raise SaeChoiceError(f"--sae-path {sae_path} needs --sae (the hub repo it is in)")
+        raise SaeChoiceError(f"no default SAE is known for {model}: pass one with --sae REPO --sae-path PATH or "
+                             "--sae-local-path FILE (`neuroscope sae list --model MODEL` shows the known releases)")
+    if sae and sae != default.repo:
+        raise SaeChoiceError(f"--sae {sae} needs --sae-path (the SAE's file or directory in that repo); "
+                             f"{model}'s default SAE is in {default.repo}")
+    if sae_path:
+        return SaeChoice(default.repo, sae_path, sae_layer)
+    if sae_layer is not None and sae_layer != default.layer:
+        moved = releases.default_sae_at(model, sae_layer)
+        if moved is None:
+            layers = ", ".join(str(n) for n in releases.default_layers(model))
+            there = [k for k in releases.saes_at(model, sae_layer) if k.repo == default.repo]
+            example = f", e.g. --sae-path {there[0].path}" if there else ""
+            raise SaeChoiceError(f"{default.repo} has no {default.width} SAE like {model}'s default at layer "
+                                 f"{sae_layer} (it has layers {layers}): pass another --sae-layer, or an SAE with "
+                                 f"--sae-path{example} (`neuroscope sae list --model {model}` lists them)")
+        default = moved
+    return SaeChoice(default.repo, default.path, default.layer, default=True)
+
+
+def with_sae(config: ServeConfig) -> ServeConfig:
+    """``config`` with its SAE decided by :func:`choose_sae` (its ``sae_layer`` taken as given); the demo and a
+    config whose SAE is named are returned as they are."""
+    if config.demo or config.sae_local_path or (config.sae and config.sae_path):
+        return config
+    choice = choose_sae(config.model, config.sae, config.sae_path, None, config.sae_layer)
+    return replace(config, sae=choice.sae, sae_path=choice.sae_path, sae_default=choice.default,
+                   sae_layer=config.sae_layer if choice.sae_layer is None else choice.sae_layer)

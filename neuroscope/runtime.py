@@ -11,7 +11,7 @@ from neuroscope.calibration import filters
 from neuroscope.calibration import stats as calibration
 from neuroscope.calibration.filters import ActiveFilter
 from neuroscope.calibration.stats import CalibrationError
-from neuroscope.config import ServeConfig
+from neuroscope.config import ServeConfig, with_sae
 from neuroscope.core import fixtures, registry
 from neuroscope.core.protocol import Backend, BackendError, ModelInfo, ModelSpec
 from neuroscope.core.sae import SAEError, SAEWeights, load_npz, resolve_sae_file
@@ -53,11 +53,13 @@ def demo_config(config: ServeConfig) -> ServeConfig:
         sae_local_path=str(fx.sae_path),
         sae_layer=fx.sae_layer,
         demo=True,
+        sae_default=False,
     )
 
 
 def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: None) -> Runtime:
     try:
+        config = with_sae(config)
         config.validate()
         backend_cls = registry.resolve(config.backend)
     except (ValueError, BackendError) as exc:

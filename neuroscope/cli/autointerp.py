@@ -23,7 +23,7 @@ from neuroscope.cli.options import (
     err,
     fail,
 )
-from neuroscope.config import DEFAULT_LABELER, DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH
+from neuroscope.config import DEFAULT_LABELER, DEFAULT_LAYER, DEFAULT_MODEL
 from neuroscope.labels.autointerp import examples as ex_mod
 
 Backend = Annotated[str, typer.Option(help="Model backend: auto, mlx, torch-cuda or torch-cpu.")]
@@ -51,8 +51,8 @@ def register(app: typer.Typer) -> None:
 def generate_cmd(
     ctx: typer.Context,
     model: Model = DEFAULT_MODEL,
-    sae: Sae = DEFAULT_SAE,
-    sae_path: SaePath = DEFAULT_SAE_PATH,
+    sae: Sae = None,
+    sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
     sae_layer: Layer = DEFAULT_LAYER,
     sae_input_norm: InputNorm = Norm.none,
@@ -143,8 +143,8 @@ def generate_cmd(
 def score_cmd(
     ctx: typer.Context,
     model: Model = DEFAULT_MODEL,
-    sae: Sae = DEFAULT_SAE,
-    sae_path: SaePath = DEFAULT_SAE_PATH,
+    sae: Sae = None,
+    sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
     sae_layer: Layer = DEFAULT_LAYER,
     sae_input_norm: InputNorm = Norm.none,

@@ -23,8 +23,9 @@ from neuroscope.cli.options import (
     err,
     fail,
     group,
+    sae_fields,
 )
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
+from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, ServeConfig
 
 app = group(
     help="Calibration statistics (how often and how strongly each SAE feature fires over a corpus) for the filters.",
@@ -46,15 +47,14 @@ MaxTokensPerSample = Annotated[
 ]
 
 
-def _config(ctx: typer.Context, model: str, sae: str, sae_path: str, sae_local_path: Path | None, sae_layer: int,
-            norm: Norm, demo: bool, **extra: Any) -> ServeConfig:
+def _config(ctx: typer.Context, model: str, sae: str | None, sae_path: str | None, sae_local_path: Path | None,
+            sae_layer: int, norm: Norm, demo: bool, **extra: Any) -> ServeConfig:
     if demo:  # as `serve --demo`: the demo's own model and SAE, never mixed with others
         clash = [f"--{p.replace('_', '-')}" for p in ("model", "sae", "sae_path", "sae_local_path", "sae_layer")
                  if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") != "DEFAULT"]
         if clash:
             fail(f"--demo uses the built-in demo model and SAE; it cannot be combined with {', '.join(clash)}", 2)
-    config = ServeConfig(model=model, sae=sae, sae_path=sae_path,
-                         sae_local_path=str(sae_local_path) if sae_local_path else None, sae_layer=sae_layer,
+    config = ServeConfig(**sae_fields(ctx, model, sae, sae_path, sae_local_path, sae_layer),
                          sae_input_norm=norm.value, demo=demo, **extra)
     try:
         config.validate()
@@ -67,8 +67,8 @@ def _config(ctx: typer.Context, model: str, sae: str, sae_path: str, sae_local_p
 def run_cmd(
     ctx: typer.Context,
     model: Model = DEFAULT_MODEL,
-    sae: Sae = DEFAULT_SAE,
-    sae_path: SaePath = DEFAULT_SAE_PATH,
+    sae: Sae = None,
+    sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
     sae_layer: Layer = DEFAULT_LAYER,
     sae_input_norm: InputNorm = Norm.none,
@@ -123,8 +123,8 @@ def show_cmd(
     ] = None,
     top: Annotated[int, typer.Option(help="Rows in the densest and rarest tables.", min=1)] = 10,
     model: Model = DEFAULT_MODEL,
-    sae: Sae = DEFAULT_SAE,
-    sae_path: SaePath = DEFAULT_SAE_PATH,
+    sae: Sae = None,
+    sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
     sae_layer: Layer = DEFAULT_LAYER,
     sae_input_norm: InputNorm = Norm.none,

@@ -21,8 +21,8 @@ from rich.text import Text
 from neuroscope.cli.calibrate import Demo, InputNorm, Layer, _config
 from neuroscope.cli.labels import _d_sae, _namespace
 from neuroscope.cli.options import (Labeler, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath, fail, group,
-                                    load_or_fail)
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
+                                    load_or_fail, sae_fields)
+from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, ServeConfig
 
 app = group(help="Explore features: search the labels, show a feature's page, inspect which features fire on a text.")
 
@@ -60,7 +60,7 @@ def search_cmd(
                                               "number such as 4521 or #4521.")],
     limit: Annotated[int, typer.Option(help="Results to show (1-100).")] = 20,
     json_out: Json = False,
-    model: Model = DEFAULT_MODEL, sae: Sae = DEFAULT_SAE, sae_path: SaePath = DEFAULT_SAE_PATH,
+    model: Model = DEFAULT_MODEL, sae: Sae = None, sae_path: SaePath = None,
     sae_local_path: SaeLocal = None, sae_layer: Layer = DEFAULT_LAYER, sae_input_norm: InputNorm = Norm.none,
     demo: Demo = False, labeler: Labeler = None, labels_path: LabelsPath = None,
 ) -> None:
@@ -94,7 +94,7 @@ def show_cmd(
     ctx: typer.Context,
     index: Annotated[str, typer.Argument(help="The feature: 4521 or #4521.")],
     json_out: Json = False,
-    model: Model = DEFAULT_MODEL, sae: Sae = DEFAULT_SAE, sae_path: SaePath = DEFAULT_SAE_PATH,
+    model: Model = DEFAULT_MODEL, sae: Sae = None, sae_path: SaePath = None,
     sae_local_path: SaeLocal = None, sae_layer: Layer = DEFAULT_LAYER, sae_input_norm: InputNorm = Norm.none,
     demo: Demo = False, labeler: Labeler = None, labels_path: LabelsPath = None,
 ) -> None:
@@ -184,7 +184,7 @@ def inspect_cmd(
     summary: Annotated[int, typer.Option(help="Rows of the summary (features by their largest activation).",
                                          min=1, max=20)] = 20,
     json_out: Json = False,
-    model: Model = DEFAULT_MODEL, sae: Sae = DEFAULT_SAE, sae_path: SaePath = DEFAULT_SAE_PATH,
+    model: Model = DEFAULT_MODEL, sae: Sae = None, sae_path: SaePath = None,
     sae_local_path: SaeLocal = None, sae_layer: Layer = DEFAULT_LAYER, sae_input_norm: InputNorm = Norm.none,
     backend: Annotated[str, typer.Option(help="auto, mlx, torch-cuda or torch-cpu.")] = "auto",
     demo: Demo = False, labeler: Labeler = None, labels_path: LabelsPath = None,
@@ -196,8 +196,7 @@ def inspect_cmd(
         fail("the text is empty", 2)
     defaults = all(getattr(ctx.get_parameter_source(p), "name", "DEFAULT") == "DEFAULT"
                    for p in ("model", "sae", "sae_path", "sae_local_path"))
-    config = ServeConfig(model=model, sae=sae, sae_path=sae_path,
-                         sae_local_path=str(sae_local_path) if sae_local_path else None, sae_layer=sae_layer,
+    config = ServeConfig(**sae_fields(ctx, model, sae, sae_path, sae_local_path, sae_layer),
                          sae_input_norm=sae_input_norm.value, top_k=top_k, backend=backend, demo=demo,
                          labeler=labeler, labels_path=str(labels_path) if labels_path else None, port=0,
                          features_port=0, demo_fallback=defaults and not demo, neuronpedia=False)

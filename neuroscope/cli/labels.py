@@ -26,7 +26,7 @@ from neuroscope.cli.options import (
     fail,
     group,
 )
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
+from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, ServeConfig
 from neuroscope.labels import aio
 
 app = group(
@@ -128,8 +128,8 @@ def show_cmd(
     ctx: typer.Context,
     features: Annotated[str, typer.Option(help="Feature indices and ranges, e.g. 0-99,4521.", show_default=False)],
     model: Model = DEFAULT_MODEL,
-    sae: Sae = DEFAULT_SAE,
-    sae_path: SaePath = DEFAULT_SAE_PATH,
+    sae: Sae = None,
+    sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
     sae_layer: Layer = DEFAULT_LAYER,
     sae_input_norm: InputNorm = Norm.none,
@@ -203,8 +203,8 @@ def fetch_cmd(
     ctx: typer.Context,
     source: Annotated[Source, typer.Option(help="Where labels come from: neuronpedia.")] = Source.neuronpedia,
     model: Model = DEFAULT_MODEL,
-    sae: Sae = DEFAULT_SAE,
-    sae_path: SaePath = DEFAULT_SAE_PATH,
+    sae: Sae = None,
+    sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
     sae_layer: Layer = DEFAULT_LAYER,
     sae_input_norm: InputNorm = Norm.none,

@@ -117,6 +117,26 @@ def uses_defaults(ctx: typer.Context) -> bool:
                    if p in ctx.params)
 
 
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (on the command line or by its environment variable)."""
+    return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"  # typer may carry its own click
+
+
+def sae_fields(ctx: typer.Context, model: str, sae: str | None, sae_path: str | None, sae_local_path: Path | None,
+               sae_layer: int | None) -> dict:
+    """The model / SAE fields of a command's ``ServeConfig``, the SAE chosen as ``choose_sae`` does (the model's
+    default from the registry when none is named); an SAE that cannot be chosen is one line and exit 2."""
+    from neuroscope.config import SaeChoiceError, choose_sae
+
+    local = str(sae_local_path) if sae_local_path else None
+    try:
+        choice = choose_sae(model, sae, sae_path, local, sae_layer if given(ctx, "sae_layer") else None)
+    except SaeChoiceError as exc:
+        fail(str(exc), 2)
+    return {"model": model, "sae": choice.sae, "sae_path": choice.sae_path, "sae_local_path": local,
+            "sae_layer": sae_layer if choice.sae_layer is None else choice.sae_layer, "sae_default": choice.default}
+
+
 def _default_model_here() -> bool:
     from neuroscope.config import DEFAULT_MODEL
     from neuroscope.core.checkpoint import local_dir
@@ -159,9 +179,15 @@ class DType(str, Enum):
     float16 = "float16"
 
 
-Model = Annotated[str, typer.Option(help="Hub id or local directory of a Gemma-2 model.")]
-Sae = Annotated[str, typer.Option(help="Hub repo of the SAE.")]
-SaePath = Annotated[str, typer.Option(help="File of the SAE inside --sae.")]
+Model = Annotated[str, typer.Option(help="Hub id or local directory of a Gemma 2 or Gemma 3 model.")]
+Sae = Annotated[
+    Optional[str], typer.Option(show_default=False, help="Hub repo of the SAE (default: the model's default SAE, "
+                                                         "from the registry; `neuroscope sae list`).")
+]
+SaePath = Annotated[
+    Optional[str], typer.Option(show_default=False, help="The SAE's file or directory inside --sae (default: the "
+                                                         "model's default SAE).")
+]
 SaeLocal = Annotated[
     Optional[Path], typer.Option(help="A local params.npz (or a directory holding one) instead of the hub.")
 ]

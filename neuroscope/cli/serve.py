@@ -32,8 +32,9 @@ from neuroscope.cli.options import (
     err,
     fail,
     group,
+    sae_fields,
 )
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
+from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, ServeConfig
 from neuroscope.server.origins import split_origins
 
 app = group(
@@ -81,8 +82,8 @@ def main_callback(
 def serve_cmd(
     ctx: typer.Context,
     model: Model = DEFAULT_MODEL,
-    sae: Sae = DEFAULT_SAE,
-    sae_path: SaePath = DEFAULT_SAE_PATH,
+    sae: Sae = None,
+    sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
     sae_layer: Annotated[int, typer.Option(help="Capture the output of this decoder block.", min=0)] = DEFAULT_LAYER,
     top_k: Annotated[int, typer.Option(help="Features reported per token.", min=1, max=1000)] = 10,
@@ -178,11 +179,7 @@ def serve_cmd(
         if clash:
             fail(f"--demo serves the built-in demo model and SAE; it cannot be combined with {', '.join(clash)}", 2)
     config = ServeConfig(
-        model=model,
-        sae=sae,
-        sae_path=sae_path,
-        sae_local_path=str(sae_local_path) if sae_local_path else None,
-        sae_layer=sae_layer,
+        **sae_fields(ctx, model, sae, sae_path, sae_local_path, sae_layer),
         top_k=top_k,
         host=host,
         port=port,

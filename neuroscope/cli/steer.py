@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
+from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, ServeConfig
 from neuroscope.core.protocol import Backend, GenerationParams, Steering
 
 
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
     ``neuroscope.cli.serve`` imports this module); the annotations are evaluated as the function is defined, which
     is why this module does not use postponed annotations."""
     from neuroscope.cli.options import (DType, Model, Norm, ReadableCommand, Sae, SAEDType, SaeLocal, SaePath, err, fail,
-                                        load_or_fail)
+                                        load_or_fail, sae_fields)
 
     @app.command("steer", cls=ReadableCommand)
     def steer_cmd(
@@ -163,8 +163,8 @@ def register(app: typer.Typer) -> None:
         top: Annotated[int, typer.Option(help="Rows in the table of features that changed most.", min=1)] = 10,
         json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
         model: Model = DEFAULT_MODEL,
-        sae: Sae = DEFAULT_SAE,
-        sae_path: SaePath = DEFAULT_SAE_PATH,
+        sae: Sae = None,
+        sae_path: SaePath = None,
         sae_local_path: SaeLocal = None,
         sae_layer: Annotated[int, typer.Option(help="Steer and read the output of this decoder block.", min=0)] = DEFAULT_LAYER,
         top_k: Annotated[int, typer.Option(help="Features reported per token.", min=1, max=1000)] = 32,
@@ -183,8 +183,7 @@ def register(app: typer.Typer) -> None:
             for p in ("model", "sae", "sae_path", "sae_local_path")
         )
         config = ServeConfig(
-            model=model, sae=sae, sae_path=sae_path, sae_local_path=str(sae_local_path) if sae_local_path else None,
-            sae_layer=sae_layer, top_k=top_k, backend=backend, dtype=dtype.value if dtype else None,
+            **sae_fields(ctx, model, sae, sae_path, sae_local_path, sae_layer), top_k=top_k, backend=backend, dtype=dtype.value if dtype else None,
             sae_input_norm=sae_input_norm.value, sae_dtype=sae_dtype.value,
             labels_path=str(labels_path) if labels_path else None, demo=demo, max_tokens=max_tokens,
             port=0, features_port=0, demo_fallback=defaults and not demo,

@@ -8,7 +8,8 @@
   strings; ``feature_hub`` — the broadcast of feature events to subscribers;
 - ``steering`` — steering specs from request bodies and the command line;
 - ``sae`` — SAE weights (Gemma Scope ``params.npz``) and the numpy reference encoder; ``checkpoint`` — a model
-  checkpoint on disk; ``hub_cache`` — models and SAEs in the Hugging Face cache (list, pull, known releases);
+  checkpoint on disk; ``hub_cache`` — models and SAEs in the Hugging Face cache (list, pull);
+  ``releases`` — the known SAE releases per model and each model's default SAE (``neuroscope/data``);
   ``fixtures`` — the small offline Gemma-2 checkpoints (the demo model, tests, benchmarks);
 - ``registry`` — backends by name, imported lazily; ``loading`` — load failures as one line.
 

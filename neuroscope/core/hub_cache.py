@@ -11,17 +11,15 @@ import inspect
 import json
 import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from neuroscope.core.checkpoint import ALLOW_PATTERNS
+from neuroscope.core.releases import registry, release_path, releases_for  # noqa: F401  (the registry's home)
 from neuroscope.core.sae import SAEError
 
 SAE_KEYS = ("W_enc", "b_enc", "threshold", "W_dec", "b_dec")
-REGISTRY_FORMAT = "neuroscope-sae-registry/1"
 
 
 class HubCacheError(Exception):
@@ -29,12 +27,47 @@ class HubCacheError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ listing
+# the checkpoints Neuroscope serves, by config.json's model_type (a multimodal Gemma 3 is served as text)
+MODEL_FAMILIES = {"gemma2": "Gemma 2", "gemma3_text": "Gemma 3", "gemma3": "Gemma 3 (multimodal, served as text)"}
+
+
+def model_family(model_type: str | None) -> str:
+    """What a checkpoint's ``model_type`` is to Neuroscope: its family, or why it is not served."""
+    if model_type in MODEL_FAMILIES:
+        return MODEL_FAMILIES[model_type]
+    return "unknown (no model_type)" if model_type is None else f"{model_type} (not served)"
+
+
+def check_model_type(repo: str, config: dict) -> str:
+    """``config``'s model_type when Neuroscope serves it, else :class:`HubCacheError` naming the ones it does."""
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in MODEL_FAMILIES:
+        what = f"a {model_type!r} model" if isinstance(model_type, str) else "a checkpoint without a model_type"
+        raise HubCacheError(f"{repo} is {what}; Neuroscope serves Gemma 2 and Gemma 3 checkpoints (model_type "
+                            f"{', '.join(MODEL_FAMILIES)})")
+    return model_type
+
+
+def _model_type(config_json: Path) -> str | None:
+    try:
+        data = json.loads(config_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get("model_type") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
 @dataclass(frozen=True)
 class CachedModel:
     repo: str
     revisions: tuple[str, ...]  # "abc1234 (main)" per cached revision
     size: int
     last_used: float | None  # the newest access time of its files (POSIX seconds)
+    model_type: str | None = None  # config.json's, in the newest revision
+
+    @property
+    def family(self) -> str:
+        return model_family(self.model_type)
 
 
 @dataclass(frozen=True)
@@ -72,11 +105,19 @@ def cached_models() -> list[CachedModel]:
     for repo in _scan():
         if repo.repo_type != "model":
             continue
-        names = {f.file_name for rev in repo.revisions for f in rev.files}
-        if "config.json" not in names:
+        configs = [f.file_path for rev in sorted(repo.revisions, key=lambda r: -r.last_modified) for f in rev.files
+                   if f.file_name == "config.json" and f.file_path.parent == rev.snapshot_path]
+        if not configs:
             continue
-        found.append(CachedModel(repo.repo_id, _revisions(repo), repo.size_on_disk, repo.last_accessed))
+        found.append(CachedModel(repo.repo_id, _revisions(repo), repo.size_on_disk, repo.last_accessed,
+                                 _model_type(configs[0])))
     return sorted(found, key=lambda m: m.repo)
+
+
+def cached_files() -> set[tuple[str, str]]:
+    """``(repo, path in the repo)`` of every file in the model repos of the hub cache, any revision."""
+    return {(repo.repo_id, f.file_path.relative_to(rev.snapshot_path).as_posix())
+            for repo in _scan() if repo.repo_type == "model" for rev in repo.revisions for f in rev.files}
 
 
 def npz_header(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -139,35 +180,29 @@ def cached_saes() -> list[CachedSae]:
     return sorted(found, key=lambda s: (s.repo, s.path, s.revision))
 
 
-# ------------------------------------------------------------------------------------------------ registry
-@lru_cache(maxsize=1)
-def registry() -> dict:
-    """The known SAE releases (package data: ``neuroscope/data/gemma_scope.json``)."""
-    data = json.loads(resources.files("neuroscope.data").joinpath("gemma_scope.json").read_text(encoding="utf-8"))
-    if data.get("format") != REGISTRY_FORMAT:
-        raise ValueError(f"unknown SAE registry format {data.get('format')!r}")
-    return data
-
-
-def releases_for(model: str) -> list[dict]:
-    """The registry's releases made for ``model`` (a hub id)."""
-    return [r for r in registry()["releases"] if model in r["models"]]
-
-
-def release_path(release: dict, layer: int, width: str, l0: int) -> str:
-    return release["path"].format(layer=layer, width=width, l0=l0)
-
-
 # ------------------------------------------------------------------------------------------------ pulling
 def pull_model(repo: str, revision: str | None = None, *, console=None) -> Path:
     """Download what serving needs from model ``repo`` (config, tokenizer files, safetensors and their index;
-    not GGUF, PyTorch bins or ONNX) into the hub cache; returns the snapshot directory."""
-    from huggingface_hub import snapshot_download
+    not GGUF, PyTorch bins or ONNX) into the hub cache; returns the snapshot directory. Its ``config.json`` comes
+    first: a checkpoint of a family Neuroscope does not serve is refused before any weights are fetched."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     from neuroscope.progress import JobProgress
     from neuroscope.store.hf import download_mode, hub_failure
 
     console, offline = download_mode(console)
+    try:
+        config = Path(hf_hub_download(repo, "config.json", revision=revision, local_files_only=offline))
+    except (OSError, ValueError, EntryNotFoundError) as exc:  # huggingface_hub's errors derive from these
+        if isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError):
+            raise HubCacheError(f"{repo} has no config.json: not a model checkpoint Neuroscope can serve") from None
+        raise HubCacheError(hub_failure(exc, f"model {repo}", kind="model repo")) from None
+    try:
+        check_model_type(repo, json.loads(config.read_text(encoding="utf-8")))
+    except ValueError:
+        raise HubCacheError(f"{repo}'s config.json is not valid JSON: not a model checkpoint Neuroscope can serve") \
+            from None
     with JobProgress(console) as progress:
         try:
             path = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW_PATTERNS,

@@ -144,7 +144,12 @@ def _bool(body: dict, key: str, default: bool = False) -> bool:
     return v
 
 
-def _content(msg: dict, i: int) -> str:
+# content part types that carry an image (OpenAI chat, OpenAI responses, Anthropic-style); Gemma 3 4B and up are
+# multimodal checkpoints, but Neuroscope serves every model as text
+IMAGE_PARTS = ("image_url", "input_image", "image")
+
+
+def _content(msg: dict, i: int, served_model: str) -> str:
     content = msg.get("content")
     param = f"messages[{i}].content"
     if content is None:
@@ -158,6 +163,10 @@ def _content(msg: dict, i: int) -> str:
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise _bad(f"'{param}[{j}]' must be an object with a 'type'", param, "invalid_type")
+            if part["type"] in IMAGE_PARTS:
+                raise _bad(f"'{param}[{j}]' is an image ({part['type']!r}): images are not supported, because "
+                           f"{served_model} is served as text only; send text content parts", f"{param}[{j}]",
+                           "unsupported_value")
             if part["type"] != "text":
                 raise _bad(f"content part type {part['type']!r} is not supported (text only)", param, "unsupported_value")
             if not isinstance(part.get("text"), str):
@@ -334,7 +343,7 @@ def parse_chat_request(body: Any, *, served_model: str, aliases: tuple[str, ...]
             raise _bad(f"role {role!r} is not supported by this server (no tool calling)", f"messages[{i}].role", "unsupported_value")
         if role not in ROLES:
             raise _bad(f"unknown role {role!r} in messages[{i}]; use one of {', '.join(ROLES)}", f"messages[{i}].role")
-        parsed.append({"role": role, "content": _content(msg, i)})
+        parsed.append({"role": role, "content": _content(msg, i, served_model)})
     fields = _sampling(body, served_model=served_model, aliases=aliases, d_sae=d_sae,
                        max_keys=("max_completion_tokens", "max_tokens"), n_logits=n_logits)
     fields["logprobs"] = _chat_logprobs(body)

@@ -10,6 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from neuroscope.config import ServeConfig, default_labeler
+from neuroscope.core import releases
 from neuroscope.runtime import Runtime, StartupError, compile_decode_step, load_runtime
 from neuroscope.server.access import Access
 from neuroscope.server.app import Bound, NeuroscopeServer, run_until_signalled
@@ -96,6 +97,11 @@ def _panel(rt: Runtime, bound: Bound, engine=None) -> Panel:
     if cfg.served_model_names:
         t.add_row("also named", escape(", ".join(cfg.served_model_names)))
     t.add_row("SAE", f"{escape(rt.sae_id)}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU, {cfg.sae_dtype})")
+    if cfg.sae_default and not rt.demo:
+        default = releases.default_sae(cfg.model)
+        moved = f" moved to layer {cfg.sae_layer}" if default is not None and default.path != cfg.sae_path else ""
+        t.add_row("", f"the default SAE of {escape(cfg.model)}, from the registry{moved} (--sae, --sae-path or "
+                      "--sae-local-path serve another)")
     t.add_row("layer", f"output of block {cfg.sae_layer} of {info.n_layers}  (input norm: {cfg.sae_input_norm})")
     t.add_row("backend", f"{rt.backend.name} on {info.device}, {info.dtype}")
     if rt.engine is not None:

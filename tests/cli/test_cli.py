@@ -131,8 +131,8 @@ def test_defaults(runner, captured):
     "args",
     [
         ["--model", "google/gemma-2-2b-it"],  # explicitly named, even with the default value
-        ["--model", "/models/gemma"],
-        ["--sae", "someone/sae"],
+        ["--model", "google/gemma-3-1b-it"],  # another model: its own default SAE
+        ["--sae", "google/gemma-scope-2b-pt-res"],  # the default's repo: its default file
         ["--sae-path", "layer_12/params.npz"],
         ["--sae-local-path", "/tmp/params.npz"],
     ],

@@ -84,8 +84,9 @@ def test_help_has_no_type_tags_and_full_defaults(command, width):
     assert "…" not in r.output, r.output  # nothing cut short
     if command == ("serve",):
         squashed = re.sub(r"[\s│]", "", r.output)  # a long default may be folded across lines of the table
-        for default in ("layer_20/width_16k/average_l0_71/params.npz", "google/gemma-scope-2b-pt-res",
-                        "google/gemma-2-2b-it"):
-            assert f"[default:{default}]" in squashed, r.output
+        assert "[default:google/gemma-2-2b-it]" in squashed, r.output
+        # --sae and --sae-path default to the model's default SAE, from the registry (no fixed value to show)
+        assert "(default:themodel'sdefaultSAE,fromtheregistry;`neuroscopesaelist`)" in squashed, r.output
+        assert "(default:themodel'sdefaultSAE)" in squashed, r.output
         flat = " ".join(r.output.split())
         assert "--max-queue" in flat and "--served-model-name" in flat

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from neuroscope.config import ServeConfig
+from neuroscope.config import DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig, with_sae
 from neuroscope.runtime import finish_probe, load_labels
 from neuroscope.server.serve import _label_rows
 from tests.support.net import closed_port
@@ -29,7 +29,7 @@ def test_reachable_neuronpedia_is_asked_lazily(monkeypatch):
     fake = FakeNeuronpedia()
     try:
         monkeypatch.setenv("NEURONPEDIA_URL", fake.url)
-        chain = load_labels(ServeConfig(), 16384)
+        chain = load_labels(with_sae(ServeConfig()), 16384)
         finish_probe(chain)
         assert chain.neuronpedia.lazy is not None and chain.neuronpedia.lazy.settings.base_url == fake.url
         r = rows(chain)
@@ -41,7 +41,7 @@ def test_reachable_neuronpedia_is_asked_lazily(monkeypatch):
 
 def test_offline_neuronpedia_serves_the_cache_only(monkeypatch):
     monkeypatch.setenv("NEURONPEDIA_URL", f"http://127.0.0.1:{closed_port()}")
-    chain = load_labels(ServeConfig(labeler="anthropic/claude-haiku"), 16384)
+    chain = load_labels(with_sae(ServeConfig(labeler="anthropic/claude-haiku")), 16384)
     finish_probe(chain)
     assert chain.neuronpedia.lazy is None and chain.neuronpedia.skipped.startswith("offline (cannot reach")
     r = rows(chain, labeler="anthropic/claude-haiku", label_threshold=0.7)
@@ -50,8 +50,9 @@ def test_offline_neuronpedia_serves_the_cache_only(monkeypatch):
 
 
 def test_turned_off_and_unknown_sae():
-    chain = load_labels(ServeConfig(neuronpedia=False), 16384)
+    chain = load_labels(with_sae(ServeConfig(neuronpedia=False)), 16384)
     assert chain.neuronpedia.lazy is None and chain.neuronpedia.probe is None
     assert rows(chain)["neuronpedia"] == "skipped: turned off (--no-neuronpedia)"
-    other = load_labels(ServeConfig(model="google/gemma-2-9b-it"), 16384)
+    other = load_labels(ServeConfig(model="google/gemma-2-9b-it", sae=DEFAULT_SAE, sae_path=DEFAULT_SAE_PATH),
+                        16384)
     assert "not in Neuronpedia's registry" in rows(other)["neuronpedia"]

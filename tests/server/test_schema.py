@@ -125,7 +125,7 @@ BAD = [
     ("content-missing", body(messages=[{"role": "user"}]), 400, "messages[0].content", "missing_required_parameter"),
     ("content-number", body(messages=[{"role": "user", "content": 5}]), 400, "messages[0].content", "invalid_type"),
     ("content-image", body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
-     400, "messages[0].content", "unsupported_value"),
+     400, "messages[0].content[0]", "unsupported_value"),
     ("content-part-text-not-string", body(messages=[{"role": "user", "content": [{"type": "text", "text": 1}]}]),
      400, "messages[0].content", "invalid_type"),
     ("content-part-not-object", body(messages=[{"role": "user", "content": ["hi"]}]), 400, "messages[0].content", "invalid_type"),

@@ -1,8 +1,9 @@
 """Which Neuronpedia model / source ids hold the explanations of a served SAE (``neuroscope/data/neuronpedia.json``).
 
 The registry is data: an entry names the models and the SAE repo it covers, a regular expression over the SAE file
-whose named groups fill the source id's placeholders (``layer_20/width_16k/average_l0_71/params.npz`` →
-``20-gemmascope-res-16k``), and the SAE's width. An SAE it does not know has no Neuronpedia source.
+or directory whose named groups fill the source id's placeholders (``layer_20/width_16k/average_l0_71/params.npz`` →
+``20-gemmascope-res-16k``; ``resid_post/layer_17_width_65k_l0_medium`` → ``17-gemmascope-2-res-65k``), and the
+SAE's width (a number, or one per value of the ``width`` group). An SAE it does not know has no Neuronpedia source.
 """
 
 from __future__ import annotations
@@ -71,5 +72,10 @@ def lookup(ns: paths.Namespace) -> NeuronpediaIds | None:
         low, high = entry.get("layers", (0, 10**6))
         if "layer" in groups and not low <= int(groups["layer"]) <= high:
             continue
-        return NeuronpediaIds(entry["model_id"], entry["source"].format(**groups), int(entry["d_sae"]))
+        d_sae = entry["d_sae"]
+        if isinstance(d_sae, dict):  # one width per value of the width group (Gemma Scope 2: 16k, 65k, …)
+            d_sae = d_sae.get(groups.get("width"))
+            if d_sae is None:
+                continue
+        return NeuronpediaIds(entry["model_id"], entry["source"].format(**groups), int(d_sae))
     return None
