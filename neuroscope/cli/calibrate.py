@@ -24,7 +24,7 @@ from neuroscope.cli.options import (
     fail,
     group,
 )
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
+from neuroscope.config import DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 
 app = group(
     help="Calibration statistics (how often and how strongly each SAE feature fires over a corpus) for the filters.",
@@ -33,7 +33,7 @@ app = group(
 
 
 # the model / SAE options of `serve`, shared by both commands
-Layer = Annotated[int, typer.Option(help="The output of this decoder block.", min=0)]
+Layer = Annotated[Optional[int], typer.Option(help="The output of this decoder block (default: the layer the SAE's config names; for a params.npz, layer_N/ in its hub path, else 20).", min=0)]
 InputNorm = Annotated[Norm, typer.Option(help="none: the raw residual (Gemma Scope); rms: divide by its RMS.")]
 Demo = Annotated[bool, typer.Option("--demo", help="The built-in offline demo model and SAE.")]
 # the corpus pass's options, shared with `labels generate`
@@ -46,7 +46,7 @@ MaxTokensPerSample = Annotated[
 ]
 
 
-def _config(ctx: typer.Context, model: str, sae: str, sae_path: str, sae_local_path: Path | None, sae_layer: int,
+def _config(ctx: typer.Context, model: str, sae: str, sae_path: str, sae_local_path: Path | None, sae_layer: int | None,
             norm: Norm, demo: bool, **extra: Any) -> ServeConfig:
     if demo:  # as `serve --demo`: the demo's own model and SAE, never mixed with others
         clash = [f"--{p.replace('_', '-')}" for p in ("model", "sae", "sae_path", "sae_local_path", "sae_layer")
@@ -60,7 +60,13 @@ def _config(ctx: typer.Context, model: str, sae: str, sae_path: str, sae_local_p
         config.validate()
     except ValueError as exc:
         fail(str(exc), 2)
-    return config
+    from neuroscope.core.sae import SAEError
+    from neuroscope.runtime import resolve_sae_layer
+
+    try:
+        return resolve_sae_layer(config)  # the layer the namespaces and the panel see, from the SAE's config
+    except SAEError as exc:
+        fail(str(exc))
 
 
 @app.command("run", cls=ReadableCommand)
@@ -70,7 +76,7 @@ def run_cmd(
     sae: Sae = DEFAULT_SAE,
     sae_path: SaePath = DEFAULT_SAE_PATH,
     sae_local_path: SaeLocal = None,
-    sae_layer: Layer = DEFAULT_LAYER,
+    sae_layer: Layer = None,
     sae_input_norm: InputNorm = Norm.none,
     backend: Annotated[str, typer.Option(help="auto, mlx, torch-cuda or torch-cpu.")] = "auto",
     dtype: Annotated[
@@ -126,7 +132,7 @@ def show_cmd(
     sae: Sae = DEFAULT_SAE,
     sae_path: SaePath = DEFAULT_SAE_PATH,
     sae_local_path: SaeLocal = None,
-    sae_layer: Layer = DEFAULT_LAYER,
+    sae_layer: Layer = None,
     sae_input_norm: InputNorm = Norm.none,
     demo: Demo = False,
     labels_path: Annotated[Optional[Path], typer.Option(help="JSON label map (feature index -> label).")] = None,

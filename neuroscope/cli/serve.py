@@ -33,7 +33,7 @@ from neuroscope.cli.options import (
     fail,
     group,
 )
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
+from neuroscope.config import DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH, ServeConfig
 from neuroscope.server.origins import split_origins
 
 app = group(
@@ -84,7 +84,7 @@ def serve_cmd(
     sae: Sae = DEFAULT_SAE,
     sae_path: SaePath = DEFAULT_SAE_PATH,
     sae_local_path: SaeLocal = None,
-    sae_layer: Annotated[int, typer.Option(help="Capture the output of this decoder block.", min=0)] = DEFAULT_LAYER,
+    sae_layer: Annotated[Optional[int], typer.Option(help="Capture the output of this decoder block (default: the layer the SAE's config names; for a params.npz, layer_N/ in its hub path, else 20).", min=0)] = None,
     top_k: Annotated[int, typer.Option(help="Features reported per token.", min=1, max=1000)] = 10,
     port: Annotated[int, typer.Option(help="Port of the OpenAI-compatible chat API.", min=0, max=65535)] = 8080,
     features_port: Annotated[int, typer.Option(help="Port of the feature stream.", min=0, max=65535)] = 8081,

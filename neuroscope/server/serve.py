@@ -10,6 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from neuroscope.config import ServeConfig, default_labeler
+from neuroscope.core.sae_formats import FORMAT_NAMES
 from neuroscope.runtime import Runtime, StartupError, compile_decode_step, load_runtime
 from neuroscope.server.access import Access
 from neuroscope.server.app import Bound, NeuroscopeServer, run_until_signalled
@@ -95,7 +96,9 @@ def _panel(rt: Runtime, bound: Bound, engine=None) -> Panel:
     t.add_row("model", escape(info.model_id) + ("  [yellow](built-in demo)[/]" if rt.demo else ""))
     if cfg.served_model_names:
         t.add_row("also named", escape(", ".join(cfg.served_model_names)))
-    t.add_row("SAE", f"{escape(rt.sae_id)}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU, {cfg.sae_dtype})")
+    fmt = FORMAT_NAMES.get(rt.sae.format, rt.sae.format)
+    t.add_row("SAE", f"{escape(rt.sae_id)}  ({rt.sae.d_model} → {rt.sae.d_sae} features, {fmt}, {rt.sae.kind}, "
+                     f"{cfg.sae_dtype})")
     t.add_row("layer", f"output of block {cfg.sae_layer} of {info.n_layers}  (input norm: {cfg.sae_input_norm})")
     t.add_row("backend", f"{rt.backend.name} on {info.device}, {info.dtype}")
     if rt.engine is not None:
