@@ -40,12 +40,14 @@ _SAELENS_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 @dataclass(frozen=True)
 class SAELocation:
     """An SAE on this machine: its format, weights file and config file (None for ``params.npz``). ``weights``
-    is None when only the config was fetched (to read the layer); ``hub_path`` is ``--sae-path`` for a hub SAE."""
+    is None when only the config was fetched (to read the layer); ``hub_path`` is ``--sae-path`` for a hub SAE,
+    ``hub_weights`` the weights file in the repo."""
 
     format: str
     weights: Path | None
     config: Path | None = None
     hub_path: str | None = None
+    hub_weights: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ detection
@@ -93,7 +95,8 @@ def locate(repo: str | None, path: str | None, local_path: str | None, *, revisi
     folder, name = path.rpartition("/")[0], path.rpartition("/")[2]
     fmt = next((f for f, names in DIR_FILES.items() if name in names), None)
     if fmt is None and name.endswith(".npz"):
-        return SAELocation(GEMMA_SCOPE, _download(repo, path, revision) if fetch_weights else None, hub_path=path)
+        return SAELocation(GEMMA_SCOPE, _download(repo, path, revision) if fetch_weights else None, hub_path=path,
+                           hub_weights=path)
     if fmt is None:  # a directory: which format its files say
         folder = path
         for candidate in (SAELENS, GEMMA_SCOPE_2):
@@ -103,12 +106,13 @@ def locate(repo: str | None, path: str | None, local_path: str | None, *, revisi
                 break
         else:
             npz = f"{folder}/{NPZ}"
-            return SAELocation(GEMMA_SCOPE, _download(repo, npz, revision) if fetch_weights else None, hub_path=npz)
+            return SAELocation(GEMMA_SCOPE, _download(repo, npz, revision) if fetch_weights else None, hub_path=npz,
+                               hub_weights=npz)
     weights_name, config_name = DIR_FILES[fmt]
     prefix = f"{folder}/" if folder else ""
     config = _download(repo, prefix + config_name, revision)
     weights = _download(repo, prefix + weights_name, revision) if fetch_weights else None
-    return SAELocation(fmt, weights, config, hub_path=path)
+    return SAELocation(fmt, weights, config, hub_path=path, hub_weights=prefix + weights_name)
 
 
 def _download(repo: str, filename: str, revision: str | None, *, missing_ok: bool = False) -> Path | None:
