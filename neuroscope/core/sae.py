@@ -155,37 +155,6 @@ def save_npz(path: str | os.PathLike[str], sae: SAEWeights) -> None:
     np.savez(path, W_enc=sae.W_enc, b_enc=sae.b_enc, threshold=sae.threshold, W_dec=sae.W_dec, b_dec=sae.b_dec)
 
 
-def resolve_sae_file(
-    repo_id: str | None, filename: str | None, local_path: str | None, *, revision: str | None = None
-) -> Path:
-    """A local ``params.npz``: ``local_path`` if given, else downloaded (or read from the cache) via huggingface_hub."""
-    if local_path:
-        p = Path(local_path).expanduser()
-        if p.is_dir():
-            p = p / "params.npz"
-        if not p.is_file():
-            raise SAEError(f"SAE file not found: {p}")
-        return p
-    if not repo_id or not filename:
-        raise SAEError("give --sae and --sae-path (a hub repo and a file in it) or --sae-local-path")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    from neuroscope.store.hf import hub_reachable
-
-    try:
-        return Path(
-            hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, local_files_only=not hub_reachable())
-        )
-    except LocalEntryNotFoundError as exc:
-        raise SAEError(
-            f"cannot fetch SAE {repo_id}/{filename}: offline and not in the Hugging Face cache "
-            "(connect once, or pass --sae-local-path)"
-        ) from exc
-    except HfHubHTTPError as exc:
-        raise SAEError(f"cannot fetch SAE {repo_id}/{filename}: {str(exc).splitlines()[0]}") from exc
-
-
 INPUT_NORMS = ("none", "rms")
 SAE_DTYPES = ("float32", "bfloat16")
 

@@ -138,8 +138,9 @@ def test_steering_a_topk_and_a_relu_sae_equals_the_numpy_rule(loaded, prompt_ids
 
 def test_batched_rows_equal_their_solo_runs(loaded, prompt_ids):
     backend, _, _, arch = loaded
-    if getattr(backend, "engine", None) == "compiled":
-        pytest.skip("the compiled batch step compiles a graph per bucket: covered by test_batching_compiled.py")
+    if getattr(backend, "engine", None) == "compiled" and arch != "topk":
+        pytest.skip("compiled batch buckets cost minutes on a CPU: TopK (the encode that differs) is checked here, "
+                    "the JumpReLU rule by test_batching_compiled.py")
     a = 5
     steer = Steering((SteerFeature(a, "clamp", 6.0), SteerFeature(a + 1, "ablate", 0.0)), "all")
     reqs = [Collect(prompt_ids, GenerationParams(max_tokens=10, prompt_features=True)),

@@ -122,3 +122,18 @@ def test_serve_starts_with_the_sae_and_says_its_format(tiny_fixture, tmp_path, k
         assert r.status_code == 200, r.text
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("kind", list(WRITERS))
+def test_labels_show_reads_the_width_and_layer_of_a_directory_sae(tiny_fixture, tmp_path, cache, kind):
+    d = WRITERS[kind](tmp_path, tiny_fixture)
+    result = invoke("labels", "show", "--model", str(tiny_fixture.model_dir), "--sae-local-path", str(d),
+                    "--features", "255")
+    assert result.exit_code == 0, result.output  # the width (256) from the safetensors header, no model loaded
+    assert "feature_255" in result.stdout
+    result = invoke("labels", "show", "--model", str(tiny_fixture.model_dir), "--sae-local-path", str(d),
+                    "--features", "256")
+    assert "out of range: the SAE has 256 features" in error_line(result, 2)
+    result = invoke("labels", "show", "--model", str(tiny_fixture.model_dir), "--sae-local-path", str(d),
+                    "--sae-layer", "0", "--features", "1")
+    assert "which was trained on layer 2" in error_line(result, 1)
