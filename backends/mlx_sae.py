@@ -144,7 +144,8 @@ class MLXSteer:
     """Steering of one request at block ``layer``'s output (the semantics of ``backends/torch_sae.py``'s
     ``TorchSteer``): the m steered features' encoder columns, biases, thresholds and decoder rows (float32),
     values and clamp flags, gathered once; per position ``h + (values - clamp * a) @ W_dec[ids]`` with ``a``
-    the features' activations of the unsteered ``h`` (a TopK SAE's from the full encode). Lazy and compiled, part of the token's one graph."""
+    the features' activations of the unsteered ``h`` (a TopK SAE's from the full encode). Lazy and compiled,
+    part of the token's one graph."""
 
     def __init__(self, sae: MLXSAE, steering: Steering, layer: int):
         ids_np, values, clamp = steering.arrays()

@@ -152,8 +152,8 @@ class TorchSteer:
     """Steering of one request at block ``layer``'s output, as fixed-shape device tensors.
 
     Built once per request from the m steered features: their encoder columns ``W_enc[:, ids]``, biases and
-    thresholds (to read their activations ``a`` of the unsteered residual: :meth:`TorchSAE.steered_acts`), their decoder rows
-    ``W_dec[ids]`` in float32, the values and a clamp flag per feature. Per position the residual becomes
+    thresholds (to read their activations ``a`` of the unsteered residual: :meth:`TorchSAE.steered_acts`), their
+    decoder rows ``W_dec[ids]`` in float32, the values and a clamp flag per feature. Per position the residual becomes
     ``h + (values - clamp * a) @ W_dec[ids]``: ``add`` adds ``value * W_dec[i]``, ``clamp`` / ``ablate`` add
     ``(value - a_i) * W_dec[i]``. The same few small ops whatever the data, so a step keeps one shape."""
 

@@ -126,6 +126,8 @@ def resolve_filter(config: ServeConfig, d_sae: int, *, demo: bool = False) -> tu
     """The filter ``config`` asks for, from its calibration: ``--calibration-path`` (which must exist, parse and
     match the served model / SAE / layer / norm / width, else :class:`CalibrationError` naming what differs), or
     the file calibrated for this configuration in the cache. With none found, filter ``none`` and a warning."""
+    if config.sae_layer is None:
+        config = resolve_sae_layer(config)
     ns = calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
                                    config.sae_layer, config.sae_input_norm, demo=demo)
     expected = calibration.identity(ns, d_sae)
@@ -192,6 +194,8 @@ def load_labels(config: ServeConfig, d_sae: int) -> LabelChain:
     from neuroscope.labels.neuronpedia.client import ClientSettings
     from neuroscope.labels.neuronpedia.lazy import LazyNeuronpedia
 
+    if config.sae_layer is None:
+        config = resolve_sae_layer(config)
     ns = calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
                                    config.sae_layer, config.sae_input_norm, demo=config.demo)
     demo_labels = fixtures.demo_fixture().labels_path if config.demo else None

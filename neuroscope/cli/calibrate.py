@@ -12,6 +12,7 @@ from rich.table import Table
 
 from neuroscope.calibration import run as calibrate
 from neuroscope.cli.options import (
+    LAYER_HELP,
     DType,
     Model,
     Norm,
@@ -33,7 +34,7 @@ app = group(
 
 
 # the model / SAE options of `serve`, shared by both commands
-Layer = Annotated[Optional[int], typer.Option(help="The output of this decoder block (default: the layer the SAE's config names; for a params.npz, layer_N/ in its hub path, else 20).", min=0)]
+Layer = Annotated[Optional[int], typer.Option(help=LAYER_HELP, min=0)]
 InputNorm = Annotated[Norm, typer.Option(help="none: the raw residual (Gemma Scope); rms: divide by its RMS.")]
 Demo = Annotated[bool, typer.Option("--demo", help="The built-in offline demo model and SAE.")]
 # the corpus pass's options, shared with `labels generate`

@@ -19,6 +19,7 @@ from neuroscope.cli.features import app as features_app
 from neuroscope.cli.labels import app as labels_app
 from neuroscope.cli.models import models_app, sae_app
 from neuroscope.cli.options import (
+    LAYER_HELP,
     DType,
     Labeler,
     LabelThreshold,
@@ -84,7 +85,7 @@ def serve_cmd(
     sae: Sae = DEFAULT_SAE,
     sae_path: SaePath = DEFAULT_SAE_PATH,
     sae_local_path: SaeLocal = None,
-    sae_layer: Annotated[Optional[int], typer.Option(help="Capture the output of this decoder block (default: the layer the SAE's config names; for a params.npz, layer_N/ in its hub path, else 20).", min=0)] = None,
+    sae_layer: Annotated[Optional[int], typer.Option(help=LAYER_HELP, min=0)] = None,
     top_k: Annotated[int, typer.Option(help="Features reported per token.", min=1, max=1000)] = 10,
     port: Annotated[int, typer.Option(help="Port of the OpenAI-compatible chat API.", min=0, max=65535)] = 8080,
     features_port: Annotated[int, typer.Option(help="Port of the feature stream.", min=0, max=65535)] = 8081,

@@ -166,7 +166,8 @@ def register(app: typer.Typer) -> None:
         sae: Sae = DEFAULT_SAE,
         sae_path: SaePath = DEFAULT_SAE_PATH,
         sae_local_path: SaeLocal = None,
-        sae_layer: Annotated[Optional[int], typer.Option(help="Steer and read the output of this decoder block (default: as for serve).", min=0)] = None,
+        sae_layer: Annotated[Optional[int], typer.Option(help="Steer and read the output of this decoder block "
+                                                                "(default: as for serve).", min=0)] = None,
         top_k: Annotated[int, typer.Option(help="Features reported per token.", min=1, max=1000)] = 32,
         backend: Annotated[str, typer.Option(help="auto, mlx, torch-cuda or torch-cpu.")] = "auto",
         dtype: Annotated[Optional[DType], typer.Option(help="Model dtype (as for serve).")] = None,
