@@ -147,3 +147,20 @@ def test_batched_rows_equal_their_solo_runs(loaded, prompt_ids):
             Collect(prompt_ids[:-4], GenerationParams(max_tokens=8, steering=steer)),
             Collect(prompt_ids[3:], GenerationParams(max_tokens=9, steering=steer), join_at=2)]
     check(backend, reqs, max_batch=4, max_context=128)
+
+
+def test_the_corpus_pass_of_each_architecture_equals_the_reference(loaded, tiny_fixture):
+    from neuroscope.calibration import corpus_pass
+    from tests.backend.test_corpus_pass import TEXTS, _reference_stats
+
+    backend, info, sae, _ = loaded
+    if getattr(backend, "engine", None) == "compiled":
+        pytest.skip("the corpus pass is one path for both torch engines (eager)")
+    tok = info.tokenizer
+    samples = [corpus_pass.tokenize(tok, t, 40) for t in TEXTS[:3]]
+    st = corpus_pass.run_batch(backend, samples, corpus_pass.special_ids(tok), corpus_pass.pad_id(tok)).stats
+    n, count, total, _, mx = _reference_stats(tiny_fixture, sae, info, samples)
+    assert st.tokens == n
+    np.testing.assert_array_equal(st.count, count)
+    np.testing.assert_allclose(st.sum, total, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(st.max, mx, rtol=1e-4, atol=1e-5)
