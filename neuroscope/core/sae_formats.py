@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +147,7 @@ class SAEConfig:
     apply_b_dec_to_input: bool = False
     input_scale: float | None = None
     layer: int | None = None
+    sizes: dict = field(default_factory=dict)  # d_in / d_sae as the config states them (SAELens), to check
 
 
 def read_config(loc: SAELocation) -> SAEConfig:
@@ -238,7 +239,8 @@ def _saelens(c: dict, where: str) -> SAEConfig:
             raise SAEError(f"{where}: normalize_activations expected_average_only_in needs the scaling factor it was "
                            "trained with (norm_scaling_factor), and the config has none")
         scale = float(scale)
-    return SAEConfig(arch, k, bool(c.get("apply_b_dec_to_input", True)), scale, layer)
+    sizes = {f: int(c[f]) for f in ("d_in", "d_sae") if isinstance(c.get(f), int)}
+    return SAEConfig(arch, k, bool(c.get("apply_b_dec_to_input", True)), scale, layer, sizes)
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -275,6 +277,11 @@ def load(loc: SAELocation, *, dtype=np.float32) -> SAEWeights:
     except safetensors_np.SafetensorsError as exc:
         raise SAEError(str(exc)) from None
     arrays = {ours: raw[theirs] for ours, theirs in wanted.items()}
+    w_enc = arrays["W_enc"].shape
+    for name, size in (("d_in", w_enc[0] if len(w_enc) == 2 else None), ("d_sae", w_enc[-1])):
+        said = cfg.sizes.get(name)
+        if said is not None and said != size:
+            raise SAEError(f"SAE {loc.config} says {name}={said} but {path} holds W_enc of shape {w_enc}")
     if wanted.get("threshold") == "log_threshold":
         arrays["threshold"] = np.exp(arrays["threshold"].astype(np.float32))
     return from_arrays(arrays, source=str(path), dtype=dtype, architecture=cfg.architecture, k=cfg.k,

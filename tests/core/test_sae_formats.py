@@ -176,6 +176,8 @@ def saelens(tmp_path, arch="jumprelu", k=None, **cfg):
     ({"architecture": "standard", "activation_fn": "tanh-relu"}, "activation function 'tanh-relu'"),
     ({"normalize_activations": "layer_norm"}, "normalize_activations 'layer_norm' is not supported"),
     ({"normalize_activations": "expected_average_only_in"}, "needs the scaling factor"),
+    ({"d_in": 7}, "says d_in=7 but"),
+    ({"d_sae": 12}, "says d_sae=12 but"),
 ])
 def test_saelens_refusals_are_one_line_naming_the_field(tmp_path, cfg, needle):
     d = saelens(tmp_path, **cfg)
