@@ -278,7 +278,7 @@ def load(loc: SAELocation, *, dtype=np.float32) -> SAEWeights:
         raise SAEError(str(exc)) from None
     arrays = {ours: raw[theirs] for ours, theirs in wanted.items()}
     w_enc = arrays["W_enc"].shape
-    for name, size in (("d_in", w_enc[0] if len(w_enc) == 2 else None), ("d_sae", w_enc[-1])):
+    for name, size in zip(("d_in", "d_sae"), w_enc if len(w_enc) == 2 else ()):  # else from_arrays says 2-D
         said = cfg.sizes.get(name)
         if said is not None and said != size:
             raise SAEError(f"SAE {loc.config} says {name}={said} but {path} holds W_enc of shape {w_enc}")
