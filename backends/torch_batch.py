@@ -45,6 +45,7 @@ class BatchInputs:
     steer_W_enc: torch.Tensor  # (R, d_model, M)
     steer_b_enc: torch.Tensor  # (R, M)
     steer_threshold: torch.Tensor  # (R, M)
+    steer_ids: torch.Tensor  # (R, M) int64
     steer_W_dec: torch.Tensor  # (R, M, d_model)
     steer_values: torch.Tensor  # (R, M)
     steer_clamp: torch.Tensor  # (R, M)
@@ -226,17 +227,15 @@ def _block_step(block, x, cos, sin, mask, keys, values, pos) -> torch.Tensor:
 
 
 def _steer_rows(sae: TorchSAE, inp: BatchInputs, B: int, h: torch.Tensor) -> torch.Tensor:
-    """Each row's steering slots applied to its residual (B, 1, d): ``h + (values - clamp * a) @ W_dec``."""
+    """Each row's steering slots applied to its residual (B, 1, d): ``h + (values - clamp * a) @ W_dec``, ``a``
+    the slots' activations of the unsteered row (a TopK SAE's from the full encode of the B rows)."""
     x = h[:, 0].float()
-    if sae.input_norm == "rms":
-        from neuroscope.core.sae import RMS_EPS
-
-        xn = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + RMS_EPS)
+    if sae.architecture == "topk":
+        a = sae.encode(x).gather(1, inp.steer_ids[:B])
     else:
-        xn = x
-    W = inp.steer_W_enc[:B]
-    pre = (torch.bmm(xn.to(W.dtype)[:, None], W)[:, 0]).float() + inp.steer_b_enc[:B]
-    a = torch.relu(pre) * (pre > inp.steer_threshold[:B])
+        W = inp.steer_W_enc[:B]
+        pre = (torch.bmm(sae.prepare(x).to(W.dtype)[:, None], W)[:, 0]).float() + inp.steer_b_enc[:B]
+        a = torch.relu(pre) * (pre > inp.steer_threshold[:B])
     coef = torch.addcmul(inp.steer_values[:B], inp.steer_clamp[:B], a, value=-1.0)
     return (x + torch.bmm(coef[:, None], inp.steer_W_dec[:B])[:, 0]).to(h.dtype)[:, None]
 

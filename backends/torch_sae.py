@@ -1,4 +1,4 @@
-"""JumpReLU encode + feature filter + top-k on the torch device, in float32."""
+"""SAE encode (JumpReLU, ReLU or TopK) + feature filter + top-k on the torch device, in float32."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ class TorchSAE:
         self.d_sae = sae.d_sae
         self.k = min(top_k, sae.d_sae)
         self.input_norm = input_norm
+        self.architecture, self.sae_k = sae.architecture, sae.k
+        self.input_scale = sae.input_scale
         to = lambda a: torch.from_numpy(a).to(device=device, dtype=torch.float32)  # noqa: E731
+        self.b_dec = to(sae.b_dec) if sae.apply_b_dec_to_input else None  # subtracted from the input
         self.W_enc = to(sae.W_enc).to(SAE_DTYPES[dtype]).contiguous()  # (d_model, d_sae)
         self.b_enc = to(sae.b_enc).to(SAE_DTYPES[dtype]).float()  # rounded like the weights, kept float32
         self.threshold = to(sae.threshold)
@@ -60,18 +63,44 @@ class TorchSAE:
         self._zero_masked_winners = self._mask is not None and int(self._mask.sum()) < self.k
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self._jumprelu(x, self.W_enc, self.b_enc, self.threshold)
+        """Activations (n, d_sae) float32 of residuals ``x`` (n, d_model), by the SAE's architecture."""
+        if self.architecture != "topk":
+            return self._jumprelu(x, self.W_enc, self.b_enc, self.threshold)
+        pre = self._pre(self.prepare(x), self.W_enc, self.b_enc)
+        top, ids = torch.topk(pre, self.sae_k, dim=-1)  # TopK: the k largest pre-activations, then ReLU
+        return torch.zeros_like(pre).scatter(-1, ids, torch.relu(top))
 
-    def _jumprelu(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
-        """JumpReLU of ``x`` (n, d_model) through encoder columns ``W`` (d_model, m), in float32."""
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's input in float32: the input norm, the SAE's input scale, minus ``b_dec`` if it asks."""
         x = x.float()
         if self.input_norm == "rms":
             x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + RMS_EPS)
+        if self.input_scale is not None:
+            x = x * self.input_scale
+        if self.b_dec is not None:
+            x = x - self.b_dec
+        return x
+
+    @staticmethod
+    def _pre(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if W.dtype == torch.float32:
-            pre = torch.addmm(b, x, W)
-        else:
-            pre = (x.to(W.dtype) @ W).float() + b
+            return torch.addmm(b, x, W)
+        return (x.to(W.dtype) @ W).float() + b
+
+    def _jumprelu(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+        """JumpReLU of ``x`` (n, d_model) through encoder columns ``W`` (d_model, m), in float32 (a ReLU SAE's
+        thresholds are zeros: the same rule)."""
+        pre = self._pre(self.prepare(x), W, b)
         return torch.relu(pre) * (pre > thr)  # JumpReLU: relu(pre) where pre clears the threshold
+
+    def steered_acts(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, thr: torch.Tensor,
+                     ids: torch.Tensor) -> torch.Tensor:
+        """The activations (n, m) of m steered features (``ids``; their encoder columns ``W``, biases ``b`` and
+        thresholds ``thr``) of residuals ``x`` (n, d_model). JumpReLU and ReLU features depend on their own column
+        only; whether a TopK feature is among the k depends on every feature, so that one is the full encode."""
+        if self.architecture == "topk":
+            return self.encode(x).index_select(-1, ids)
+        return self._jumprelu(x, W, b, thr)
 
     def steerer(self, steering: Steering, layer: int) -> "TorchSteer":
         """A request's steering as fixed-shape device tensors, built once per request."""
@@ -114,15 +143,17 @@ class TorchSAE:
 
     def static_tensors(self) -> list[torch.Tensor]:
         """The tensors a compiled step reads, whose addresses never change (weights and filter buffers)."""
-        return [self.W_enc, self.b_enc, self.threshold, self.W_dec, self.dense_scale, self.dense_penalty, self.counts]
+        extra = [self.b_dec] if self.b_dec is not None else []
+        return [self.W_enc, self.b_enc, self.threshold, self.W_dec, self.dense_scale, self.dense_penalty, self.counts,
+                *extra]
 
 
 class TorchSteer:
     """Steering of one request at block ``layer``'s output, as fixed-shape device tensors.
 
     Built once per request from the m steered features: their encoder columns ``W_enc[:, ids]``, biases and
-    thresholds (to read their JumpReLU activations ``a`` of the unsteered residual), their decoder rows
-    ``W_dec[ids]`` in float32, the values and a clamp flag per feature. Per position the residual becomes
+    thresholds (to read their activations ``a`` of the unsteered residual: :meth:`TorchSAE.steered_acts`), their
+    decoder rows ``W_dec[ids]`` in float32, the values and a clamp flag per feature. Per position the residual becomes
     ``h + (values - clamp * a) @ W_dec[ids]``: ``add`` adds ``value * W_dec[i]``, ``clamp`` / ``ablate`` add
     ``(value - a_i) * W_dec[i]``. The same few small ops whatever the data, so a step keeps one shape."""
 
@@ -133,16 +164,19 @@ class TorchSteer:
         self.layer = layer
         self.positions = steering.positions
         self._sae = sae
+        self.ids = ids
         self.W_enc = sae.W_enc.index_select(1, ids).contiguous()  # (d_model, m), the SAE dtype
         self.b_enc = sae.b_enc.index_select(0, ids)
         self.threshold = sae.threshold.index_select(0, ids)
         self.W_dec = sae.W_dec.index_select(0, ids).float()  # (m, d_model)
+        if sae.input_scale is not None:  # the decoder speaks the scaled input's units
+            self.W_dec = self.W_dec / sae.input_scale
         self.values = torch.from_numpy(values).to(device)
         self.clamp = torch.from_numpy(clamp).to(device)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         """``h`` (1, L, d_model) block output -> the steered block output, same shape and dtype."""
         x = h[0]
-        a = self._sae._jumprelu(x, self.W_enc, self.b_enc, self.threshold)  # (L, m), of the unsteered h
+        a = self._sae.steered_acts(x, self.W_enc, self.b_enc, self.threshold, self.ids)  # (L, m), of the unsteered h
         coef = torch.addcmul(self.values, self.clamp, a, value=-1.0)  # values - clamp * a
         return torch.addmm(x.float(), coef, self.W_dec).to(h.dtype)[None]  # h + coef @ W_dec[ids]

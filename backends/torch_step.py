@@ -41,6 +41,7 @@ class StepInputs:
     steer_W_enc: torch.Tensor  # (d_model, M) the steered features' encoder columns, SAE dtype
     steer_b_enc: torch.Tensor  # (M,) float32
     steer_threshold: torch.Tensor  # (M,) float32
+    steer_ids: torch.Tensor  # (M,) int64 the steered features (a TopK SAE reads their activations from the full encode)
     steer_W_dec: torch.Tensor  # (M, d_model) float32
     steer_values: torch.Tensor  # (M,) float32
     steer_clamp: torch.Tensor  # (M,) float32, 1 for clamp / ablate
@@ -56,7 +57,8 @@ class StepInputs:
             seed=torch.zeros((), dtype=torch.long, device=dev), bias=torch.zeros(vocab, **f32),
             counts=torch.zeros(vocab, **f32), presence=torch.zeros((), **f32), frequency=torch.zeros((), **f32),
             steer_W_enc=torch.zeros(d, m, dtype=sae.W_enc.dtype, device=dev), steer_b_enc=torch.zeros(m, **f32),
-            steer_threshold=torch.zeros(m, **f32), steer_W_dec=torch.zeros(m, d, **f32),
+            steer_threshold=torch.zeros(m, **f32), steer_ids=torch.zeros(m, dtype=torch.long, device=dev),
+            steer_W_dec=torch.zeros(m, d, **f32),
             steer_values=torch.zeros(m, **f32), steer_clamp=torch.zeros(m, **f32),
         )
 
@@ -77,14 +79,15 @@ class StepInputs:
         self.counts.zero_()
         self.presence.fill_(float(params.presence_penalty))
         self.frequency.fill_(float(params.frequency_penalty))
-        for t in (self.steer_W_enc, self.steer_b_enc, self.steer_threshold, self.steer_W_dec, self.steer_values,
-                  self.steer_clamp):
+        for t in (self.steer_W_enc, self.steer_b_enc, self.steer_threshold, self.steer_ids, self.steer_W_dec,
+                  self.steer_values, self.steer_clamp):
             t.zero_()
         if steer is not None:
             m = steer.values.shape[0]
             self.steer_W_enc[:, :m] = steer.W_enc
             self.steer_b_enc[:m] = steer.b_enc
             self.steer_threshold[:m] = steer.threshold
+            self.steer_ids[:m] = steer.ids
             self.steer_W_dec[:m] = steer.W_dec
             self.steer_values[:m] = steer.values
             self.steer_clamp[:m] = steer.clamp
@@ -112,15 +115,15 @@ NOTHING = Skips()  # the compiled engine: every op, one graph for every request
 
 class _SlotSteer:
     """Steering from the fixed slots of :class:`StepInputs`: ``h + (values - clamp * a) @ W_dec`` with ``a``
-    the slots' JumpReLU activations of the unsteered ``h`` (:class:`backends.torch_sae.TorchSteer`'s rule; a
-    zero slot adds exactly nothing)."""
+    the slots' activations of the unsteered ``h`` (:class:`backends.torch_sae.TorchSteer`'s rule; a zero slot
+    adds exactly nothing)."""
 
     def __init__(self, sae: TorchSAE, inp: StepInputs, layer: int):
         self.sae, self.inp, self.layer = sae, inp, layer
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         inp, x = self.inp, h[0]
-        a = self.sae._jumprelu(x, inp.steer_W_enc, inp.steer_b_enc, inp.steer_threshold)
+        a = self.sae.steered_acts(x, inp.steer_W_enc, inp.steer_b_enc, inp.steer_threshold, inp.steer_ids)
         coef = torch.addcmul(inp.steer_values, inp.steer_clamp, a, value=-1.0)
         return torch.addmm(x.float(), coef, inp.steer_W_dec).to(h.dtype)[None]
 

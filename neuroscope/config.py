@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from neuroscope.core.sae import INPUT_NORMS, SAE_DTYPES
+from neuroscope.core.sae_formats import DEFAULT_LAYER  # noqa: F401 - a params.npz's layer with no layer_N/ in its hub path
 from neuroscope.server.origins import parse_allowed_hosts, parse_allowed_origins
 
 FILTER_MODES = ("none", "frequency", "surprise", "combined")  # neuroscope.calibration.filters.MODES
@@ -16,7 +17,6 @@ DEFAULT_MODEL = "google/gemma-2-2b-it"
 # the default model's default SAE (the registry, neuroscope/data/gemma_scope.json, marks each model's default)
 DEFAULT_SAE = "google/gemma-scope-2b-pt-res"
 DEFAULT_SAE_PATH = "layer_20/width_16k/average_l0_71/params.npz"
-DEFAULT_LAYER = 20
 # the LLM whose auto-interp labels are served and that `labels generate` asks (an OpenRouter model id);
 # LABELER_MODEL overrides it
 DEFAULT_LABELER = "deepseek/deepseek-v3.2"
@@ -44,7 +44,9 @@ class ServeConfig:
     sae: str | None = None
     sae_path: str | None = None
     sae_local_path: str | None = None
-    sae_layer: int = DEFAULT_LAYER
+    # the block whose output the SAE reads; None: the SAE's own config says (Gemma Scope 2, SAELens), else a hub
+    # path's layer_N/, else DEFAULT_LAYER (resolved at load: neuroscope.runtime)
+    sae_layer: int | None = None
     top_k: int = 10
     host: str = "127.0.0.1"
     port: int = 8080
@@ -89,7 +91,7 @@ class ServeConfig:
             raise ValueError(f"--port and --features-port must differ (both are {self.port})")
         if self.top_k < 1:
             raise ValueError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.sae_layer < 0:
+        if self.sae_layer is not None and self.sae_layer < 0:
             raise ValueError(f"--sae-layer must be >= 0, got {self.sae_layer}")
         if self.max_tokens < 1:
             raise ValueError(f"--max-tokens must be at least 1, got {self.max_tokens}")

@@ -14,7 +14,8 @@ from neuroscope.calibration.stats import CalibrationError
 from neuroscope.config import ServeConfig, with_sae
 from neuroscope.core import fixtures, registry
 from neuroscope.core.protocol import Backend, BackendError, ModelInfo, ModelSpec
-from neuroscope.core.sae import SAEError, SAEWeights, load_npz, resolve_sae_file
+from neuroscope.core import sae_formats
+from neuroscope.core.sae import SAEError, SAEWeights
 from neuroscope.labels.chain import LabelChain
 from neuroscope.labels.sources import build_chain
 from neuroscope.labels.table import LabelError
@@ -55,6 +56,19 @@ def demo_config(config: ServeConfig) -> ServeConfig:
         demo=True,
         sae_default=False,
     )
+
+
+def resolve_sae_layer(config: ServeConfig) -> ServeConfig:
+    """``config`` with ``sae_layer`` set: the layer the SAE's config declares (an explicit one must agree), or
+    the one given, or a Gemma Scope hub path's ``layer_N/``, or 20. Reads only the SAE's config (a hub
+    directory's config is downloaded; a params.npz is not). :class:`SAEError` when they disagree."""
+    if config.demo:
+        return config
+    loc = sae_formats.locate(config.sae, config.sae_path, config.sae_local_path, fetch_weights=False)
+    declared = sae_formats.read_config(loc).layer
+    sae_id = config.sae_local_path or f"{config.sae}/{config.sae_path}"
+    return replace(config, sae_layer=sae_formats.resolve_layer(config.sae_layer, declared, hub_path=loc.hub_path,
+                                                               source=f"SAE {sae_id}"))
 
 
 def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: None) -> Runtime:
@@ -114,6 +128,8 @@ def resolve_filter(config: ServeConfig, d_sae: int, *, demo: bool = False) -> tu
     """The filter ``config`` asks for, from its calibration: ``--calibration-path`` (which must exist, parse and
     match the served model / SAE / layer / norm / width, else :class:`CalibrationError` naming what differs), or
     the file calibrated for this configuration in the cache. With none found, filter ``none`` and a warning."""
+    if config.sae_layer is None:
+        config = resolve_sae_layer(config)
     ns = calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
                                    config.sae_layer, config.sae_input_norm, demo=demo)
     expected = calibration.identity(ns, d_sae)
@@ -146,7 +162,11 @@ def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
     offline = not local_model and not hub_reachable()
     sae_id = config.sae_local_path or f"{config.sae}/{config.sae_path}"
     status(f"loading SAE {sae_id}")
-    sae = load_npz(resolve_sae_file(config.sae, config.sae_path, config.sae_local_path))
+    loc = sae_formats.locate(config.sae, config.sae_path, config.sae_local_path)
+    sae = sae_formats.load(loc)
+    # the layer, resolved once: everything after (calibration, labels, the panel) reads config.sae_layer
+    config = replace(config, sae_layer=sae_formats.resolve_layer(config.sae_layer, sae.layer, hub_path=loc.hub_path,
+                                                                 source=f"SAE {sae_id}"))
     status(f"loading model {config.model} on {backend_cls.name}")
     backend = backend_cls()
     if config.engine != "auto":
@@ -176,6 +196,8 @@ def load_labels(config: ServeConfig, d_sae: int) -> LabelChain:
     from neuroscope.labels.neuronpedia.client import ClientSettings
     from neuroscope.labels.neuronpedia.lazy import LazyNeuronpedia
 
+    if config.sae_layer is None:
+        config = resolve_sae_layer(config)
     ns = calibration.namespace_for(config.model, config.sae, config.sae_path, config.sae_local_path,
                                    config.sae_layer, config.sae_input_norm, demo=config.demo)
     demo_labels = fixtures.demo_fixture().labels_path if config.demo else None

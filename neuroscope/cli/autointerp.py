@@ -23,7 +23,7 @@ from neuroscope.cli.options import (
     err,
     fail,
 )
-from neuroscope.config import DEFAULT_LABELER, DEFAULT_LAYER, DEFAULT_MODEL
+from neuroscope.config import DEFAULT_LABELER, DEFAULT_MODEL
 from neuroscope.labels.autointerp import examples as ex_mod
 
 Backend = Annotated[str, typer.Option(help="Model backend: auto, mlx, torch-cuda or torch-cpu.")]
@@ -54,7 +54,7 @@ def generate_cmd(
     sae: Sae = None,
     sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
-    sae_layer: Layer = DEFAULT_LAYER,
+    sae_layer: Layer = None,
     sae_input_norm: InputNorm = Norm.none,
     backend: Backend = "auto",
     dtype: Annotated[Optional[DType], typer.Option(help="Model dtype (default: as serve picks it).")] = None,
@@ -146,7 +146,7 @@ def score_cmd(
     sae: Sae = None,
     sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
-    sae_layer: Layer = DEFAULT_LAYER,
+    sae_layer: Layer = None,
     sae_input_norm: InputNorm = Norm.none,
     backend: Annotated[str, typer.Option(help="As for generate, for the same command line; scoring itself loads no "
                                               "model (it reads the examples generate made).")] = "auto",

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from neuroscope.calibration import run as calibrate
 from neuroscope.cli.options import (
+    LAYER_HELP,
     DType,
     Model,
     Norm,
@@ -25,7 +26,7 @@ from neuroscope.cli.options import (
     group,
     sae_fields,
 )
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, ServeConfig
+from neuroscope.config import DEFAULT_MODEL, ServeConfig
 
 app = group(
     help="Calibration statistics (how often and how strongly each SAE feature fires over a corpus) for the filters.",
@@ -34,7 +35,7 @@ app = group(
 
 
 # the model / SAE options of `serve`, shared by both commands
-Layer = Annotated[int, typer.Option(help="The output of this decoder block.", min=0)]
+Layer = Annotated[Optional[int], typer.Option(help=LAYER_HELP, min=0)]
 InputNorm = Annotated[Norm, typer.Option(help="none: the raw residual (Gemma Scope); rms: divide by its RMS.")]
 Demo = Annotated[bool, typer.Option("--demo", help="The built-in offline demo model and SAE.")]
 # the corpus pass's options, shared with `labels generate`
@@ -48,7 +49,7 @@ MaxTokensPerSample = Annotated[
 
 
 def _config(ctx: typer.Context, model: str, sae: str | None, sae_path: str | None, sae_local_path: Path | None,
-            sae_layer: int, norm: Norm, demo: bool, **extra: Any) -> ServeConfig:
+            sae_layer: int | None, norm: Norm, demo: bool, **extra: Any) -> ServeConfig:
     if demo:  # as `serve --demo`: the demo's own model and SAE, never mixed with others
         clash = [f"--{p.replace('_', '-')}" for p in ("model", "sae", "sae_path", "sae_local_path", "sae_layer")
                  if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") != "DEFAULT"]
@@ -60,7 +61,13 @@ def _config(ctx: typer.Context, model: str, sae: str | None, sae_path: str | Non
         config.validate()
     except ValueError as exc:
         fail(str(exc), 2)
-    return config
+    from neuroscope.core.sae import SAEError
+    from neuroscope.runtime import resolve_sae_layer
+
+    try:
+        return resolve_sae_layer(config)  # the layer the namespaces and the panel see, from the SAE's config
+    except SAEError as exc:
+        fail(str(exc))
 
 
 @app.command("run", cls=ReadableCommand)
@@ -70,7 +77,7 @@ def run_cmd(
     sae: Sae = None,
     sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
-    sae_layer: Layer = DEFAULT_LAYER,
+    sae_layer: Layer = None,
     sae_input_norm: InputNorm = Norm.none,
     backend: Annotated[str, typer.Option(help="auto, mlx, torch-cuda or torch-cpu.")] = "auto",
     dtype: Annotated[
@@ -126,7 +133,7 @@ def show_cmd(
     sae: Sae = None,
     sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
-    sae_layer: Layer = DEFAULT_LAYER,
+    sae_layer: Layer = None,
     sae_input_norm: InputNorm = Norm.none,
     demo: Demo = False,
     labels_path: Annotated[Optional[Path], typer.Option(help="JSON label map (feature index -> label).")] = None,

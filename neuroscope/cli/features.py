@@ -22,7 +22,7 @@ from neuroscope.cli.calibrate import Demo, InputNorm, Layer, _config
 from neuroscope.cli.labels import _d_sae, _namespace
 from neuroscope.cli.options import (Labeler, Model, Norm, ReadableCommand, Sae, SaeLocal, SaePath, fail, group,
                                     load_or_fail, sae_fields)
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, ServeConfig
+from neuroscope.config import DEFAULT_MODEL, ServeConfig
 
 app = group(help="Explore features: search the labels, show a feature's page, inspect which features fire on a text.")
 
@@ -61,7 +61,7 @@ def search_cmd(
     limit: Annotated[int, typer.Option(help="Results to show (1-100).")] = 20,
     json_out: Json = False,
     model: Model = DEFAULT_MODEL, sae: Sae = None, sae_path: SaePath = None,
-    sae_local_path: SaeLocal = None, sae_layer: Layer = DEFAULT_LAYER, sae_input_norm: InputNorm = Norm.none,
+    sae_local_path: SaeLocal = None, sae_layer: Layer = None, sae_input_norm: InputNorm = Norm.none,
     demo: Demo = False, labeler: Labeler = None, labels_path: LabelsPath = None,
 ) -> None:
     """Features whose labels match the words best (BM25), a feature number first (no model loaded)."""
@@ -95,16 +95,14 @@ def show_cmd(
     index: Annotated[str, typer.Argument(help="The feature: 4521 or #4521.")],
     json_out: Json = False,
     model: Model = DEFAULT_MODEL, sae: Sae = None, sae_path: SaePath = None,
-    sae_local_path: SaeLocal = None, sae_layer: Layer = DEFAULT_LAYER, sae_input_norm: InputNorm = Norm.none,
+    sae_local_path: SaeLocal = None, sae_layer: Layer = None, sae_input_norm: InputNorm = Norm.none,
     demo: Demo = False, labeler: Labeler = None, labels_path: LabelsPath = None,
 ) -> None:
     """One feature's page: label, statistics, examples, decoder neighbours, logit effects (no model loaded: of the
     checkpoint only the tokenizer, the unembedding and the final norm are read)."""
-    import numpy as np
-
-    from neuroscope.core import checkpoint
+    from neuroscope.core import checkpoint, sae_formats
     from neuroscope.core.protocol import BackendError, ModelSpec
-    from neuroscope.core.sae import SAEError, resolve_sae_file
+    from neuroscope.core.sae import SAEError
     from neuroscope.explore import weights
     from neuroscope.explore.page import Explorer, PageError
 
@@ -121,10 +119,9 @@ def show_cmd(
     except PageError as exc:
         fail(str(exc), 2)
     try:
-        sae_file = resolve_sae_file(None if config.sae_local_path else config.sae, config.sae_path,
-                                    config.sae_local_path)
-        with np.load(sae_file, allow_pickle=False) as z:
-            W_dec = np.asarray(z["W_dec"], dtype=np.float32)
+        loc = sae_formats.locate(None if config.sae_local_path else config.sae, config.sae_path,
+                                 config.sae_local_path)
+        W_dec = sae_formats.load(loc).W_dec
         eff = weights.effects(model_dir, W_dec, i)
     except (SAEError, weights.WeightsError, KeyError, OSError, ValueError) as exc:
         fail(f"cannot compute the neighbours and logits: {exc}")
@@ -185,7 +182,7 @@ def inspect_cmd(
                                          min=1, max=20)] = 20,
     json_out: Json = False,
     model: Model = DEFAULT_MODEL, sae: Sae = None, sae_path: SaePath = None,
-    sae_local_path: SaeLocal = None, sae_layer: Layer = DEFAULT_LAYER, sae_input_norm: InputNorm = Norm.none,
+    sae_local_path: SaeLocal = None, sae_layer: Layer = None, sae_input_norm: InputNorm = Norm.none,
     backend: Annotated[str, typer.Option(help="auto, mlx, torch-cuda or torch-cpu.")] = "auto",
     demo: Demo = False, labeler: Labeler = None, labels_path: LabelsPath = None,
 ) -> None:

@@ -26,7 +26,7 @@ from neuroscope.cli.options import (
     fail,
     group,
 )
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, ServeConfig
+from neuroscope.config import DEFAULT_MODEL, ServeConfig
 from neuroscope.labels import aio
 
 app = group(
@@ -84,8 +84,12 @@ def _d_sae(config: ServeConfig, ns) -> tuple[int, object | None]:
             pass
     file: Path | None = None
     if config.sae_local_path:
-        p = Path(config.sae_local_path).expanduser()
-        file = p / "params.npz" if p.is_dir() else p
+        from neuroscope.core import sae_formats
+
+        try:
+            return sae_formats.shape(sae_formats.detect(config.sae_local_path))[1], None
+        except SAEError as exc:
+            fail(str(exc))
     else:
         from huggingface_hub import try_to_load_from_cache
 
@@ -131,7 +135,7 @@ def show_cmd(
     sae: Sae = None,
     sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
-    sae_layer: Layer = DEFAULT_LAYER,
+    sae_layer: Layer = None,
     sae_input_norm: InputNorm = Norm.none,
     demo: Demo = False,
     labeler: Labeler = None,
@@ -206,7 +210,7 @@ def fetch_cmd(
     sae: Sae = None,
     sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
-    sae_layer: Layer = DEFAULT_LAYER,
+    sae_layer: Layer = None,
     sae_input_norm: InputNorm = Norm.none,
     api: Annotated[
         bool, typer.Option("--api/--no-api", help="Ask the per-feature API for what the bulk export lacks.")

@@ -13,6 +13,7 @@ from rich.table import Table
 from neuroscope.cli.options import ReadableCommand, err, fail, group
 from neuroscope.config import DEFAULT_MODEL, DEFAULT_SAE, DEFAULT_SAE_PATH
 from neuroscope.core import hub_cache, releases
+from neuroscope.core.sae_formats import FORMAT_NAMES
 from neuroscope.store.trash import human
 
 models_app = group(
@@ -107,22 +108,22 @@ def sae_list_cmd(
         Optional[int], typer.Option(help="Show only this layer's known releases (default: all layers).", min=0)
     ] = None,
 ) -> None:
-    """Cached SAE files (d_model × d_sae from their headers) and the registry's releases for --model (Gemma Scope
-    for Gemma 2, Gemma Scope 2 for Gemma 3): layers, widths, L0 variants, Neuronpedia ids, which are cached; *
-    marks the model's default SAE."""
+    """Cached SAEs of every format (params.npz files, Gemma Scope 2 and SAELens directories; d_model × d_sae from
+    their headers) and the registry's releases for --model (Gemma Scope for Gemma 2, Gemma Scope 2 for Gemma 3):
+    layers, widths, L0 variants, Neuronpedia ids, which are cached; * marks the model's default SAE."""
     out = Console()
     saes = hub_cache.cached_saes()
     default = releases.default_sae(model)
     if saes:
-        table = Table("repo", "file", "revision", "d_model × d_sae", "size", title="cached SAE files",
-                      title_justify="left")
+        table = Table("repo", "file or directory", "format", "revision", "d_model × d_sae", "size",
+                      title="cached SAEs", title_justify="left")
         for column in table.columns:  # wrapped, never cut short
             column.overflow = "fold"
         for s in saes:
             shape = f"{s.d_model} × {s.d_sae}" if s.problem is None else f"[red]{escape(s.problem)}[/]"
             star = default is not None and s.repo == default.repo and _holds(s.path, default.path)
-            table.add_row(escape(s.repo), escape(s.path) + (" [bold]*[/]" if star else ""), s.revision, shape,
-                          human(s.size))
+            table.add_row(escape(s.repo), escape(s.path) + (" [bold]*[/]" if star else ""),
+                          FORMAT_NAMES.get(s.format, s.format), s.revision, shape, human(s.size))
         out.print(table)
     else:
         out.print(f"no SAE files in the Hugging Face cache ({escape(_hub_cache_dir())}); `neuroscope sae pull` "
@@ -168,13 +169,16 @@ def sae_list_cmd(
 def sae_pull_cmd(
     repo: Annotated[str, typer.Argument(help="Hub repo of the SAE.", show_default=True)] = DEFAULT_SAE,
     path: Annotated[
-        str, typer.Option(help="The params.npz in the repo (or its directory, e.g. layer_20/width_16k/average_l0_71).")
+        str, typer.Option(help="The params.npz in the repo (or its directory, e.g. layer_20/width_16k/average_l0_71), "
+                               "or the directory of a Gemma Scope 2 or SAELens SAE.")
     ] = DEFAULT_SAE_PATH,
 ) -> None:
-    """Download one SAE params.npz into the Hugging Face cache and check its arrays (names, shapes)."""
+    """Download one SAE into the Hugging Face cache — a params.npz, or a Gemma Scope 2 / SAELens directory (its
+    config and weights) — and check it reads (names, shapes, config)."""
     try:
-        local, d_model, d_sae = hub_cache.pull_sae(repo, path, console=err)
+        got = hub_cache.pull_sae(repo, path, console=err)
     except hub_cache.HubCacheError as exc:
         fail(str(exc))
-    Console().print(f"pulled {escape(repo)}/{escape(hub_cache.sae_file(path))}: d_model {d_model} × d_sae {d_sae} "
-                    f"({human(local.stat().st_size)})\n  {escape(str(local))}", highlight=False, soft_wrap=True)
+    Console().print(f"pulled {escape(repo)}/{escape(got.repo_path)} ({FORMAT_NAMES.get(got.format, got.format)}): "
+                    f"d_model {got.d_model} × d_sae {got.d_sae} ({human(got.size)})\n  {escape(str(got.weights))}",
+                    highlight=False, soft_wrap=True)

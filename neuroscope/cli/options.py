@@ -89,6 +89,10 @@ class ReadableGroup(_Readable, TyperGroup):
 err = Console(stderr=True)
 
 
+LAYER_HELP = ("Capture the output of this decoder block (default: the layer the SAE's config names; for a "
+              "params.npz, layer_N/ in its hub path, else 20).")
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """One ``error:`` line on stderr and exit ``code`` (2: bad usage). The message is printed as written: a Text,
     so brackets (``'.[torch]'``) and colons (a steering spec such as ``12:clamp:0``) are neither markup nor emoji."""

@@ -19,6 +19,7 @@ from neuroscope.cli.features import app as features_app
 from neuroscope.cli.labels import app as labels_app
 from neuroscope.cli.models import models_app, sae_app
 from neuroscope.cli.options import (
+    LAYER_HELP,
     DType,
     Labeler,
     LabelThreshold,
@@ -34,7 +35,7 @@ from neuroscope.cli.options import (
     group,
     sae_fields,
 )
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, ServeConfig
+from neuroscope.config import DEFAULT_MODEL, ServeConfig
 from neuroscope.server.origins import split_origins
 
 app = group(
@@ -85,7 +86,7 @@ def serve_cmd(
     sae: Sae = None,
     sae_path: SaePath = None,
     sae_local_path: SaeLocal = None,
-    sae_layer: Annotated[int, typer.Option(help="Capture the output of this decoder block.", min=0)] = DEFAULT_LAYER,
+    sae_layer: Annotated[Optional[int], typer.Option(help=LAYER_HELP, min=0)] = None,
     top_k: Annotated[int, typer.Option(help="Features reported per token.", min=1, max=1000)] = 10,
     port: Annotated[int, typer.Option(help="Port of the OpenAI-compatible chat API.", min=0, max=65535)] = 8080,
     features_port: Annotated[int, typer.Option(help="Port of the feature stream.", min=0, max=65535)] = 8081,

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from neuroscope.config import DEFAULT_LAYER, DEFAULT_MODEL, ServeConfig
+from neuroscope.config import DEFAULT_MODEL, ServeConfig
 from neuroscope.core.protocol import Backend, GenerationParams, Steering
 
 
@@ -166,7 +166,8 @@ def register(app: typer.Typer) -> None:
         sae: Sae = None,
         sae_path: SaePath = None,
         sae_local_path: SaeLocal = None,
-        sae_layer: Annotated[int, typer.Option(help="Steer and read the output of this decoder block.", min=0)] = DEFAULT_LAYER,
+        sae_layer: Annotated[Optional[int], typer.Option(help="Steer and read the output of this decoder block "
+                                                                "(default: as for serve).", min=0)] = None,
         top_k: Annotated[int, typer.Option(help="Features reported per token.", min=1, max=1000)] = 32,
         backend: Annotated[str, typer.Option(help="auto, mlx, torch-cuda or torch-cpu.")] = "auto",
         dtype: Annotated[Optional[DType], typer.Option(help="Model dtype (as for serve).")] = None,

@@ -74,11 +74,12 @@ class CachedModel:
 class CachedSae:
     repo: str
     revision: str  # short commit
-    path: str  # the file in the repo
+    path: str  # the params.npz in the repo, or the directory of a Gemma Scope 2 / SAELens SAE
     d_model: int | None
     d_sae: int | None
     size: int
     problem: str | None = None  # why its header could not be read
+    format: str = "gemma-scope"  # neuroscope.core.sae_formats: gemma-scope | gemma-scope-2 | saelens
 
 
 def _scan():
@@ -159,24 +160,39 @@ def sae_shape(path: str | Path) -> tuple[int, int]:
 
 
 def cached_saes() -> list[CachedSae]:
-    """Every ``.npz`` file in model repos of the hub cache, with its shape read from the headers."""
+    """Every SAE in model repos of the hub cache, of every format (``.npz`` files; directories holding a Gemma
+    Scope 2 or SAELens weights file and its config), with its shape read from the headers."""
+    from neuroscope.core import sae_formats
+
     found = []
     for repo in _scan():
         if repo.repo_type != "model":
             continue
         for rev in repo.revisions:
-            for f in rev.files:
-                if not f.file_name.endswith(".npz"):
+            files = {f.file_path.relative_to(rev.snapshot_path).as_posix(): f for f in rev.files}
+            for in_repo, f in files.items():
+                folder, _, name = in_repo.rpartition("/")
+                fmt = next((k for k, (w, _) in sae_formats.DIR_FILES.items() if name == w), None)
+                if name.endswith(".npz"):
+                    loc, shown, size = sae_formats.SAELocation(sae_formats.GEMMA_SCOPE, f.file_path), in_repo, \
+                        f.size_on_disk
+                elif fmt is not None:
+                    config = files.get(f"{folder}/{sae_formats.DIR_FILES[fmt][1]}" if folder else
+                                       sae_formats.DIR_FILES[fmt][1])
+                    if config is None:  # a weights file alone is not an SAE this cache can serve
+                        continue
+                    loc = sae_formats.SAELocation(fmt, f.file_path, config.file_path)
+                    shown, size = folder or ".", f.size_on_disk + config.size_on_disk
+                else:
                     continue
-                in_repo = f.file_path.relative_to(rev.snapshot_path).as_posix()
                 try:
-                    d_model, d_sae = sae_shape(f.file_path)
+                    d_model, d_sae = sae_formats.shape(loc)
                     problem = None
                 except SAEError as exc:
                     d_model = d_sae = None
                     problem = str(exc).split(": ", 1)[-1]
-                found.append(CachedSae(repo.repo_id, rev.commit_hash[:7], in_repo, d_model, d_sae, f.size_on_disk,
-                                       problem))
+                found.append(CachedSae(repo.repo_id, rev.commit_hash[:7], shown, d_model, d_sae, size, problem,
+                                       loc.format))
     return sorted(found, key=lambda s: (s.repo, s.path, s.revision))
 
 
@@ -218,21 +234,37 @@ def pull_model(repo: str, revision: str | None = None, *, console=None) -> Path:
 
 
 def sae_file(path: str) -> str:
-    """``layer_20/width_16k/average_l0_71`` and ``…/params.npz`` name the same file."""
+    """``layer_20/width_16k/average_l0_71`` and ``…/params.npz`` name the same file (a directory that holds a
+    Gemma Scope 2 or SAELens SAE instead is told apart by :func:`pull_sae`)."""
     path = path.strip("/")
     return path if path.endswith(".npz") else f"{path}/params.npz"
 
 
-def pull_sae(repo: str, path: str, *, console=None) -> tuple[Path, int, int]:
-    """Download one SAE file into the hub cache and check it is a well-formed params.npz:
-    ``(local file, d_model, d_sae)``."""
+@dataclass(frozen=True)
+class PulledSae:
+    weights: Path  # the weights file in the hub cache
+    repo_path: str  # the weights file in the repo
+    format: str
+    d_model: int
+    d_sae: int
+    size: int  # bytes of its files (weights and config)
+
+
+def pull_sae(repo: str, path: str, *, console=None) -> PulledSae:
+    """Download one SAE into the hub cache — a ``params.npz``, or a Gemma Scope 2 / SAELens directory (its config
+    and weights file: what ``path`` holds says which) — and check it reads: shapes, and its config."""
     from huggingface_hub import hf_hub_download
 
+    from neuroscope.core import sae_formats
     from neuroscope.progress import JobProgress
     from neuroscope.store.hf import download_mode, hub_failure
 
-    filename = sae_file(path)
     console, offline = download_mode(console)
+    try:
+        loc = sae_formats.locate(repo, path, None, fetch_weights=False)  # the config only (small)
+    except SAEError as exc:
+        raise HubCacheError(str(exc)) from None
+    filename = loc.hub_weights or sae_file(path)
     with JobProgress(console) as progress:
         extra: dict = {"local_files_only": offline}
         if "tqdm_class" in inspect.signature(hf_hub_download).parameters:  # huggingface_hub >= 1.0
@@ -242,7 +274,8 @@ def pull_sae(repo: str, path: str, *, console=None) -> tuple[Path, int, int]:
         except (OSError, ValueError) as exc:
             raise HubCacheError(hub_failure(exc, f"SAE {repo}/{filename}", kind="SAE repo")) from None
     try:
-        d_model, d_sae = sae_shape(local)
+        d_model, d_sae = sae_formats.shape(sae_formats.SAELocation(loc.format, local, loc.config))
     except SAEError as exc:
         raise HubCacheError(f"downloaded {repo}/{filename}, but {str(exc).split(': ', 1)[-1]}") from None
-    return local, d_model, d_sae
+    size = local.stat().st_size + (loc.config.stat().st_size if loc.config is not None else 0)
+    return PulledSae(local, filename, loc.format, d_model, d_sae, size)

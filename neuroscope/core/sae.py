@@ -1,9 +1,17 @@
-"""Gemma Scope JumpReLU SAE weights: loading, validation and the numpy reference encoder.
+"""SAE weights: the Gemma Scope ``params.npz`` loader, validation and the numpy reference encoders.
 
 ``params.npz`` keys: ``W_enc [d_model, d_sae]``, ``b_enc [d_sae]``, ``threshold [d_sae]``,
-``W_dec [d_sae, d_model]``, ``b_dec [d_model]``. JumpReLU: ``pre = x @ W_enc + b_enc``;
-``acts = relu(pre) * (pre > threshold)`` (Gemma Scope's reference code and SAELens: without the relu a
-negative threshold would let negative pre-activations through).
+``W_dec [d_sae, d_model]``, ``b_dec [d_model]``. The other formats (Gemma Scope 2, SAELens) are read by
+``neuroscope/core/sae_formats.py`` into the same :class:`SAEWeights`.
+
+Every architecture encodes ``x' = x * input_scale - b_dec * apply_b_dec_to_input`` (after the optional RMS
+input norm), then ``pre = x' @ W_enc + b_enc`` and:
+
+- ``jumprelu``: ``relu(pre) * (pre > threshold)`` (Gemma Scope's reference code and SAELens: without the relu a
+  negative threshold would let negative pre-activations through);
+- ``relu`` (SAELens ``standard``): ``relu(pre)``; its ``threshold`` is all zeros, so it is also JumpReLU's rule;
+- ``topk``: the ``k`` largest pre-activations, then ``relu``; every other feature is 0 (a feature's activation
+  depends on all the others', so steering reads it from the full encode).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 REQUIRED_KEYS = ("W_enc", "b_enc", "threshold", "W_dec", "b_dec")
+ARCHITECTURES = ("jumprelu", "relu", "topk")
 _FLOAT_KINDS = ("f",)
 RMS_EPS = 1e-6
 
@@ -32,6 +41,25 @@ class SAEWeights:
     W_dec: np.ndarray  # (d_sae, d_model)
     b_dec: np.ndarray  # (d_model,)
     source: str = ""
+    architecture: str = "jumprelu"  # jumprelu | relu | topk
+    k: int | None = None  # topk: features kept per token
+    apply_b_dec_to_input: bool = False  # encode x - b_dec
+    input_scale: float | None = None  # multiply the input by this before encoding (SAELens expected_average_only_in)
+    layer: int | None = None  # the block whose output the SAE's own config names; None: it names none (npz)
+    format: str = "gemma-scope"  # gemma-scope (params.npz) | gemma-scope-2 | saelens
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise SAEError(f"unknown SAE architecture {self.architecture!r} (known: {', '.join(ARCHITECTURES)})")
+        if self.architecture == "topk" and (self.k is None or not 1 <= self.k <= self.d_sae):
+            raise SAEError(f"a topk SAE needs k between 1 and d_sae={self.d_sae}, got {self.k}")
+        if self.input_scale is not None and not (np.isfinite(self.input_scale) and self.input_scale > 0):
+            raise SAEError(f"the SAE's input scale must be a positive number, got {self.input_scale}")
+
+    @property
+    def kind(self) -> str:
+        """``jumprelu``, ``relu`` or ``topk (k=32)``: what the start-up panel shows."""
+        return f"topk (k={self.k})" if self.architecture == "topk" else self.architecture
 
     @property
     def d_model(self) -> int:
@@ -89,7 +117,11 @@ def read_d_sae(path: str | os.PathLike[str]) -> int:
     return int(shape[0])
 
 
-def from_arrays(arrays: dict[str, np.ndarray], *, source: str = "", dtype=np.float32) -> SAEWeights:
+def from_arrays(arrays: dict[str, np.ndarray], *, source: str = "", dtype=np.float32, **meta) -> SAEWeights:
+    """Validate dtypes and shapes; ``meta``: the other :class:`SAEWeights` fields. Without a ``threshold`` (relu,
+    topk) it is all zeros."""
+    if "threshold" not in arrays and "W_enc" in arrays and getattr(arrays["W_enc"], "ndim", 0) == 2:
+        arrays = {**arrays, "threshold": np.zeros(arrays["W_enc"].shape[1], dtype=np.float32)}
     for k in REQUIRED_KEYS:
         a = arrays[k]
         if a.dtype.kind not in _FLOAT_KINDS and a.dtype.name != "bfloat16":
@@ -111,42 +143,16 @@ def from_arrays(arrays: dict[str, np.ndarray], *, source: str = "", dtype=np.flo
                 + (f" ({source})" if source else "")
             )
     cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
-    return SAEWeights(cast(W_enc), cast(b_enc), cast(thr), cast(W_dec), cast(b_dec), source=source)
+    return SAEWeights(cast(W_enc), cast(b_enc), cast(thr), cast(W_dec), cast(b_dec), source=source, **meta)
 
 
 def save_npz(path: str | os.PathLike[str], sae: SAEWeights) -> None:
+    """Gemma Scope's ``params.npz``: JumpReLU only, with nothing else to say (no input scale, no b_dec on the input)."""
+    if sae.architecture != "jumprelu" or sae.apply_b_dec_to_input or sae.input_scale is not None:
+        raise ValueError(f"a params.npz holds a plain JumpReLU SAE; this one is {sae.kind}"
+                         + (" with b_dec subtracted from its input" if sae.apply_b_dec_to_input else "")
+                         + (" with an input scale" if sae.input_scale is not None else ""))
     np.savez(path, W_enc=sae.W_enc, b_enc=sae.b_enc, threshold=sae.threshold, W_dec=sae.W_dec, b_dec=sae.b_dec)
-
-
-def resolve_sae_file(
-    repo_id: str | None, filename: str | None, local_path: str | None, *, revision: str | None = None
-) -> Path:
-    """A local ``params.npz``: ``local_path`` if given, else downloaded (or read from the cache) via huggingface_hub."""
-    if local_path:
-        p = Path(local_path).expanduser()
-        if p.is_dir():
-            p = p / "params.npz"
-        if not p.is_file():
-            raise SAEError(f"SAE file not found: {p}")
-        return p
-    if not repo_id or not filename:
-        raise SAEError("give --sae and --sae-path (a hub repo and a file in it) or --sae-local-path")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    from neuroscope.store.hf import hub_reachable
-
-    try:
-        return Path(
-            hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, local_files_only=not hub_reachable())
-        )
-    except LocalEntryNotFoundError as exc:
-        raise SAEError(
-            f"cannot fetch SAE {repo_id}/{filename}: offline and not in the Hugging Face cache "
-            "(connect once, or pass --sae-local-path)"
-        ) from exc
-    except HfHubHTTPError as exc:
-        raise SAEError(f"cannot fetch SAE {repo_id}/{filename}: {str(exc).splitlines()[0]}") from exc
 
 
 INPUT_NORMS = ("none", "rms")
@@ -172,11 +178,29 @@ def normalize_input(x: np.ndarray, norm: str) -> np.ndarray:
     raise ValueError(f"unknown SAE input norm {norm!r} (choose none or rms)")
 
 
-def encode_reference(sae: SAEWeights, x: np.ndarray, norm: str = "none") -> np.ndarray:
-    """JumpReLU activations in float32 (the numpy reference every backend is tested against)."""
+def prepare_input(sae: SAEWeights, x: np.ndarray, norm: str = "none") -> np.ndarray:
+    """What the encoder multiplies: the input norm, the SAE's input scale, minus ``b_dec`` when it asks."""
     x = normalize_input(x, norm)
+    if sae.input_scale is not None:
+        x = x * np.float32(sae.input_scale)
+    if sae.apply_b_dec_to_input:
+        x = x - sae.b_dec.astype(np.float32, copy=False)
+    return x
+
+
+def encode_reference(sae: SAEWeights, x: np.ndarray, norm: str = "none") -> np.ndarray:
+    """Activations in float32 of the SAE's architecture (the numpy reference every backend is tested against)."""
+    x = prepare_input(sae, x, norm)
     f32 = lambda a: a.astype(np.float32, copy=False)  # noqa: E731 - no per-call copy of float32 weights
     pre = x @ f32(sae.W_enc) + f32(sae.b_enc)
+    if sae.architecture == "topk":
+        k = int(sae.k)  # type: ignore[arg-type]
+        ids = np.argpartition(-pre, k - 1, axis=-1)[..., :k]
+        out = np.zeros_like(pre)
+        np.put_along_axis(out, ids, np.maximum(np.take_along_axis(pre, ids, axis=-1), np.float32(0)), axis=-1)
+        return out.astype(np.float32, copy=False)
+    if sae.architecture == "relu":
+        return np.maximum(pre, np.float32(0)).astype(np.float32, copy=False)
     return np.where(pre > f32(sae.threshold), np.maximum(pre, np.float32(0)), np.float32(0)).astype(np.float32, copy=False)
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from neuroscope.config import ServeConfig, default_labeler
 from neuroscope.core import releases
+from neuroscope.core.sae_formats import FORMAT_NAMES
 from neuroscope.runtime import Runtime, StartupError, compile_decode_step, load_runtime
 from neuroscope.server.access import Access
 from neuroscope.server.app import Bound, NeuroscopeServer, run_until_signalled
@@ -96,7 +97,9 @@ def _panel(rt: Runtime, bound: Bound, engine=None) -> Panel:
     t.add_row("model", escape(info.model_id) + ("  [yellow](built-in demo)[/]" if rt.demo else ""))
     if cfg.served_model_names:
         t.add_row("also named", escape(", ".join(cfg.served_model_names)))
-    t.add_row("SAE", f"{escape(rt.sae_id)}  ({rt.sae.d_model} → {rt.sae.d_sae} features, JumpReLU, {cfg.sae_dtype})")
+    fmt = FORMAT_NAMES.get(rt.sae.format, rt.sae.format)
+    t.add_row("SAE", f"{escape(rt.sae_id)}  ({rt.sae.d_model} → {rt.sae.d_sae} features, {fmt}, {rt.sae.kind}, "
+                     f"{cfg.sae_dtype})")
     if cfg.sae_default and not rt.demo:
         default = releases.default_sae(cfg.model)
         moved = f" moved to layer {cfg.sae_layer}" if default is not None and default.path != cfg.sae_path else ""

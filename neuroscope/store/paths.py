@@ -74,6 +74,9 @@ def safe_component(text: str) -> str:
     return f"{slug}~{_digest(text)}"
 
 
+SAE_WEIGHT_FILES = ("params.npz", "params.safetensors", "sae_weights.safetensors")  # neuroscope.core.sae_formats
+
+
 def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -107,10 +110,11 @@ class Namespace:
 
     @classmethod
     def for_local_sae(cls, model: str, file: str | Path, layer: int, input_norm: str = "none") -> Namespace:
-        """``file`` is a ``params.npz`` (or a directory holding one, as ``--sae-local-path`` accepts)."""
+        """``file`` is a ``params.npz`` or an SAE directory (``params.npz``, or a Gemma Scope 2 / SAELens directory:
+        named by its weights file), as ``--sae-local-path`` accepts."""
         p = Path(file).expanduser()
         if p.is_dir():
-            p = p / "params.npz"
+            p = next((p / n for n in SAE_WEIGHT_FILES if (p / n).is_file()), p / SAE_WEIGHT_FILES[0])
         return cls(model=model, sae=f"local-sha256-{file_sha256(p)}", sae_path=None, layer=layer,
                    input_norm=input_norm)
 

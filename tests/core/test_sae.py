@@ -16,10 +16,10 @@ from neuroscope.core.sae import (
     encode_reference,
     load_npz,
     normalize_input,
-    resolve_sae_file,
     save_npz,
     topk_reference,
 )
+from neuroscope.core.sae_formats import locate
 
 D_MODEL, D_SAE = 6, 9
 
@@ -312,32 +312,33 @@ def test_check_model_layer_out_of_range_names_layer_and_depth(layer):
     assert str(layer) in str(exc.value) and "26" in str(exc.value)
 
 
-# ------------------------------------------------------------------------------------------- resolve
-def test_resolve_local_file(tmp_path):
+# ------------------------------------------------------------------------------------------- locate
+def test_locate_local_file(tmp_path):
     path = tmp_path / "my_sae.npz"
     save_npz(path, make_sae())
-    assert resolve_sae_file("ignored/repo", "ignored.npz", str(path)) == path
+    loc = locate("ignored/repo", "ignored.npz", str(path))
+    assert (loc.format, loc.weights, loc.config) == ("gemma-scope", path, None)
 
 
-def test_resolve_directory_holding_params_npz(tmp_path):
+def test_locate_directory_holding_params_npz(tmp_path):
     save_npz(tmp_path / "params.npz", make_sae())
-    assert resolve_sae_file(None, None, str(tmp_path)) == tmp_path / "params.npz"
+    assert locate(None, None, str(tmp_path)).weights == tmp_path / "params.npz"
 
 
-def test_resolve_directory_without_params_npz(tmp_path):
+def test_locate_directory_without_an_sae(tmp_path):
     with pytest.raises(SAEError) as exc:
-        resolve_sae_file(None, None, str(tmp_path))
-    assert str(tmp_path / "params.npz") in str(exc.value)
+        locate(None, None, str(tmp_path))
+    assert f"no SAE in {tmp_path}" in str(exc.value) and "params.npz" in str(exc.value)
 
 
-def test_resolve_missing_path(tmp_path):
+def test_locate_missing_path(tmp_path):
     missing = tmp_path / "missing.npz"
     with pytest.raises(SAEError) as exc:
-        resolve_sae_file("repo/id", "params.npz", str(missing))
+        locate("repo/id", "params.npz", str(missing))
     assert "not found" in str(exc.value) and str(missing) in str(exc.value)
 
 
-def test_resolve_without_any_source_says_what_to_pass():
+def test_locate_without_any_source_says_what_to_pass():
     with pytest.raises(SAEError) as exc:
-        resolve_sae_file(None, None, None)
+        locate(None, None, None)
     assert "--sae-local-path" in str(exc.value)

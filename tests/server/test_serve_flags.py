@@ -52,7 +52,7 @@ def test_sae_dtype_bfloat16_reaches_the_backend(bf16_demo):
     srv = bf16_demo
     health = httpx.get(f"{srv.chat}/health", timeout=10).json()
     assert (health["model"], health["backend"], health["sae_dtype"]) == ("neuroscope-demo", "torch-cpu", "bfloat16")
-    assert "JumpReLU, bfloat16" in srv.output  # the start-up panel
+    assert "Gemma Scope (params.npz), jumprelu, bfloat16" in srv.output  # the start-up panel
 
     # the encode really runs in bf16: activations carry bf16 rounding against the float32 reference (which
     # a float32 SAE matches to ~1e-6, see the conformance tests), yet stay close to it

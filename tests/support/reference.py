@@ -8,7 +8,7 @@ import numpy as np
 
 from neuroscope.core import registry
 from neuroscope.core.protocol import ModelSpec
-from neuroscope.core.sae import encode_reference, load_npz
+from neuroscope.core.sae import encode_reference, load_npz, prepare_input
 
 
 @functools.lru_cache(maxsize=4)
@@ -65,16 +65,24 @@ def reference_acts(sae, resid: np.ndarray, norm: str = "none") -> np.ndarray:
 def steer_rows(sae, features, resid: np.ndarray) -> np.ndarray:
     """The steering rule in plain numpy, written from the spec (not from the code under test): for each
     ``(index, mode, value)``, ``add`` adds ``value * W_dec[index]``; ``clamp`` adds ``(value - a) *
-    W_dec[index]`` and ``ablate`` ``(0 - a) * W_dec[index]``, with ``a`` the feature's JumpReLU activation of
-    the unsteered residual row. Returns the steered rows (n, d_model) float32."""
+    W_dec[index]`` and ``ablate`` ``(0 - a) * W_dec[index]``, with ``a`` the feature's activation of the unsteered
+    residual row by the SAE's architecture (the reference encoder: JumpReLU, ReLU, or TopK, where whether a
+    feature is among the k depends on all of them). An SAE with an input scale reconstructs the scaled input, so
+    its decoder rows are divided by the scale. Returns the steered rows (n, d_model) float32."""
     x = np.asarray(resid, dtype=np.float32)
     out = x.astype(np.float64)
+    xin = prepare_input(sae, x).astype(np.float64)  # input scale, minus b_dec when the SAE asks
+    topk = encode_reference(sae, x) if sae.architecture == "topk" else None
+    unit = 1.0 / (sae.input_scale or 1.0)
     for index, mode, value in features:
-        pre = x @ sae.W_enc[:, index].astype(np.float64) + float(sae.b_enc[index])
-        a = np.where(pre > float(sae.threshold[index]), np.maximum(pre, 0.0), 0.0)  # (n,)
+        if topk is not None:
+            a = topk[:, index].astype(np.float64)
+        else:  # JumpReLU (a ReLU SAE's thresholds are zeros): the feature's own column, in float64
+            pre = xin @ sae.W_enc[:, index].astype(np.float64) + float(sae.b_enc[index])
+            a = np.where(pre > float(sae.threshold[index]), np.maximum(pre, 0.0), 0.0)
         target = 0.0 if mode == "ablate" else float(value)
         coef = np.full(len(x), target) if mode == "add" else target - a
-        out += coef[:, None] * sae.W_dec[index].astype(np.float64)[None, :]
+        out += coef[:, None] * (sae.W_dec[index].astype(np.float64) * unit)[None, :]
     return out.astype(np.float32)
 
 
