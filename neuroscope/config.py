@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from neuroscope.core.sae import INPUT_NORMS, SAE_DTYPES
-from neuroscope.core.sae_formats import DEFAULT_LAYER  # noqa: F401 - a params.npz's layer with no layer_N/ in its hub path
+from neuroscope.core.sae_formats import DEFAULT_LAYER  # noqa: F401 - a params.npz without layer_N/ in its path
 from neuroscope.server.origins import parse_allowed_hosts, parse_allowed_origins
 
 FILTER_MODES = ("none", "frequency", "surprise", "combined")  # neuroscope.calibration.filters.MODES

@@ -120,7 +120,7 @@ def test_defaults(runner, captured):
     assert cfg.sae == "google/gemma-scope-2b-pt-res"
     assert cfg.sae_path == "layer_20/width_16k/average_l0_71/params.npz"
     assert cfg.sae_local_path is None
-    assert cfg.sae_layer is None and cfg.top_k == 10  # resolved at load: layer_20/ in the default SAE's path
+    assert cfg.sae_layer == 20 and cfg.top_k == 10  # the default SAE from the registry names its layer
     assert (cfg.port, cfg.features_port, cfg.host) == (8080, 8081, "127.0.0.1")
     assert cfg.backend == "auto" and cfg.dtype is None and cfg.sae_input_norm == "none"
     assert cfg.labels_path is None and cfg.max_tokens == 1024
