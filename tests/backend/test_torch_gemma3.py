@@ -23,7 +23,14 @@ from backends.torch_gemma3 import Gemma3, Gemma3Config  # noqa: E402
 from neuroscope.calibration import corpus_pass  # noqa: E402
 from neuroscope.core import checkpoint, fixtures_gemma3  # noqa: E402
 from neuroscope.core.decode import generate  # noqa: E402
-from neuroscope.core.protocol import BackendError, GenerationParams, ModelSpec, SteerFeature, Steering  # noqa: E402
+from neuroscope.core.protocol import (  # noqa: E402
+    BackendError,
+    FeatureFilter,
+    GenerationParams,
+    ModelSpec,
+    SteerFeature,
+    Steering,
+)
 from neuroscope.core.sae import load_npz  # noqa: E402
 from tests.support import explore as explore_ref  # noqa: E402
 from tests.support.reference import (  # noqa: E402
@@ -217,6 +224,26 @@ def test_corpus_pass_statistics_equal_numpy_on_transformers_residuals(loaded, fx
     np.testing.assert_array_equal(st.count, (a > 0).sum(0))
     np.testing.assert_allclose(st.sum, a.sum(0), rtol=TOL, atol=TOL)
     np.testing.assert_allclose(st.max, a.max(0), rtol=TOL, atol=1e-5)
+
+
+def test_a_feature_filter_acts_before_top_k(loaded, prompt_ids):
+    """Masked features leave the ranking (the next ones move up, k still shown), the text is unchanged."""
+    backend, _, sae = loaded
+    plain = _run(backend, prompt_ids, max_tokens=16)
+    banned = {int(s.feature_ids[0]) for s in plain} | {int(s.feature_ids[2]) for s in plain}
+    mask = np.ones(sae.d_sae, dtype=bool)
+    mask[sorted(banned)] = False
+    backend.set_feature_filter(FeatureFilter(mask=mask))
+    try:
+        got = _run(backend, prompt_ids, max_tokens=16)
+    finally:
+        backend.set_feature_filter(FeatureFilter())
+    assert [s.token_id for s in got] == [s.token_id for s in plain]
+    for g, p in zip(got, plain):
+        kept = [int(i) for i in p.feature_ids if int(i) not in banned]
+        assert g.feature_ids[: len(kept)].tolist() == kept and not banned & set(g.feature_ids.tolist())
+        assert g.l0 == p.l0 and g.filtered >= len(p.feature_ids) - len(kept) > 0
+        assert len(g.feature_ids) == min(K, g.l0 - g.filtered)
 
 
 def test_feature_effects_equal_numpy_from_the_weights(loaded, fx):
