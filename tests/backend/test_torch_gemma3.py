@@ -131,6 +131,18 @@ def test_every_cached_step_equals_a_full_recompute(model, fx):
     assert len(seq) > 2 * model.cfg.sliding_window
 
 
+@needs_hf_gemma3
+def test_bfloat16_matches_transformers_in_bfloat16(fx):
+    bf16 = Gemma3.from_checkpoint(fx.model_dir, checkpoint.read_config(fx.model_dir), torch.bfloat16,
+                                  torch.device("cpu"))
+    ids = np.random.default_rng(4).integers(10, 500, 30).tolist()
+    with torch.inference_mode():
+        logits, _ = bf16.prefill(torch.tensor(ids), bf16.new_cache(256), capture=None, all_positions=False)
+        ref = hf_model(str(fx.model_dir), "bfloat16")(torch.tensor([ids])).logits[0, -1].float()
+    torch.testing.assert_close(logits[0].float(), ref, rtol=2e-2, atol=2e-2)
+    assert int(logits.argmax()) == int(ref.argmax())
+
+
 def test_what_differs_from_gemma2_is_read_from_the_checkpoint(model):
     cfg = model.cfg
     assert [model.layers[i].sliding for i in range(6)] == [True, True, False, True, True, False]
