@@ -64,19 +64,29 @@ def _greedy_reference(model_dir, prompt, n):
     return seq[len(prompt):]
 
 
-@needs_hf_gemma3
-def test_batched_rows_equal_solo_and_transformers(eager, prompts, tiny_gemma3_fixture):
+@pytest.fixture(scope="module")
+def batched(eager, prompts):
+    """Six requests through the eager batch (4 rows): three mixed, three greedy joining at turns 0, 3 and 6."""
     backend = eager[0]
     greedy = [Collect(p, GenerationParams(max_tokens=24), join_at=j) for p, j in zip(prompts, (0, 3, 6))]
     reqs = _requests(prompts, logprobs=2) + greedy
     sizes = run_batched(backend, reqs, max_batch=4, max_context=128)
+    backend.batch = None
+    return reqs, greedy, sizes
+
+
+def test_batched_rows_equal_solo(eager, batched):
+    reqs, _, sizes = batched
     assert max(sizes) == 4, sizes
     for r in reqs:
-        assert_same(r.steps, solo(backend, r))
-    for r in greedy:  # joined mid-way, rows of other lengths beside them, decoded past the window
+        assert_same(r.steps, solo(eager[0], r))
+
+
+@needs_hf_gemma3
+def test_batched_greedy_rows_equal_transformers(batched, tiny_gemma3_fixture):
+    for r in batched[1]:  # joined mid-way, rows of other lengths beside them, decoded past the window
         assert len(r.prompt_ids) + 24 > 16
         assert [s.token_id for s in r.steps] == _greedy_reference(tiny_gemma3_fixture.model_dir, r.prompt_ids, 24)
-    backend.batch = None
 
 
 def _same(a, b):
