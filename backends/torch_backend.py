@@ -1,4 +1,5 @@
-"""The torch backend (CUDA and CPU): our own Gemma-2 (``backends/torch_gemma2.py``), SAE top-k on the device.
+"""The torch backend (CUDA and CPU): our own Gemma-2 and Gemma-3 (``backends/torch_gemma2.py``,
+``backends/torch_gemma3.py``, chosen by the config's ``model_type``), SAE top-k on the device.
 
 Per token one fixed-shape step (:func:`backends.torch_step.decode_step`): the forward at a tensor position into
 a static KV cache (block N's output is returned by the model, no hooks; steering rewrites it in the same
@@ -20,6 +21,7 @@ import torch
 from backends.torch_batch import TorchBatch
 from backends.torch_compiled import ENGINES, CompiledStep
 from backends.torch_gemma2 import Gemma2, KVCache, cache_size
+from backends.torch_gemma3 import MULTIMODAL_TYPE, TEXT_TYPE, Gemma3
 from backends.torch_sae import SAE_DTYPES, TorchSAE
 from backends.torch_sampling import MAX_LOGPROBS, tail_index
 from backends.torch_step import NOTHING, Skips, StepInputs, decode_step, draw
@@ -50,6 +52,23 @@ def cpu_threads() -> int:
 
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(torch.get_num_threads(), allowed))
+
+
+# the model families and the config model_types that select them
+FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Gemma 2", ("gemma2",)),
+    ("Gemma 3", (TEXT_TYPE, MULTIMODAL_TYPE)),
+)
+
+
+def model_family(config: dict) -> type[Gemma2] | None:
+    """The model class for a checkpoint's ``config.json``, by its ``model_type`` (None: not one we run)."""
+    kind = config.get("model_type")
+    if kind == "gemma2":
+        return Gemma2
+    if kind in (TEXT_TYPE, MULTIMODAL_TYPE):
+        return Gemma3
+    return None
 
 
 @dataclass
@@ -113,8 +132,13 @@ class _TorchBackend:
             torch.set_num_threads(cpu_threads())
         path = checkpoint.local_dir(model)
         config = checkpoint.read_config(path)
+        family = model_family(config)
+        if family is None:
+            raise BackendError(f"cannot load model {model.name_or_path!r}: its model_type "
+                               f"{config.get('model_type')!r} is not supported; the torch backend runs "
+                               + ", ".join(f"{name} ({', '.join(types)})" for name, types in FAMILIES))
         try:
-            lm = Gemma2.from_checkpoint(path, config, _DTYPES[dtype_name], device)
+            lm = family.from_checkpoint(path, config, _DTYPES[dtype_name], device)
         except (OSError, ValueError, KeyError) as exc:
             raise model_load_error(model.name_or_path, exc) from exc
         tokenizer = checkpoint.load_tokenizer(path)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.torch_gemma2 import Gemma2, KVCache, _rotate_half, _softcap, cache_size
+from backends.torch_gemma2 import Gemma2, KVCache, _softcap, cache_size
 from backends.torch_sae import TorchSAE
 from backends.torch_sampling import MAX_LOGPROBS, logprob_tails, process, sample
 from backends.torch_step import Skips, StepInputs, decode_step
@@ -201,15 +201,12 @@ class TorchBatch:
 
 
 def _block_step(block, x, cos, sin, mask, keys, values, pos) -> torch.Tensor:
-    """One Gemma-2 block for B rows of one token each, at per-row positions ``pos`` (B,)."""
+    """One block (of either family: its attention's ``qkv`` holds what differs) for B rows of one token each, at
+    per-row positions ``pos`` (B,); ``cos``/``sin`` (B, 1, 1, head_dim) and ``mask`` (B, S) are the block's kind's."""
     attn = block.self_attn
     h_in = block.input_layernorm(x)
     B = x.shape[0]
-    q = attn.q_proj(h_in).view(B, 1, attn.n_heads, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(h_in).view(B, 1, attn.n_kv, attn.head_dim).transpose(1, 2)
-    v = attn.v_proj(h_in).view(B, 1, attn.n_kv, attn.head_dim).transpose(1, 2)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    q, k, v = attn.qkv(h_in, cos, sin)
     where = pos.view(B, 1, 1, 1).expand(B, attn.n_kv, 1, attn.head_dim)
     keys.scatter_(2, where, k)
     values.scatter_(2, where, v)
@@ -246,23 +243,18 @@ def batch_step(model: Gemma2, sae: TorchSAE, inp: BatchInputs, cache: KVCache, B
     (``[token]`` without capture) plus the ``MAX_LOGPROBS`` tail with ``logprobs``. ``steering`` /
     ``processing`` / ``sampling`` off skip ops that are identities for every row (as the solo eager step does)."""
     tok, pos = inp.token[:B], inp.position[:B]
-    h = model.model.embed_tokens(tok)[:, None] * model._embed_scale  # (B, 1, d)
-    freqs = pos.float()[:, None] * model._inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos().to(h.dtype)[:, None, None], emb.sin().to(h.dtype)[:, None, None]  # (B, 1, 1, hd)
-    k_pos = cache.key_positions[:S]
-    seen = k_pos[None, :] <= pos[:, None]  # (B, S)
-    window = model.cfg.sliding_window
-    local = seen & (k_pos[None, :] > pos[:, None] - window) if window is not None else seen
+    h = model.embed(tok)[:, None]  # (B, 1, d)
+    ropes = [(c[:, None, None], s[:, None, None]) for c, s in model.rope(pos, h.dtype)]  # (B, 1, 1, hd) per kind
+    masks = model.masks(pos, cache.key_positions[:S])  # (B, S) per kind
     captured = None
     for i, block in enumerate(model.layers):
-        h = _block_step(block, h, cos, sin, local if block.sliding else seen, cache.keys[i][:B], cache.values[i][:B],
+        h = _block_step(block, h, *ropes[block.sliding], masks[block.sliding], cache.keys[i][:B], cache.values[i][:B],
                         pos)
         if steering and i == layer:
             h = _steer_rows(sae, inp, B, h)
         if capture and i == layer:
             captured = h[:, 0]
-    logits = model._logits(h[:, -1])  # (B, vocab)
+    logits = model.logits(h[:, -1])  # (B, vocab)
     if processing:
         logits = process(logits, inp.bias[:B], inp.counts[:B], inp.presence[:B, None], inp.frequency[:B, None])
     else:

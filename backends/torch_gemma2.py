@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator, Protocol
+from typing import Any, Callable, Generator, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from backends.torch_weights import read_weights
 
 SLIDING = "sliding_attention"
 
@@ -131,16 +133,26 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` (B, L, d) -> queries (B, heads, L, head_dim), keys and values (B, kv heads, L, head_dim)."""
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """:meth:`project` with RoPE on the queries and keys (``cos``/``sin`` broadcast over (B, heads, L,
+        head_dim)): what every step (solo, batched, compiled) writes to the cache and attends with."""
+        q, k, v = self.project(x)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
     def forward(self, x, cos, sin, mask, keys, values, write) -> torch.Tensor:
         """``x`` (B, L, d) at the positions ``write`` (a (L,) tensor, the same for every row) attends to
         ``keys``/``values`` (B, n_kv, S', head_dim) of the cache after they are written there; ``mask`` (L, S) is
         True where a query may see a key."""
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k, v = self.qkv(x, cos, sin)
         keys.index_copy_(2, write, k)
         values.index_copy_(2, write, v)
         S = mask.shape[-1]
@@ -166,10 +178,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    attention = Attention  # a family's attention (Gemma-3: q/k norms)
+
     def __init__(self, cfg: Gemma2Config, sliding: bool):
         super().__init__()
-        self.sliding = sliding
-        self.self_attn = Attention(cfg)
+        self.sliding = sliding  # local (sliding-window mask and, in Gemma-3, the local RoPE) or global
+        self.self_attn = self.attention(cfg)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
         eps = cfg.rms_norm_eps
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps)
@@ -183,22 +197,31 @@ class Block(nn.Module):
 
 
 class _Body(nn.Module):
-    def __init__(self, cfg: Gemma2Config):
+    def __init__(self, cfg: Gemma2Config, block: type[Block]):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList([Block(cfg, cfg.is_sliding(i)) for i in range(cfg.num_hidden_layers)])
+        self.layers = nn.ModuleList([block(cfg, cfg.is_sliding(i)) for i in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
 class Gemma2(nn.Module):
     """``prefill`` runs prompt chunks, ``step`` one token at a tensor position; both fill a :class:`KVCache`
-    and return (logits of the last position, block ``capture``'s output)."""
+    and return (logits of the last position, block ``capture``'s output).
+
+    The steps (here, :mod:`backends.torch_batch`, :mod:`backends.torch_corpus`) reach the family through
+    :meth:`embed`, :meth:`rope`, :meth:`masks`, each block's ``sliding`` and attention's ``qkv``, and
+    :meth:`logits`; a second family (:mod:`backends.torch_gemma3`) overrides what differs."""
+
+    family = "Gemma-2"
+    config_class = Gemma2Config
+    block = Block
 
     def __init__(self, cfg: Gemma2Config):
         super().__init__()
         self.cfg = cfg
-        self.model = _Body(cfg)
-        self._inv_freq: torch.Tensor | None = None
+        self.model = _Body(cfg, self.block)
+        self._inv_freq: torch.Tensor | None = None  # global layers' RoPE (Gemma-2: every layer's)
+        self._inv_freq_local: torch.Tensor | None = None  # local layers' RoPE when it differs
         self._embed_scale: torch.Tensor | None = None
 
     @property
@@ -209,33 +232,32 @@ class Gemma2(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: Path, config: dict[str, Any], dtype: torch.dtype, device: torch.device) -> "Gemma2":
         """Build on the meta device and adopt the checkpoint's tensors (no random init, no second copy)."""
-        from safetensors.torch import load_file
-
-        cfg = Gemma2Config.from_dict(config)
-        files = sorted(Path(path).glob("model*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{path} holds no model*.safetensors weights")
-        weights: dict[str, torch.Tensor] = {}
-        for f in files:
-            weights.update(load_file(str(f), device=str(device)))
-        weights = {k: v.to(dtype) for k, v in weights.items() if not k.startswith("lm_head.") and "rotary" not in k}
+        cfg = cls.config_class.from_dict(config)
+        weights = read_weights(Path(path), cls.weight_name(config), dtype, device)
         with torch.device("meta"):
             model = cls(cfg)
         expected = set(model.state_dict())
         missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
         if missing or unexpected:
             raise ValueError(
-                "the checkpoint does not match Gemma-2: "
+                f"the checkpoint does not match {cls.family}: "
                 + (f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} " if missing else "")
                 + (f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}" if unexpected else "")
             )
         model.load_state_dict(weights, strict=True, assign=True)
         # Gemma scales the embeddings in the activation dtype (sqrt(hidden_size) rounded to it), once per model
         model._embed_scale = torch.tensor(cfg.hidden_size**0.5, dtype=dtype, device=device)
-        model._inv_freq = 1.0 / (
-            cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float, device=device) / cfg.head_dim)
-        )
+        model._init_rope(device)
         return model.eval()
+
+    @staticmethod
+    def weight_name(config: dict[str, Any]) -> Callable[[str], str | None]:
+        """A stored tensor's name -> its name in this model, or None for a tensor it does not read (the tied
+        ``lm_head``, RoPE buffers some exports keep)."""
+        return lambda name: None if name.startswith("lm_head.") or "rotary" in name else name
+
+    def _init_rope(self, device: torch.device) -> None:
+        self._inv_freq = inv_freq(self.cfg.rope_theta, self.cfg.head_dim, device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -243,7 +265,7 @@ class Gemma2(nn.Module):
 
     def static_tensors(self) -> list[torch.Tensor]:
         """Tensors the forward reads besides its parameters (their addresses never change)."""
-        return [t for t in (self._inv_freq, self._embed_scale) if t is not None]
+        return [t for t in (self._inv_freq, self._inv_freq_local, self._embed_scale) if t is not None]
 
     def new_cache(self, size: int) -> KVCache:
         return KVCache(self.cfg, size, self.dtype, self.model.embed_tokens.weight.device)
@@ -256,41 +278,48 @@ class Gemma2(nn.Module):
         B, L = tokens.shape
         positions = torch.arange(L, device=tokens.device)
         cache = KVCache(self.cfg, L, self.dtype, tokens.device, batch=B, layers=layer + 1)
-        h = self.model.embed_tokens(tokens) * self._embed_scale
-        cos, sin = self._rope(positions, h.dtype)
-        global_mask, local_mask = self._masks(positions, positions)
+        h = self.embed(tokens)
+        ropes = [(c[None, None], s[None, None]) for c, s in self.rope(positions, h.dtype)]
+        masks = self.masks(positions, positions)
         for i, block in enumerate(self.model.layers[: layer + 1]):
-            h = block(h, cos, sin, local_mask if block.sliding else global_mask, cache.keys[i], cache.values[i],
-                      positions)
+            h = block(h, *ropes[block.sliding], masks[block.sliding], cache.keys[i], cache.values[i], positions)
         return h
 
     # ------------------------------------------------------------------------------------------- forward
-    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[:, None] * self._inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype)[None, None], emb.sin().to(dtype)[None, None]
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (any shape) -> their scaled embeddings (shape + (d,))."""
+        return self.model.embed_tokens(tokens) * self._embed_scale
 
-    def _masks(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seen = k_pos[None, :] <= q_pos[:, None]
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """RoPE's (cos, sin) at ``positions`` (any shape -> shape + (head_dim,)) for the global layers, then
+        for the local ones: index it with a block's ``sliding``."""
+        glob = _cos_sin(positions, self._inv_freq, dtype)
+        return glob, (glob if self._inv_freq_local is None else _cos_sin(positions, self._inv_freq_local, dtype))
+
+    def masks(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global, local) masks, True where a query at ``q_pos`` (any shape) sees a key at ``k_pos`` (S,):
+        shape q_pos.shape + (S,). Local layers see the last ``sliding_window`` positions, their own included."""
+        seen = k_pos <= q_pos[..., None]
         window = self.cfg.sliding_window
-        local = seen & (k_pos[None, :] > q_pos[:, None] - window) if window is not None else seen
+        local = seen & (k_pos > q_pos[..., None] - window) if window is not None else seen
         return seen, local
 
     def _run(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, n_keys: int, capture: int | None,
              steer: Steer | None = None):
-        h = self.model.embed_tokens(tokens)[None] * self._embed_scale  # (1, L, d)
-        cos, sin = self._rope(positions, h.dtype)
-        global_mask, local_mask = self._masks(positions, cache.key_positions[:n_keys])
+        h = self.embed(tokens)[None]  # (1, L, d)
+        ropes = [(c[None, None], s[None, None]) for c, s in self.rope(positions, h.dtype)]
+        masks = self.masks(positions, cache.key_positions[:n_keys])
         captured = None
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, cos, sin, local_mask if layer.sliding else global_mask, cache.keys[i], cache.values[i], positions)
+            h = layer(h, *ropes[layer.sliding], masks[layer.sliding], cache.keys[i], cache.values[i], positions)
             if steer is not None and i == steer.layer:  # the steered output flows on and is what is captured
                 h = steer(h)
             if i == capture:
                 captured = h[0]
         return h, captured
 
-    def _logits(self, h_last: torch.Tensor) -> torch.Tensor:
+    def logits(self, h_last: torch.Tensor) -> torch.Tensor:
+        """The last residuals (..., d) -> logits (..., vocab): final norm, tied unembedding, soft-cap if any."""
         h = self.model.norm(h_last)
         return _softcap(F.linear(h, self.model.embed_tokens.weight), self.cfg.final_logit_softcapping)
 
@@ -327,13 +356,25 @@ class Gemma2(nn.Module):
                 kept.append(captured)
         if captured is not None:
             captured = torch.cat(kept) if all_positions else captured[-1:]
-        return self._logits(h[:, -1]), captured
+        return self.logits(h[:, -1]), captured
 
     def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache, *, capture: int | None,
              steer: Steer | None = None):
         """One token (1,) at ``position`` (1,), a tensor: every shape is fixed, whatever the position."""
         h, captured = self._run(token, position, cache, cache.size, capture, steer)
-        return self._logits(h[:, -1]), captured
+        return self.logits(h[:, -1]), captured
+
+
+def inv_freq(theta: float, head_dim: int, device: torch.device, factor: float = 1.0) -> torch.Tensor:
+    """RoPE's inverse frequencies (float32), divided by ``factor`` for linear scaling."""
+    freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim))
+    return freq / factor if factor != 1.0 else freq
+
+
+def _cos_sin(positions: torch.Tensor, inv: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = positions.float()[..., None] * inv
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def cache_size(needed: int, minimum: int = 256) -> int:

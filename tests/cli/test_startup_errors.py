@@ -56,3 +56,17 @@ def test_model_directory_that_is_not_a_model(tmp_path, tiny_fixture):
                                       "--sae-local-path", str(tiny_fixture.sae_path), "--sae-layer", "2"])
     assert result.exit_code == 1
     assert "cannot load model" in _one_error_line(result.output) and "no config.json" in result.output
+
+
+def test_a_model_family_we_do_not_run(tmp_path, tiny_fixture):
+    import json
+    import shutil
+
+    model_dir = shutil.copytree(tiny_fixture.model_dir, tmp_path / "llama")
+    cfg = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    result = CliRunner().invoke(app, ["serve", "--backend", "torch-cpu", "--model", str(model_dir),
+                                      "--sae-local-path", str(tiny_fixture.sae_path), "--sae-layer", "2"])
+    line = _one_error_line(result.output)
+    assert result.exit_code == 1 and "model_type 'llama' is not supported" in line
+    assert "Gemma 2 (gemma2), Gemma 3 (gemma3_text, gemma3)" in line
