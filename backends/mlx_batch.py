@@ -150,6 +150,8 @@ class MLXBatch:
             mx.eval(self.keys, self.values)
         self.bytes = sum(a.nbytes for a in (*self.keys, *self.values))
         self.rows: list[Row] = []
+        self._lone = [RowCache(self, i, 0, 0, self.ring if layer.sliding else None)  # a lone row's caches
+                      for i, layer in enumerate(self.layers)]
 
     @property
     def free(self) -> int:
@@ -203,7 +205,7 @@ class MLXBatch:
             raise RuntimeError("no rows to step")
         if len(rows) == 1:  # a lone request: the solo step on its row's storage
             row = rows[0]
-            record = solo(row.state, self.row_caches(0, row.position))
+            record = solo(row.state, self.row_caches(row.position))
             row.position += 1
             return record, rows
         states = [r.state for r in rows]
@@ -231,10 +233,11 @@ class MLXBatch:
             r.position += 1
         return record, rows
 
-    def row_caches(self, b: int, position: int) -> list[RowCache]:
-        """Row ``b``'s caches for one token at ``position`` (the solo forward's interface)."""
-        return [RowCache(self, i, b, position, self.ring if layer.sliding else None)
-                for i, layer in enumerate(self.layers)]
+    def row_caches(self, position: int) -> list[RowCache]:
+        """Row 0's caches for one token at ``position`` (the solo forward's interface), made once."""
+        for c in self._lone:
+            c.offset = position
+        return self._lone
 
     def forward(self, tokens, positions: list[int], steers: list, capture_layer: int | None):
         """Logits (B, 1, vocab) and block ``capture_layer``'s output (B, 1, d) (None when not asked) for one token
