@@ -3,8 +3,8 @@
 The batch owns, from start-up, the KV cache of ``max_batch`` rows: per global-attention layer ``max_context``
 positions per row, per local (sliding-window) layer a ring of ``sliding_window`` positions per row (position p in
 slot p mod window). A request is prefilled on its own, exactly as alone (its own caches, chunk by chunk), and
-*joins* by copying its keys and values into the next free row (a local layer's last ``window`` positions into their
-ring slots); a row that *leaves* is replaced by the last row, so the active rows are rows 0..B-1.
+*joins* by copying its keys and values into the next free row (a local layer's ring slots as they are); a row that
+*leaves* is replaced by the last row, so the active rows are rows 0..B-1.
 
 One step (:meth:`MLXBatch.step`) is one lazy graph: every block runs on the B rows at once, each row at its own
 position (RoPE offset, cache write, causal mask and window per row; attention reads the first S positions, S a
