@@ -172,7 +172,7 @@ class MLXBackend:
         """All prompt chunks but the last only fill the caches (yielding after each); the last one also samples
         the first token. Nothing is evaluated here but the caches between chunks: the first record is queued with
         one ``mx.async_eval``, and the prompt records (one batched encode) stay lazy until ``to_host``. A request
-        that joins the batch is prefilled the same way (its own caches; :meth:`join` moves them into a slot)."""
+        that joins is prefilled the same way (``joining``: local layers in the batch ring layout, for :meth:`join`)."""
         import mlx.core as mx
 
         if self.model is None or self.sae is None:
