@@ -102,15 +102,16 @@ class RowCache:
     forward's interface): the token's keys and values are written into the row's storage in place and the row's
     filled positions are returned (a local layer: the ring's filled slots, all of them once it has wrapped)."""
 
-    def __init__(self, batch: "MLXBatch", layer: int, b: int, offset: int, slots: int | None):
-        self.batch, self.layer, self.b, self.offset, self.slots = batch, layer, b, offset, slots
+    def __init__(self, keys: list, values: list, layer: int, b: int, offset: int, slots: int | None):
+        self.keys, self.values = keys, values  # the batch's per-layer arrays (the lists, not the batch: no cycle)
+        self.layer, self.b, self.offset, self.slots = layer, b, offset, slots
 
     def update_and_fetch(self, keys, values):
         i, b, p = self.layer, self.b, self.offset
         at = p % self.slots if self.slots else p
         n = min(p + 1, self.slots) if self.slots else p + 1
         out = []
-        for arrs, new in ((self.batch.keys, keys), (self.batch.values, values)):
+        for arrs, new in ((self.keys, keys), (self.values, values)):
             arrs[i][b: b + 1, :, at: at + 1, :] = new
             out.append(arrs[i][b: b + 1, :, :n, :])
         return tuple(out)
@@ -150,8 +151,8 @@ class MLXBatch:
             mx.eval(self.keys, self.values)
         self.bytes = sum(a.nbytes for a in (*self.keys, *self.values))
         self.rows: list[Row] = []
-        self._lone = [RowCache(self, i, 0, 0, self.ring if layer.sliding else None)  # a lone row's caches
-                      for i, layer in enumerate(self.layers)]
+        self._lone = [RowCache(self.keys, self.values, i, 0, 0, self.ring if layer.sliding else None)
+                      for i, layer in enumerate(self.layers)]  # a lone row's caches
 
     @property
     def free(self) -> int:
