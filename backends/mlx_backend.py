@@ -172,7 +172,7 @@ class MLXBackend:
         """All prompt chunks but the last only fill the caches (yielding after each); the last one also samples
         the first token. Nothing is evaluated here but the caches between chunks: the first record is queued with
         one ``mx.async_eval``, and the prompt records (one batched encode) stay lazy until ``to_host``. A request
-        that joins the batch is prefilled the same way (its own caches; :meth:`join` moves them into a slot)."""
+        that joins is prefilled the same way (``joining``: local layers in the batch ring layout, for :meth:`join`)."""
         import mlx.core as mx
 
         if self.model is None or self.sae is None:
@@ -180,7 +180,10 @@ class MLXBackend:
         model, capture = self.model, self.capture
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         steer = self.sae.steerer(params.steering, self.layer) if params.steering is not None else None
-        state = _Request(model.make_cache(), None, mx.random.key(seed & 0xFFFF_FFFF_FFFF_FFFF),  # unsigned 64-bit
+        from backends.mlx_batch import joining_cache  # a joining request's caches: the batch's ring layout
+
+        cache = joining_cache(model) if joining else model.make_cache()
+        state = _Request(cache, None, mx.random.key(seed & 0xFFFF_FFFF_FFFF_FFFF),  # unsigned 64-bit
                          params.temperature, params.top_p, steer,
                          _LogitProcessor(params, self.model.args.vocab_size) if params.processes_logits else None,
                          len(prompt_ids), params)
@@ -232,11 +235,13 @@ class MLXBackend:
         self.batch.leave(key)
 
     def batch_step(self):
-        return self.batch.step(self.layer, self.capture, draw)
+        # a lone row runs the solo decode step over its row's storage
+        return self.batch.step(self.layer, self.capture, draw,
+                               lambda st, cache: self._step(st, st.token[None], st.steer, cache)[0])
 
     def batch_to_host(self, step) -> list[tuple[object, np.ndarray]]:
         record, rows = step
-        host = np.array(record)
+        host = np.array(record)  # (B, width); a lone row's solo record is (width,)
         return [(r.key, rec) for r, rec in zip(rows, self.batch.split(host, rows, self.capture))]
 
     def reset_batch(self) -> None:
@@ -252,16 +257,16 @@ class MLXBackend:
 
         return corpus_pass(self.model, self.sae, self.layer, batch, _generation_stream(), records=records)
 
-    def _step(self, state: _Request, tokens, steer):
+    def _step(self, state: _Request, tokens, steer, cache=None):
         """Graph for one forward over ``tokens`` (1, L), block N's output rewritten by ``steer`` when given:
         sample the next token, pack its record, queue both with one ``mx.async_eval``. Returns the record and
-        block N's output at every position of ``tokens``."""
+        block N's output at every position of ``tokens``. ``cache``: instead of the request's own caches."""
         import mlx.core as mx
 
         capture = self.capture
         with mx.stream(_generation_stream()):
-            out = self.model(tokens, state.cache, capture_layer=self.layer if capture else None, last_only=True,
-                             steer=steer)
+            out = self.model(tokens, state.cache if cache is None else cache,
+                             capture_layer=self.layer if capture else None, last_only=True, steer=steer)
             logits, hidden = out if capture else (out, None)
             tail = draw(state, logits[:, -1, :])
             parts = [state.token.astype(mx.float32)]

@@ -3,8 +3,8 @@
 The batch owns, from start-up, the KV cache of ``max_batch`` rows: per global-attention layer ``max_context``
 positions per row, per local (sliding-window) layer a ring of ``sliding_window`` positions per row (position p in
 slot p mod window). A request is prefilled on its own, exactly as alone (its own caches, chunk by chunk), and
-*joins* by copying its keys and values into the next free row (a local layer's last ``window`` positions into their
-ring slots); a row that *leaves* is replaced by the last row, so the active rows are rows 0..B-1.
+*joins* by copying its keys and values into the next free row (a local layer's ring slots as they are); a row that
+*leaves* is replaced by the last row, so the active rows are rows 0..B-1.
 
 One step (:meth:`MLXBatch.step`) is one lazy graph: every block runs on the B rows at once, each row at its own
 position (RoPE offset, cache write, causal mask and window per row; attention reads the first S positions, S a
@@ -14,6 +14,15 @@ key (the solo step's :func:`backends.mlx_backend.draw`), so a row's seeded sampl
 The B records are packed into one (B, width) array, queued with one ``mx.async_eval`` and copied to the host once.
 Nothing reduces across rows, so a row's tokens and features are the ones it gets alone (up to float rounding of
 the wider matmuls and of attention over masked positions).
+
+A step of one row (a lone request) is the solo step (:meth:`backends.mlx_backend.MLXBackend._step`) with caches
+that read and write that row's storage in place (:class:`RowCache`): the same graph as alone, nothing padded, no
+mask, no copy, so a lone request is as fast under ``--max-batch 8`` as under ``--max-batch 1``. The row's keys stay
+where the batched step reads them, so a request joining next to it (or the batch shrinking back to one row) needs
+no hand-over.
+
+A request that will join is prefilled with :class:`WindowCache` on its local layers (not mlx-lm's rotating cache):
+it keeps the batch's ring layout from the start, so joining copies the slots as they are.
 """
 
 from __future__ import annotations
@@ -25,6 +34,87 @@ import mlx.core as mx
 import numpy as np
 
 from backends.mlx_gemma2 import _softcap
+
+
+class WindowCache:
+    """A local (sliding-window) layer's cache for a request that will join the batch, in the batch's ring layout:
+    ``size`` slots, position p in slot p mod size. For a chunk of several tokens ``update_and_fetch`` returns what
+    mlx-lm's ``RotatingKVCache`` returns — the last ``size - 1`` earlier positions in temporal order, then the
+    chunk — so the prefill computes exactly what it computes alone (the model's window mask assumes that order);
+    for one token it returns the filled slots (the whole ring once it has wrapped: every slot is in the window and
+    no mask is needed)."""
+
+    def __init__(self, size: int):
+        self.size, self.offset = size, 0
+        self.keys = self.values = None
+
+    @property
+    def state(self):
+        return self.keys, self.values
+
+    def update_and_fetch(self, keys, values):
+        S, prev = keys.shape[2], self.offset
+        if self.keys is None:
+            self.keys = mx.zeros((*keys.shape[:2], self.size, keys.shape[3]), keys.dtype)
+            self.values = mx.zeros((*values.shape[:2], self.size, values.shape[3]), values.dtype)
+        if S > 1:  # read the earlier positions before the chunk overwrites their slots
+            before = min(prev, self.size - 1)
+            out = (mx.concatenate([_recent(self.keys, prev, before), keys], axis=2),
+                   mx.concatenate([_recent(self.values, prev, before), values], axis=2))
+        m = min(S, self.size)  # the chunk's last m positions stay
+        for buf, new in ((self.keys, keys), (self.values, values)):
+            _put(buf, new[..., S - m:, :], prev + S - m)
+        self.offset += S
+        if S > 1:
+            return out
+        n = min(self.offset, self.size)
+        return self.keys[..., :n, :], self.values[..., :n, :]
+
+
+def joining_cache(model) -> list:
+    """The caches of a request that will join: mlx-lm's ``KVCache`` on the global layers, :class:`WindowCache` on
+    the local ones."""
+    window = model.args.sliding_window
+    return [WindowCache(window) if layer.sliding else c for layer, c in zip(model.layers, model.make_cache())]
+
+
+def _recent(ring, end: int, m: int):
+    """Positions end-m .. end-1 of a ring (position p in slot p mod size), in temporal order."""
+    size = ring.shape[2]
+    start = (end - m) % size
+    if start + m <= size:
+        return ring[..., start: start + m, :]
+    return mx.concatenate([ring[..., start:, :], ring[..., : start + m - size, :]], axis=2)
+
+
+def _put(ring, new, first: int) -> None:
+    """Write ``new``'s positions first, first+1, ... (at most the ring's size) into their slots, in place."""
+    size, m = ring.shape[2], new.shape[2]
+    start = first % size
+    head = min(m, size - start)
+    ring[..., start: start + head, :] = new[..., :head, :]
+    if head < m:
+        ring[..., : m - head, :] = new[..., head:, :]
+
+
+class RowCache:
+    """Row ``b`` of the batch's cache on one layer as an mlx-lm cache for one token at ``offset`` (the solo
+    forward's interface): the token's keys and values are written into the row's storage in place and the row's
+    filled positions are returned (a local layer: the ring's filled slots, all of them once it has wrapped)."""
+
+    def __init__(self, keys: list, values: list, layer: int, b: int, offset: int, slots: int | None):
+        self.keys, self.values = keys, values  # the batch's per-layer arrays (the lists, not the batch: no cycle)
+        self.layer, self.b, self.offset, self.slots = layer, b, offset, slots
+
+    def update_and_fetch(self, keys, values):
+        i, b, p = self.layer, self.b, self.offset
+        at = p % self.slots if self.slots else p
+        n = min(p + 1, self.slots) if self.slots else p + 1
+        out = []
+        for arrs, new in ((self.keys, keys), (self.values, values)):
+            arrs[i][b: b + 1, :, at: at + 1, :] = new
+            out.append(arrs[i][b: b + 1, :, :n, :])
+        return tuple(out)
 
 
 @dataclass
@@ -61,6 +151,8 @@ class MLXBatch:
             mx.eval(self.keys, self.values)
         self.bytes = sum(a.nbytes for a in (*self.keys, *self.values))
         self.rows: list[Row] = []
+        self._lone = [RowCache(self.keys, self.values, i, 0, 0, self.ring if layer.sliding else None)
+                      for i, layer in enumerate(self.layers)]  # a lone row's caches
 
     @property
     def free(self) -> int:
@@ -78,17 +170,11 @@ class MLXBatch:
         with mx.stream(self.stream):
             for i, layer in enumerate(self.layers):
                 src = state.cache[i]
-                for dst, arr in ((self.keys, src.keys), (self.values, src.values)):
-                    if not layer.sliding:
-                        dst[i][b: b + 1, :, :n, :] = arr[..., :n, :]
-                        continue
-                    m = min(n, self.ring)  # positions n-m..n-1, the last m in temporal order
-                    last = src._temporal_order(arr)[..., -m:, :]
-                    start = (n - m) % self.ring
-                    first = min(m, self.ring - start)
-                    dst[i][b: b + 1, :, start: start + first, :] = last[..., :first, :]
-                    if first < m:
-                        dst[i][b: b + 1, :, : m - first, :] = last[..., first:, :]
+                if layer.sliding and not isinstance(src, WindowCache):
+                    raise ValueError("a request joins the batch after prefill_steps(..., joining=True)")
+                m = min(n, self.ring) if layer.sliding else n  # a ring's slots already hold position p at p mod ring
+                self.keys[i][b: b + 1, :, :m, :] = src.keys[..., :m, :]
+                self.values[i][b: b + 1, :, :m, :] = src.values[..., :m, :]
             mx.eval(self.keys, self.values)
         n_lp = params.logprobs
         tail = 0 if n_lp is None else (1 if n_lp == 0 else 1 + 2 * n_lp)
@@ -111,12 +197,18 @@ class MLXBatch:
     def clear(self) -> None:
         self.rows.clear()
 
-    def step(self, layer: int, capture: bool, draw) -> tuple[Any, list[Row]]:
-        """Queue one step of every row: the (B, width) record and the rows it belongs to, in order. ``draw(state,
-        logits)`` is the solo step's per-request logit processing and sampling."""
+    def step(self, layer: int, capture: bool, draw, solo) -> tuple[Any, list[Row]]:
+        """Queue one step of every row: the (B, width) record — a lone row's is the solo step's (width,) record —
+        and the rows it belongs to, in order. ``draw(state, logits)`` is the solo step's per-request logit
+        processing and sampling; ``solo(state, cache)`` the solo step of one request over ``cache``."""
         rows = list(self.rows)
         if not rows:
             raise RuntimeError("no rows to step")
+        if len(rows) == 1:  # a lone request: the solo step on its row's storage
+            row = rows[0]
+            record = solo(row.state, self.row_caches(row.position))
+            row.position += 1
+            return record, rows
         states = [r.state for r in rows]
         counts = []
         with mx.stream(self.stream):
@@ -141,6 +233,12 @@ class MLXBatch:
         for r in rows:
             r.position += 1
         return record, rows
+
+    def row_caches(self, position: int) -> list[RowCache]:
+        """Row 0's caches for one token at ``position`` (the solo forward's interface), made once."""
+        for c in self._lone:
+            c.offset = position
+        return self._lone
 
     def forward(self, tokens, positions: list[int], steers: list, capture_layer: int | None):
         """Logits (B, 1, vocab) and block ``capture_layer``'s output (B, 1, d) (None when not asked) for one token
@@ -183,4 +281,6 @@ class MLXBatch:
     def split(self, host: np.ndarray, rows: list[Row], capture: bool) -> list[np.ndarray]:
         """The host copy of a step's record -> each row's own record (the solo layout)."""
         head = 1 + (self.sae.k * 2 + 2 if capture else 0)
+        if host.ndim == 1:  # a lone row's solo record
+            return [host]
         return [host[i, : head + r.tail] for i, r in enumerate(rows)]

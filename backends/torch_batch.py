@@ -114,6 +114,7 @@ class TorchBatch:
             self.cache = KVCache(model.cfg, max_context, model.dtype, device, batch=max_batch)
             self.inputs = BatchInputs.allocate(sae, model.cfg.vocab_size, max_batch)
         self.rows: list[Row] = []
+        self._lone = self.inputs.row(0), {}  # a lone row's step inputs and caches (views of row 0, made once)
         self.compiled = compiled
         if compiled is not None:
             compiled.adopt_batch(self)
@@ -175,8 +176,9 @@ class TorchBatch:
         elif len(rows) == 1:  # one row: the solo step on views of row 0 (fewer, cheaper ops than a batch of one)
             r = rows[0]
             skips = Skips(steering=not r.steered, logits=not r.processes, sampling=not r.samples)
-            record = decode_step(self.model, self.sae, self.inputs.row(0), _RowCache(self.cache, size), layer, capture,
-                                 logprobs, skips)[None]
+            inputs, caches = self._lone
+            cache = caches.get(size) or caches.setdefault(size, _RowCache(self.cache, size))
+            record = decode_step(self.model, self.sae, inputs, cache, layer, capture, logprobs, skips)[None]
         else:
             record = batch_step(self.model, self.sae, self.inputs, self.cache, len(rows), size, layer, capture,
                                 logprobs, steering=any(r.steered for r in rows),

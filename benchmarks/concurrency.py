@@ -7,6 +7,11 @@ new tokens. A request's inter-token latencies are the gaps between its consecuti
 waits for its prefill and for the requests queued before it, is not a gap); p50 / p95 are over every gap of every
 request. Aggregate tokens/s is all tokens over the wall time from the first arrival to the last token. Measured at
 the generation thread (no HTTP), on the backends that batch (torch and MLX).
+
+One run of a lone request is too short to tell a few percent apart on a shared machine, so the single stream is
+also compared on its own (``single_stream``): ``SINGLE_STREAM_RUNS`` runs of one request under each setting,
+alternating, each run's time per token (its last token's time less its first's over the gaps), the median over
+the runs, and the ratio of ``--max-batch 8`` to ``--max-batch 1``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from neuroscope.core.protocol import GenerationParams, ModelSpec
 CONCURRENCY = (1, 2, 4, 8)
 MAX_BATCH = 8
 WARM_UP_TOKENS = 8
+SINGLE_STREAM_RUNS = 9
 
 
 class _Timed:
@@ -64,8 +70,21 @@ def _batched(backend, reqs: list[_Timed], max_batch: int) -> float:
     return t0
 
 
+def _single_stream(backend, prompt: list[int], params: GenerationParams, runs: int) -> dict:
+    """``runs`` lone requests under each of ``--max-batch 1`` and ``8``, alternating: median ms per token."""
+    per_token: dict[int, list[float]] = {1: [], MAX_BATCH: []}
+    for i in range(runs):
+        for max_batch in (1, MAX_BATCH) if i % 2 == 0 else (MAX_BATCH, 1):
+            r = _Timed(prompt, params)
+            _solo(backend, [r]) if max_batch == 1 else _batched(backend, [r], max_batch)
+            per_token[max_batch].append((r.times[-1] - r.times[0]) / (len(r.times) - 1) * 1e3)
+    one, eight = (float(np.median(per_token[m])) for m in (1, MAX_BATCH))
+    return {"runs": runs, "max_batch_1_ms": one, "max_batch_8_ms": eight, "ratio": eight / one}
+
+
 def run_backend(name: str, bm: BenchModel, prompt: list[int], *, tokens: int, k: int, log=print,
-                concurrency: tuple[int, ...] = CONCURRENCY, engine: str = "eager") -> dict:
+                concurrency: tuple[int, ...] = CONCURRENCY, engine: str = "eager",
+                single_stream_runs: int = SINGLE_STREAM_RUNS) -> dict:
     """One backend's table rows: for each max-batch (1, 8) and each concurrency, the figures of :func:`_summary`."""
     from neuroscope.core import registry
 
@@ -89,7 +108,12 @@ def run_backend(name: str, bm: BenchModel, prompt: list[int], *, tokens: int, k:
                 row = {"max_batch": max_batch, "concurrent": c, **_summary(reqs, t0)}
                 log(f"concurrency: {name} --max-batch {max_batch}, {c} at once: {row['tokens_per_s']:.0f} tok/s")
                 rows.append(row)
+        single = _single_stream(backend, prompt, params, single_stream_runs) if tokens > 1 else None
+        if single is not None:
+            log(f"concurrency: {name} single stream, median of {single['runs']} alternating runs: --max-batch 8 "
+                f"{single['max_batch_8_ms']:.3f} ms/token, --max-batch 1 {single['max_batch_1_ms']:.3f} "
+                f"(x{single['ratio']:.3f})")
         return {"backend": name, "model": bm.label, "dtype": bm.dtype, "engine": engine, "tokens": tokens,
-                "rows": rows}
+                "rows": rows, "single_stream": single}
     finally:
         backend.close()

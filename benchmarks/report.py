@@ -142,6 +142,11 @@ def concurrency_table(rows: list[dict]) -> Table:
                                                    f"{_f(x['itl_p95_ms'])}")
             engine = "" if r["backend"] == "mlx" else f" ({r.get('engine', 'eager')})"
             t.add_row(f"{r['backend']}{engine}", f"{r['model']} {r['dtype']}", str(mb), *cells)
+    single = [(r["backend"], r["single_stream"]) for r in rows if r.get("single_stream")]
+    if single:
+        t.caption = "single stream, median of alternating runs: " + "; ".join(
+            f"{b} --max-batch 8 {s['max_batch_8_ms']:.3f} ms/token, 1 {s['max_batch_1_ms']:.3f} (x{s['ratio']:.3f}, "
+            f"{s['runs']} runs each)" for b, s in single)
     return t
 
 

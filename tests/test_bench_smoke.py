@@ -169,3 +169,15 @@ def test_concurrency_rows_compare_max_batch_8_with_1(record):
             assert x["tokens"] == x["concurrent"] * r["tokens"]
             for key in ("tokens_per_s", "wall_s", "itl_p50_ms", "itl_p95_ms"):
                 assert _measured(x[key]), (x, key)
+        single = r["single_stream"]  # lone requests under --max-batch 8 and 1, alternating
+        assert single["runs"] >= 1 and single["ratio"] == single["max_batch_8_ms"] / single["max_batch_1_ms"]
+        assert _measured(single["max_batch_1_ms"]) and _measured(single["max_batch_8_ms"])
+    import io
+
+    from rich.console import Console
+
+    from benchmarks import report
+
+    screen = io.StringIO()
+    Console(file=screen, width=400, color_system=None).print(report.concurrency_table(record["concurrency"]))
+    assert f"{expected[0]} --max-batch 8 " in screen.getvalue() and "median of alternating runs" in screen.getvalue()

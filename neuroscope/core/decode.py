@@ -194,11 +194,15 @@ class Scheduler:
             r.queued += 1
             if r.queued >= r.params.max_tokens:  # every token it may write is queued: its row is free
                 self._leave(r)
-        return step
+        return step, rows
 
-    def _handle(self, step: Any) -> None:
+    def _handle(self, pending: tuple[Any, list[_Row]]) -> None:
+        step, rows = pending
         try:
             records = self.backend.batch_to_host(step)
+            missing = [r for r in rows if not any(row is r for row, _ in records)]
+            if missing:  # a row left without its token would wait forever
+                raise RuntimeError(f"the backend returned {len(records)} records for a step of {len(rows)} rows")
         except Exception as exc:
             self._fail([r for r in self.rows if r.queued > r.emitted], exc)
             return

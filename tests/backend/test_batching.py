@@ -358,7 +358,13 @@ def test_an_mlx_step_of_several_rows_is_one_graph_queued_once(loaded, prompts, m
     params = [GenerationParams(max_tokens=8, logprobs=2), GenerationParams(max_tokens=8, temperature=0.7, seed=1),
               GenerationParams(max_tokens=8)]
     for key, p, ids in zip(keys, params, prompts):
-        backend.join(key, backend.prefill(ids, p))
+        gen = backend.prefill_steps(ids, p, joining=True)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                backend.join(key, done.value)
+                break
     calls = []
     for name in ("eval", "async_eval"):
         real = getattr(mx, name)

@@ -23,8 +23,8 @@ REQUESTS = [
     {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 24, "temperature": 0},
     {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 18, "temperature": 0.9, "seed": 5},
     {"messages": [{"role": "user", "content": "Tell me a story about a mill by a river, please."}], "max_tokens": 20,
-     "seed": 9, "stop": ["ee"], "steering": {"features": [{"index": 3, "mode": "add", "value": 30.0}]},
-     "logprobs": True, "top_logprobs": 2},
+     "seed": 9, "steering": {"features": [{"index": 3, "mode": "add", "value": 30.0}]},
+     "logprobs": True, "top_logprobs": 2},  # and a stop string taken from its own output (_with_stop)
     {"messages": [{"role": "user", "content": "Count: one two three"}], "max_tokens": 22, "temperature": 0,
      "frequency_penalty": 0.5},
     {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
@@ -59,9 +59,9 @@ class HeldBackend:
         return getattr(self._backend, name)
 
 
-def _stream(srv, body) -> tuple[str, str]:
-    """One streaming chat request: (its id, its text)."""
-    text, rid = [], None
+def _stream(srv, body) -> tuple[str, str, str]:
+    """One streaming chat request: (its id, its text, its finish_reason)."""
+    text, rid, finish = [], None, None
     with httpx.stream("POST", f"{srv.chat}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
         assert r.status_code == 200, r.read()
         for line in r.iter_lines():
@@ -70,7 +70,19 @@ def _stream(srv, body) -> tuple[str, str]:
                 rid = chunk["id"]
                 if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                     text.append(chunk["choices"][0]["delta"]["content"])
-    return rid, "".join(text)
+                if chunk["choices"] and chunk["choices"][0].get("finish_reason"):
+                    finish = chunk["choices"][0]["finish_reason"]
+    return rid, "".join(text), finish
+
+
+def _with_stop(srv, requests: list[dict], i: int) -> tuple[list[dict], str, str]:
+    """``requests`` with a stop string for request ``i`` that its own output contains past its start (two
+    characters from the second half of what it writes without one): (the requests, the stop, its full text)."""
+    _, full, _ = _stream(srv, requests[i])
+    at = next(j for j in range(len(full) // 2, len(full) - 1) if not full[j: j + 2].isspace())
+    stop = full[at: at + 2]
+    assert full.index(stop) > 0, (full, stop)
+    return [{**body, "stop": [stop]} if j == i else body for j, body in enumerate(requests)], stop, full
 
 
 def _events(reader, rid) -> list[dict]:
@@ -104,12 +116,15 @@ def test_concurrent_clients_get_what_they_get_alone(tiny_fixture, backend):
     alone = RunningServer(backend, tiny_fixture)  # --max-batch 1: one request at a time
     try:
         assert httpx.get(f"{alone.chat}/health").json()["max_batch"] == 1
-        reader = SSEReader(f"{alone.features}/v1/features/stream", until_complete=len(REQUESTS)).start()
-        solo = [_stream(alone, body) for body in REQUESTS]
+        requests, stop, full = _with_stop(alone, REQUESTS, 2)
+        reader = SSEReader(f"{alone.features}/v1/features/stream", until_complete=len(requests)).start()
+        solo = [_stream(alone, body) for body in requests]
         reader.wait()
-        solo_events = [_events(reader, rid) for rid, _ in solo]
+        solo_events = [_events(reader, rid) for rid, _, _ in solo]
     finally:
         alone.stop()
+    # the stop string's client stopped on it alone: its text ends where the stop string begins
+    assert solo[2][2] == "stop" and solo[2][1] == full[: full.index(stop)], (solo[2], stop, full)
 
     gate = threading.Event()
     srv = RunningServer(backend, tiny_fixture, max_batch=8)
@@ -119,19 +134,20 @@ def test_concurrent_clients_get_what_they_get_alone(tiny_fixture, backend):
     srv.server.engine.scheduler.backend = held
     pool = ThreadPoolExecutor(len(REQUESTS))
     try:
-        reader = SSEReader(f"{srv.features}/v1/features/stream", until_complete=len(REQUESTS)).start()
-        first = pool.submit(_stream, srv, REQUESTS[0])
+        reader = SSEReader(f"{srv.features}/v1/features/stream", until_complete=len(requests)).start()
+        first = pool.submit(_stream, srv, requests[0])
         _wait(held.entered.is_set)
-        rest = [pool.submit(_stream, srv, body) for body in REQUESTS[1:]]
-        _wait(lambda: httpx.get(f"{srv.chat}/health").json()["queued"] == len(REQUESTS) - 1)
+        rest = [pool.submit(_stream, srv, body) for body in requests[1:]]
+        _wait(lambda: httpx.get(f"{srv.chat}/health").json()["queued"] == len(requests) - 1)
         health = httpx.get(f"{srv.chat}/health").json()
         assert health["running"] == 1 and health["max_batch"] == 8
         gate.set()
         batched = [first.result(60), *[f.result(60) for f in rest]]
         reader.wait()
         assert max(held.sizes) >= 6, f"the requests should have decoded together: {held.sizes}"
-        for (rid, text), (_, solo_text), want in zip(batched, solo, solo_events):
-            assert text == solo_text
+        assert batched[2][1:] == solo[2][1:], "the stop string's client stops where it stops alone"
+        for (rid, text, finish), (_, solo_text, solo_finish), want in zip(batched, solo, solo_events):
+            assert (text, finish) == (solo_text, solo_finish)
             got = _events(reader, rid)
             assert [e["token_index"] for e in got] == list(range(len(got)))
             _assert_same_events(got, want)
