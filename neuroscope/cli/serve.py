@@ -158,7 +158,7 @@ def serve_cmd(
     max_context: Annotated[
         Optional[int], typer.Option(help="Prompt + completion tokens a request may use (the KV cache allocated per "
                                          "batch row at start-up); longer requests get 400. Default: the model's "
-                                         "context length.", min=2, show_default=False)
+                                         "context length, at most 8192 under --max-batch > 1.", min=2, show_default=False)
     ] = None,
     served_model_name: Annotated[
         Optional[list[str]], typer.Option(help="Another name the model answers to in requests (repeatable); the "

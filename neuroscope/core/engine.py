@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # the engine only calls them; the core does not import the da
 
 log = logging.getLogger("neuroscope.engine")
 
+# --max-context's default under batching, for models whose window is longer (the cap is said at start-up)
+DEFAULT_BATCH_CONTEXT = 8192
+
 
 class Engine:
     """Owns the backend on its own thread; ``submit`` queues a job and returns its output queue."""
@@ -52,11 +55,17 @@ class Engine:
         self.max_context = min(info.context_length, max_context or info.context_length)
         self.max_batch, self.kv_bytes = 1, None  # the batch actually served, and its KV cache's size
         self.scheduler: decode.Scheduler | None = None
+        # a batch's KV cache is allocated up front: without --max-context a long-context model (Gemma 3's 32k-128k)
+        # gets DEFAULT_BATCH_CONTEXT positions per row, not its whole window (8 rows of 128k would be tens of GB)
+        self.context_capped = False
         if max_batch > 1 and isinstance(backend, BatchingBackend):
-            self.kv_bytes = backend.open_batch(max_batch, self.max_context)
+            batch_context = self.max_context if max_context else min(self.max_context, DEFAULT_BATCH_CONTEXT)
+            self.kv_bytes = backend.open_batch(max_batch, batch_context)
             if self.kv_bytes is not None:
                 self.max_batch = max_batch
                 self.scheduler = decode.Scheduler(backend, max_batch)
+                self.context_capped = batch_context < self.max_context
+                self.max_context = batch_context
         self.completed = 0
         self.unfinished = 0  # submitted and not yet completed (loop thread only)
         # called on the generation thread per generated token with the seconds since the previous one (None for

@@ -83,7 +83,9 @@ def batch_row(engine, config: ServeConfig) -> str:
         gib = engine.kv_bytes / 2**30
         took = getattr(engine.backend, "batch_compile_seconds", None)
         took = f"; batch buckets compiled in {took:.1f} s" if took is not None else ""
-        return (f"up to {engine.max_batch} requests per step, {engine.max_context:,} tokens each (KV cache "
+        capped = (f" — capped by default, the model takes {engine.info.context_length:,}: --max-context for more"
+                  if engine.context_capped else "")
+        return (f"up to {engine.max_batch} requests per step, {engine.max_context:,} tokens each{capped} (KV cache "
                 f"{gib:.2f} GiB allocated); prompts prefilled in chunks of {config.prefill_chunk}{took}")
     why = "--max-batch 1" if config.max_batch == 1 else "this backend / engine decodes one request at a time"
     return f"one request at a time ({why}), {engine.max_context:,} tokens each"
