@@ -3,7 +3,6 @@ reply and feature events it gets alone; /health and /metrics report the batch; -
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +12,7 @@ import pytest
 
 from neuroscope.core import registry
 from tests.support import server as support_server
-from tests.support.server import RunningServer, SSEReader
+from tests.support.server import RunningServer, SSEReader, stream_chat
 
 BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(name not in registry.available(),
                                                        reason=f"{name} is not available"))
@@ -61,19 +60,8 @@ class HeldBackend:
 
 def _stream(srv, body) -> tuple[str, str, str]:
     """One streaming chat request: (its id, its text, its finish_reason)."""
-    text, rid, finish = [], None, None
-    with httpx.stream("POST", f"{srv.chat}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                chunk = json.loads(line[6:])
-                rid = chunk["id"]
-                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    text.append(chunk["choices"][0]["delta"]["content"])
-                if chunk["choices"] and chunk["choices"][0].get("finish_reason"):
-                    finish = chunk["choices"][0]["finish_reason"]
-    return rid, "".join(text), finish
-
+    s = stream_chat(srv, body, timeout=60)
+    return s.id, s.text, s.finish_reason
 
 def _with_stop(srv, requests: list[dict], i: int) -> tuple[list[dict], str, str]:
     """``requests`` with a stop string for request ``i`` that its own output contains past its start (two

@@ -4,7 +4,6 @@ equals numpy on the checkpoint's own files."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ import pytest
 from neuroscope.core import registry
 from tests.server.test_batching_serve import HeldBackend
 from tests.support import explore as ref
-from tests.support.server import RunningServer, SSEReader
+from tests.support.server import RunningServer, SSEReader, stream_chat
 
 pytestmark = pytest.mark.skipif("mlx" not in registry.available(), reason="mlx is not available")
 
@@ -32,18 +31,8 @@ REQUESTS = [
 
 def _stream(srv, body) -> tuple[str, str, list]:
     """(request id, text, per-token logprobs) of one streaming chat request."""
-    text, rid, lps = [], None, []
-    with httpx.stream("POST", f"{srv.chat}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                chunk = json.loads(line[6:])
-                rid = chunk["id"]
-                if chunk["choices"]:
-                    text.append(chunk["choices"][0]["delta"].get("content") or "")
-                    lps += (chunk["choices"][0].get("logprobs") or {}).get("content") or []
-    return rid, "".join(text), lps
-
+    s = stream_chat(srv, body, timeout=60)
+    return s.id, s.text, s.logprobs
 
 def _events(reader, rid) -> list[dict]:
     return [{k: v for k, v in e.items() if k != "request_id"} for e in reader.of(rid)]

@@ -4,16 +4,14 @@ decodes for the same prompt alone."""
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from neuroscope.core.decode import generate
 from neuroscope.core.protocol import GenerationParams
 from tests.support.reference import load_backend
-from tests.support.server import RunningServer, SSEReader
+from tests.support.server import RunningServer, SSEReader, stream_chat
 
 pytest.importorskip("torch")
 
@@ -25,18 +23,8 @@ REQUESTS = [
 
 
 def _stream(srv, body) -> tuple[str, str]:
-    text, rid = [], None
-    with httpx.stream("POST", f"{srv.chat}/v1/chat/completions", json={**body, "model": srv.model_id,
-                                                                       "stream": True}, timeout=120) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                chunk = json.loads(line[6:])
-                rid = chunk["id"]
-                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    text.append(chunk["choices"][0]["delta"]["content"])
-    return rid, "".join(text)
-
+    s = stream_chat(srv, {**body, "model": srv.model_id})
+    return s.id, s.text
 
 def test_streamed_chat_and_feature_events_on_gemma3(tiny_gemma3_fixture):
     fx = tiny_gemma3_fixture

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import httpx
 
@@ -14,6 +15,31 @@ from neuroscope.labels.table import Labels
 from neuroscope.server.access import Access
 from neuroscope.server.app import Bound, NeuroscopeServer
 from tests.support.reference import load_backend
+
+
+class Streamed(NamedTuple):
+    id: str | None
+    text: str
+    finish_reason: str | None
+    logprobs: list  # the chunks' logprobs.content entries, in order
+
+
+def stream_chat(srv, body: dict, *, timeout: float = 120) -> Streamed:
+    """One streaming chat request to ``srv``: its id, text, finish_reason and per-token logprobs."""
+    text, rid, finish, lps = [], None, None, []
+    with httpx.stream("POST", f"{srv.chat}/v1/chat/completions", json={**body, "stream": True},
+                      timeout=timeout) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[6:])
+                rid = chunk["id"]
+                if chunk["choices"]:
+                    choice = chunk["choices"][0]
+                    text.append(choice["delta"].get("content") or "")
+                    finish = choice.get("finish_reason") or finish
+                    lps += (choice.get("logprobs") or {}).get("content") or []
+    return Streamed(rid, "".join(text), finish, lps)
 
 
 class GatedBackend:
