@@ -229,20 +229,13 @@ def test_a_feature_filter_is_applied_per_row(loaded, prompts):
 
 
 def test_batched_greedy_tokens_equal_a_full_recompute_by_transformers(loaded, prompts, tiny_fixture):
-    import torch
-
-    from tests.support.reference import hf_model
+    from tests.support.reference import greedy_full_recompute
 
     backend, _, _ = loaded
     reqs = [Collect(prompts[i], GenerationParams(max_tokens=16), join_at=2 * i) for i in range(3)]
     run_batched(backend, reqs)
-    model = hf_model(str(tiny_fixture.model_dir))
-    with torch.inference_mode():
-        for r in reqs:
-            seq = list(r.prompt_ids)
-            for _ in range(16):
-                seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
-            assert [s.token_id for s in r.steps] == seq[len(r.prompt_ids):]
+    for r in reqs:
+        assert [s.token_id for s in r.steps] == greedy_full_recompute(tiny_fixture.model_dir, r.prompt_ids, 16)
 
 
 def test_a_request_longer_than_the_context_fails_alone(loaded, prompts):

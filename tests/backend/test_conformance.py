@@ -73,17 +73,11 @@ def test_greedy_tokens_equal_a_full_recompute_by_transformers(loaded, prompt_ids
     from scratch without any cache: whatever our caches do, they must not change a single token.
     (transformers' own cached ``generate`` is not the reference: 4.46's differs from its full recompute on
     this checkpoint, whose sliding window is shorter than the prompt.)"""
-    import torch
-
-    from tests.support.reference import hf_model
+    from tests.support.reference import greedy_full_recompute
 
     backend, _, _ = loaded
     ours = [s.token_id for s in _run(backend, prompt_ids, max_tokens=32)]
-    seq = list(prompt_ids)
-    with torch.inference_mode():
-        for _ in range(32):
-            seq.append(int(hf_model(str(tiny_fixture.model_dir))(torch.tensor([seq])).logits[0, -1].argmax()))
-    assert ours == seq[len(prompt_ids):]
+    assert ours == greedy_full_recompute(tiny_fixture.model_dir, prompt_ids, 32)
 
 
 def test_every_step_matches_the_numpy_reference(loaded, prompt_ids, tiny_fixture):

@@ -16,7 +16,7 @@ from neuroscope.core.decode import generate
 from neuroscope.core.protocol import GenerationParams, ModelSpec
 from neuroscope.core.sae import load_npz
 from neuroscope.core.sae_writers import write_sae
-from tests.support.reference import assert_topk_matches, hf_model, reference_acts, residuals
+from tests.support.reference import assert_topk_matches, greedy_full_recompute, reference_acts, residuals
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.skipif(not hasattr(transformers, "Gemma3ForCausalLM"),
@@ -46,15 +46,6 @@ def written(tiny_gemma3_fixture, tmp_path_factory):
             for fmt in FORMATS}
 
 
-def _greedy_reference(model_dir, prompt: list[int], n: int) -> list[int]:
-    import torch
-
-    seq = list(prompt)
-    with torch.inference_mode():
-        for _ in range(n):
-            seq.append(int(hf_model(str(model_dir))(torch.tensor([seq])).logits[0, -1].argmax()))
-    return seq[len(prompt):]
-
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("engine", ENGINES)
@@ -83,7 +74,7 @@ def test_tokens_and_features_equal_transformers_and_numpy(engine, fmt, written, 
     finally:
         backend.close()
     gen = [s for s in steps if not s.prompt]
-    assert [s.token_id for s in gen] == _greedy_reference(fx.model_dir, prompt, N)
+    assert [s.token_id for s in gen] == greedy_full_recompute(fx.model_dir, prompt, N)
     acts = reference_acts(sae, residuals(fx.model_dir, prompt + [s.token_id for s in gen], layer))
     for s in steps:
         assert_topk_matches(s, acts[s.position], K)

@@ -35,6 +35,7 @@ from neuroscope.core.sae import load_npz  # noqa: E402
 from tests.support import explore as explore_ref  # noqa: E402
 from tests.support.reference import (  # noqa: E402
     assert_topk_matches,
+    greedy_full_recompute,
     hf_model,
     load_backend,
     reference_acts,
@@ -83,14 +84,6 @@ def _run(backend, ids, **kw):
     kw.setdefault("max_tokens", 40)
     return list(generate(backend, ids, GenerationParams(**kw)))
 
-
-def _greedy_reference(model_dir, prompt: list[int], n: int) -> list[int]:
-    seq = list(prompt)
-    model = hf_model(str(model_dir))
-    with torch.inference_mode():
-        for _ in range(n):
-            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
-    return seq[len(prompt):]
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -169,7 +162,7 @@ def test_greedy_tokens_and_features_equal_transformers_and_numpy(loaded, prompt_
     assert info.n_layers == 6 and info.sliding_window == 16
     steps = _run(backend, prompt_ids, max_tokens=32, prompt_features=True)
     prompt, gen = [s for s in steps if s.prompt], [s for s in steps if not s.prompt]
-    assert [s.token_id for s in gen] == _greedy_reference(fx.model_dir, prompt_ids, 32)
+    assert [s.token_id for s in gen] == greedy_full_recompute(fx.model_dir, prompt_ids, 32)
     assert len({s.token_id for s in gen}) > 5, "the tiny model should produce varied tokens"
     full = prompt_ids + [s.token_id for s in gen]
     acts = reference_acts(sae, residuals(fx.model_dir, full, fx.sae_layer))

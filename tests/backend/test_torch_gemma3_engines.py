@@ -15,7 +15,7 @@ from neuroscope.core.decode import generate  # noqa: E402
 from neuroscope.core.protocol import GenerationParams, SteerFeature, Steering  # noqa: E402
 from tests.backend.test_batching import Collect, assert_same, run_batched, solo  # noqa: E402
 from tests.backend.test_torch_gemma3 import needs_hf_gemma3  # noqa: E402
-from tests.support.reference import hf_model, load_backend  # noqa: E402
+from tests.support.reference import greedy_full_recompute, load_backend  # noqa: E402
 
 K = 8
 
@@ -54,15 +54,6 @@ def _requests(prompts, logprobs=None):
             Collect(prompts[2], GenerationParams(max_tokens=16, frequency_penalty=0.6, logprobs=logprobs), join_at=5)]
 
 
-def _greedy_reference(model_dir, prompt, n):
-    import torch
-
-    seq = list(prompt)
-    with torch.inference_mode():
-        for _ in range(n):
-            seq.append(int(hf_model(str(model_dir))(torch.tensor([seq])).logits[0, -1].argmax()))
-    return seq[len(prompt):]
-
 
 @pytest.fixture(scope="module")
 def batched(eager, prompts):
@@ -86,7 +77,7 @@ def test_batched_rows_equal_solo(eager, batched):
 def test_batched_greedy_rows_equal_transformers(batched, tiny_gemma3_fixture):
     for r in batched[1]:  # joined mid-way, rows of other lengths beside them, decoded past the window
         assert len(r.prompt_ids) + 24 > 16
-        assert [s.token_id for s in r.steps] == _greedy_reference(tiny_gemma3_fixture.model_dir, r.prompt_ids, 24)
+        assert [s.token_id for s in r.steps] == greedy_full_recompute(tiny_gemma3_fixture.model_dir, r.prompt_ids, 24)
 
 
 def _same(a, b):

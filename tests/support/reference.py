@@ -33,6 +33,20 @@ def residuals(model_dir, ids: list[int], layer: int) -> np.ndarray:
     return out.hidden_states[layer + 1][0].float().numpy()
 
 
+def greedy_full_recompute(model_dir, prompt: list[int], n: int) -> list[int]:
+    """``n`` greedy tokens after ``prompt``, each the argmax of transformers' logits over the whole sequence so
+    far, recomputed without any cache (transformers' cached ``generate`` is not the reference: 4.46's differs
+    from its full recompute once the sequence is longer than the sliding window)."""
+    import torch
+
+    seq = list(prompt)
+    model = hf_model(str(model_dir))
+    with torch.inference_mode():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
 def load_backend(name: str, fx, *, top_k: int = 8, norm: str = "none"):
     """``name`` is a backend, or ``backend:engine`` (``torch-cpu:compiled``) for a torch backend's engine."""
     name, _, engine = name.partition(":")
