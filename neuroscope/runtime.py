@@ -65,10 +65,17 @@ def resolve_sae_layer(config: ServeConfig) -> ServeConfig:
     if config.demo:
         return config
     loc = sae_formats.locate(config.sae, config.sae_path, config.sae_local_path, fetch_weights=False)
-    declared = sae_formats.read_config(loc).layer
-    sae_id = config.sae_local_path or f"{config.sae}/{config.sae_path}"
+    return _with_layer(config, loc, sae_formats.read_config(loc).layer)
+
+
+def _sae_id(config: ServeConfig) -> str:
+    return config.sae_local_path or f"{config.sae}/{config.sae_path}"
+
+
+def _with_layer(config: ServeConfig, loc, declared: int | None) -> ServeConfig:
+    """``config`` with the layer :func:`sae_formats.resolve_layer` makes of what was given and ``declared``."""
     return replace(config, sae_layer=sae_formats.resolve_layer(config.sae_layer, declared, hub_path=loc.hub_path,
-                                                               source=f"SAE {sae_id}"))
+                                                               source=f"SAE {_sae_id(config)}"))
 
 
 def load_runtime(config: ServeConfig, status: Callable[[str], None] = lambda _: None) -> Runtime:
@@ -160,13 +167,12 @@ def _load(config: ServeConfig, backend_cls: type[Backend], status) -> Runtime:
     if local_model and not (model_dir / "config.json").is_file():
         raise BackendError(f"cannot load model {config.model!r}: the directory holds no config.json (not a checkpoint)")
     offline = not local_model and not hub_reachable()
-    sae_id = config.sae_local_path or f"{config.sae}/{config.sae_path}"
+    sae_id = _sae_id(config)
     status(f"loading SAE {sae_id}")
     loc = sae_formats.locate(config.sae, config.sae_path, config.sae_local_path)
     sae = sae_formats.load(loc)
     # the layer, resolved once: everything after (calibration, labels, the panel) reads config.sae_layer
-    config = replace(config, sae_layer=sae_formats.resolve_layer(config.sae_layer, sae.layer, hub_path=loc.hub_path,
-                                                                 source=f"SAE {sae_id}"))
+    config = _with_layer(config, loc, sae.layer)
     status(f"loading model {config.model} on {backend_cls.name}")
     backend = backend_cls()
     if config.engine != "auto":
