@@ -42,7 +42,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, dict], int]:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SafetensorsError(f"{path} is not a safetensors file: its header is not JSON") from None
+        raise SafetensorsError(f"{path} has an unreadable safetensors header: it is not JSON") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path} is not a safetensors file: its header is not a JSON object")
     header.pop("__metadata__", None)

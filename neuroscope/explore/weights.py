@@ -10,11 +10,11 @@ lower index.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 
+from neuroscope.core import safetensors_np
 from neuroscope.core.protocol import FeatureEffects, ranked
 
 UNEMBED = "model.embed_tokens.weight"
@@ -28,17 +28,10 @@ class WeightsError(ValueError):
 
 
 def _header(path: Path) -> tuple[dict, int]:
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise WeightsError(f"{path} is not a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 * 1024 * 1024:
-            raise WeightsError(f"{path} has an implausible safetensors header")
-        try:
-            return json.loads(fh.read(n)), 8 + n
-        except ValueError as exc:
-            raise WeightsError(f"{path} has an unreadable safetensors header: {exc}") from None
+    try:
+        return safetensors_np.read_header(path)
+    except safetensors_np.SafetensorsError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def _files(model_dir: Path, name: str) -> list[Path]:
