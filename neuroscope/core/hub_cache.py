@@ -13,11 +13,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from neuroscope.core.checkpoint import ALLOW_PATTERNS
 from neuroscope.core.releases import registry, release_path, releases_for  # noqa: F401  (the registry's home)
-from neuroscope.core.sae import SAEError
+from neuroscope.core.sae import SAEError, npz_header
 
 SAE_KEYS = ("W_enc", "b_enc", "threshold", "W_dec", "b_dec")
 
@@ -119,23 +118,6 @@ def cached_files() -> set[tuple[str, str]]:
     """``(repo, path in the repo)`` of every file in the model repos of the hub cache, any revision."""
     return {(repo.repo_id, f.file_path.relative_to(rev.snapshot_path).as_posix())
             for repo in _scan() if repo.repo_type == "model" for rev in repo.revisions for f in rev.files}
-
-
-def npz_header(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and dtype of every array in an ``.npz``, read from the array headers only (no data)."""
-    out = {}
-    with zipfile.ZipFile(path) as zf:
-        for name in zf.namelist():
-            if not name.endswith(".npy"):
-                continue
-            with zf.open(name) as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                else:
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            out[name[: -len(".npy")]] = (tuple(int(n) for n in shape), dtype)
-    return out
 
 
 def sae_shape(path: str | Path) -> tuple[int, int]:

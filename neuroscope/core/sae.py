@@ -103,15 +103,32 @@ def load_npz(path: str | os.PathLike[str], *, dtype: np.dtype | type = np.float3
     return from_arrays(arrays, source=str(path), dtype=dtype)
 
 
+def npz_header(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an ``.npz``, read from the array headers only (no data)."""
+    out = {}
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with zf.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            out[name[: -len(".npy")]] = (tuple(int(n) for n in shape), dtype)
+    return out
+
+
 def read_d_sae(path: str | os.PathLike[str]) -> int:
     """The SAE's width from the header of ``threshold`` in a ``params.npz``, without reading any weights."""
     try:
-        with zipfile.ZipFile(path) as zf, zf.open("threshold.npy") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, _, _ = read_header(f)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        header = npz_header(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise SAEError(f"cannot read the SAE's width from {path}: {exc}") from None
+    if "threshold" not in header:
+        raise SAEError(f"cannot read the SAE's width from {path}: it holds no threshold array")
+    shape = header["threshold"][0]
     if len(shape) != 1 or shape[0] < 1:
         raise SAEError(f"SAE file {path}: threshold has shape {shape}, expected (d_sae,)")
     return int(shape[0])
